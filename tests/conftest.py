@@ -1,0 +1,32 @@
+"""Shared pytest setup.
+
+torch and torchvision must be imported before tensorflow in one process: the other order crashes
+with a segmentation fault on these machines (tensorflow-cpu 2.21, torch 2.14.1, torchvision 0.29.1;
+see DESIGN.md §1). Importing them here, first, makes every test module safe whatever it imports.
+"""
+import os
+import pathlib
+
+try:  # The parity tests need torch; the rest of the suite does not.
+  import torch  # noqa: F401
+  import torchvision  # noqa: F401
+  torch.set_num_threads(2)
+except ImportError:  # pragma: no cover - the test extra installs both.
+  pass
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> pathlib.Path:
+  """The read-only `shared/` folder (Set5 etc.); `.ci/run` sets SSEN_SHARED_DIR."""
+  return pathlib.Path(os.environ.get('SSEN_SHARED_DIR', REPO_ROOT.parent / 'shared'))
+
+
+@pytest.fixture(scope='session')
+def set5_dir() -> pathlib.Path:
+  path = shared_dir() / 'datasets' / 'Set5'
+  if not path.is_dir():
+    raise FileNotFoundError(f'Set5 not found at {path}; set SSEN_SHARED_DIR to the shared/ folder.')
+  return path
