@@ -1,0 +1,157 @@
+"""Building blocks shared by the networks: convolutions with explicit padding, residual blocks,
+the non-local block, the modulated deformable convolution layer, and RCAN's attention blocks.
+
+Every module names its children explicitly (`conv1`, `blocks_3`, ...). The PyTorch reference in
+`tests/torch_models.py` uses the same attribute names, so `ssen_jax.convert` maps a state_dict key
+such as `ssen.dcn_0.conv.weight` to the flax path `ssen/dcn_0/conv/kernel` by rule, not by table.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ssen_jax import ops
+from ssen_jax.ops.attention import DEFAULT_CHUNK, DEFAULT_DENSE_MAX
+
+Dtype = Any
+
+
+def conv(features: int, kernel: int = 3, stride: int = 1, *, name: Optional[str] = None,
+         dtype: Dtype = jnp.float32, zero_init: bool = False, use_bias: bool = True) -> nn.Conv:
+  """A 2-D convolution padded like PyTorch's `Conv2d(k, stride, padding=k // 2)`.
+
+  Flax's 'SAME' padding puts the extra row of a stride-2 convolution at the bottom, PyTorch's
+  symmetric padding at the top; explicit padding keeps both frameworks on one sampling grid.
+  """
+  pad = kernel // 2
+  kwargs = {}
+  if zero_init:
+    kwargs = dict(kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                 padding=((pad, pad), (pad, pad)), use_bias=use_bias, dtype=dtype,
+                 param_dtype=jnp.float32, name=name, **kwargs)
+
+
+def leaky_relu(x: jax.Array) -> jax.Array:
+  return nn.leaky_relu(x, negative_slope=0.1)
+
+
+class ResBlock(nn.Module):
+  """conv3x3 - ReLU - conv3x3 + skip, no batch norm (EDSR; paper Sec. 3.4)."""
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(N, H, W, C) -> (N, H, W, C)."""
+    y = conv(self.features, name='conv1', dtype=self.dtype)(x)
+    y = conv(self.features, name='conv2', dtype=self.dtype)(nn.relu(y))
+    return x + y
+
+
+class NonLocalBlock(nn.Module):
+  """Embedded-Gaussian non-local block (Wang et al.; paper Eq. 2-3).
+
+  z = x + W_z(softmax_j(θ(x_i)ᵀ φ(x_j)) g(x_j)), with θ, φ, g 1x1 convolutions to C/2 channels
+  (the paper halves the embedding) and W_z a zero-initialised 1x1 convolution back to C, so a new
+  block is the identity. Large maps are evaluated in chunks (`ops.attention`), exactly.
+  """
+  features: int
+  chunk: int = DEFAULT_CHUNK
+  dense_max: int = DEFAULT_DENSE_MAX
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(N, H, W, C) -> (N, H, W, C)."""
+    n, h, w, _ = x.shape
+    inner = max(self.features // 2, 1)
+    theta = conv(inner, 1, name='theta', dtype=self.dtype)(x).reshape(n, h * w, inner)
+    phi = conv(inner, 1, name='phi', dtype=self.dtype)(x).reshape(n, h * w, inner)
+    g = conv(inner, 1, name='g', dtype=self.dtype)(x).reshape(n, h * w, inner)
+    y = ops.attention(theta, phi, g, chunk=self.chunk, dense_max=self.dense_max)
+    y = y.reshape(n, h, w, inner)
+    return x + conv(self.features, 1, name='w_z', dtype=self.dtype, zero_init=True)(y)
+
+
+class ModulatedDeformConv(nn.Module):
+  """A 3x3 modulated deformable convolution whose offsets and mask are predicted from `cond`.
+
+  A zero-initialised 3x3 convolution of `cond` gives G*9*3 channels: the first G*9*2 are offsets
+  laid out [group][tap][dy, dx], the rest pass through a sigmoid to give the modulation mask
+  (DESIGN.md §2). An untrained layer therefore samples the regular grid with mask 0.5.
+  """
+  features: int
+  offset_groups: int = 1
+  kernel_size: int = 3
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, cond: jax.Array, *, return_offsets: bool = False):
+    """Deformable convolution of x (N, H, W, C) steered by cond (N, H, W, C').
+
+    Returns:
+      (N, H, W, features); with `return_offsets`, also the offsets (N, H, W, G*k*k*2) and the mask
+      (N, H, W, G*k*k) in float32.
+    """
+    k, g = self.kernel_size, self.offset_groups
+    taps = k * k
+    om = conv(g * taps * 3, 3, name='offset_conv', dtype=self.dtype, zero_init=True)(cond)
+    om = om.astype(jnp.float32)
+    offsets, mask = om[..., :2 * g * taps], jax.nn.sigmoid(om[..., 2 * g * taps:])
+    c = x.shape[-1]
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), (k, k, c, self.features),
+                        jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+    y = ops.deform_conv2d(x.astype(self.dtype), offsets, mask, kernel.astype(self.dtype),
+                          bias.astype(self.dtype), padding=((k // 2, k // 2),) * 2,
+                          offset_groups=g)
+    if return_offsets:
+      return y, offsets, mask
+    return y
+
+
+class ChannelAttention(nn.Module):
+  """RCAN's channel attention: global average pool, 1x1 C->C/r, ReLU, 1x1 C/r->C, sigmoid."""
+  features: int
+  reduction: int = 16
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    s = jnp.mean(x, axis=(1, 2), keepdims=True)
+    s = nn.relu(conv(max(self.features // self.reduction, 1), 1, name='down', dtype=self.dtype)(s))
+    s = nn.sigmoid(conv(self.features, 1, name='up', dtype=self.dtype)(s))
+    return x * s
+
+
+class RCAB(nn.Module):
+  """Residual channel attention block: conv-ReLU-conv, channel attention, + skip."""
+  features: int
+  reduction: int = 16
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = conv(self.features, name='conv1', dtype=self.dtype)(x)
+    y = conv(self.features, name='conv2', dtype=self.dtype)(nn.relu(y))
+    y = ChannelAttention(self.features, self.reduction, self.dtype, name='attention')(y)
+    return x + y
+
+
+class ResidualGroup(nn.Module):
+  """RCAN's residual group: `num_blocks` RCABs, a 3x3 conv, + skip."""
+  features: int
+  num_blocks: int = 20
+  reduction: int = 16
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = x
+    for i in range(self.num_blocks):
+      y = RCAB(self.features, self.reduction, self.dtype, name=f'blocks_{i}')(y)
+    return x + conv(self.features, name='conv', dtype=self.dtype)(y)

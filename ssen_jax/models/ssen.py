@@ -1,0 +1,94 @@
+"""The Similarity Search and Extraction Network (paper Sec. 3.2-3.3, Fig. 2-3).
+
+SSEN aligns reference features to the input with `num_dcn_layers` stacked modulated deformable
+convolutions. Layer l predicts its offsets and mask from DOE_l(concat(F_lr, R_{l-1})) and computes
+R_l = DCN_l(R_{l-1}), with R_0 = F_ref. There is no skip connection inside the stack: each layer's
+features are aligned differently (paper Sec. 4.4). LeakyReLU(0.1) sits between layers, none after the
+last (our choice; the paper is silent).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ssen_jax import ops
+from ssen_jax.models.layers import (DEFAULT_CHUNK, DEFAULT_DENSE_MAX, ModulatedDeformConv,
+                                    NonLocalBlock, conv, leaky_relu)
+
+Dtype = Any
+
+
+class DynamicOffsetEstimator(nn.Module):
+  """Multi-scale offset estimator with non-local blocks (paper Fig. 3).
+
+  concat(F_lr, R) -> conv3x3 -> three stride-2 conv3x3 (1/2, 1/4, 1/8) -> non-local at 1/8 ->
+  up to 1/4, + skip -> non-local -> up to 1/2, + skip -> non-local -> up to 1/1, + skip -> conv3x3.
+  Every H, W >= 1 works: stride-2 convolutions give ceil(H/2) and `ops.upsample2x` cuts its result
+  back to the skip connection's exact size.
+  """
+  features: int
+  use_nonlocal: bool = True
+  nonlocal_chunk: int = DEFAULT_CHUNK
+  nonlocal_dense_max: int = DEFAULT_DENSE_MAX
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(N, H, W, 2C) -> (N, H, W, C)."""
+    c = self.features
+    skips = [leaky_relu(conv(c, name='conv_in', dtype=self.dtype)(x))]
+    for i in range(3):
+      skips.append(leaky_relu(conv(c, 3, 2, name=f'down_{i}', dtype=self.dtype)(skips[-1])))
+    y = skips.pop()  # 1/8 scale.
+    for i in range(3):
+      if self.use_nonlocal:
+        y = NonLocalBlock(c, self.nonlocal_chunk, self.nonlocal_dense_max, self.dtype,
+                          name=f'nonlocal_{i}')(y)
+      skip = skips.pop()
+      y = ops.upsample2x(y, skip.shape[1], skip.shape[2]) + skip
+    return conv(c, name='conv_out', dtype=self.dtype)(y)
+
+
+class SSEN(nn.Module):
+  """Stacked deformable convolutions steered by dynamic offset estimators.
+
+  Attributes:
+    features: C, channels of F_lr and F_ref.
+    num_dcn_layers: L, 0-4 (paper Tab. 4; 3 is the paper's choice). With 0, SSEN returns F_ref.
+    use_nonlocal: the non-local blocks of the estimators (paper Tab. 4, bottom).
+    offset_groups: deformable groups of each layer (DCNv2's default, 1; the paper is silent).
+  """
+  features: int = 64
+  num_dcn_layers: int = 3
+  use_nonlocal: bool = True
+  offset_groups: int = 1
+  nonlocal_chunk: int = DEFAULT_CHUNK
+  nonlocal_dense_max: int = DEFAULT_DENSE_MAX
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, f_lr: jax.Array, f_ref: jax.Array, *, return_offsets: bool = False):
+    """Aligns f_ref (N, H, W, C) to f_lr (N, H, W, C).
+
+    Returns:
+      R_L (N, H, W, C); with `return_offsets`, also lists of each layer's offsets
+      (N, H, W, G*9*2) and masks (N, H, W, G*9).
+    """
+    r = f_ref
+    offsets, masks = [], []
+    for l in range(self.num_dcn_layers):
+      cond = DynamicOffsetEstimator(self.features, self.use_nonlocal, self.nonlocal_chunk,
+                                    self.nonlocal_dense_max, self.dtype,
+                                    name=f'doe_{l}')(jnp.concatenate([f_lr, r], axis=-1))
+      r, off, mask = ModulatedDeformConv(self.features, self.offset_groups, dtype=self.dtype,
+                                         name=f'dcn_{l}')(r, cond, return_offsets=True)
+      offsets.append(off)
+      masks.append(mask)
+      if l < self.num_dcn_layers - 1:
+        r = leaky_relu(r)
+    if return_offsets:
+      return r, offsets, masks
+    return r
