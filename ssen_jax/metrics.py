@@ -1,0 +1,223 @@
+"""PSNR and SSIM with the conventions of the published SR tables.
+
+Protocol (the one of RCAN/EDSR/SRNTT/SSEN's MATLAB scripts):
+
+* The SR image is rounded to uint8 first (floats in [0, 1] become round(255 x), half away from
+  zero, saturated); the HR image is uint8 (or floats in [0, 1], rounded the same way).
+* Luma is BT.601 `Y = 16 + 65.481 R + 128.553 G + 24.966 B` with R, G, B in [0, 1], so Y lies in
+  [16, 235]; it is not rounded again.
+* Grayscale images use their own channel (in [0, 255]) instead of the BT.601 formula. An HR image
+  is grayscale when it is (H, W), (H, W, 1), or has three equal channels (a grayscale file loaded as
+  RGB). The SR image is then reduced to its channel mean (its single channel for a bicubic result).
+* `scale` pixels are shaved from each border before comparing.
+* PSNR = 10 log10(255^2 / MSE). SSIM: 11x11 Gaussian window, sigma 1.5, normalised, 'valid'
+  filtering (no padding), K1 = 0.01, K2 = 0.03, L = 255, mean of the SSIM map (no downsampling).
+
+The numpy functions take one image and compute in float64. The `*_jax` functions take batches
+(N, H, W, 3) of floats in [0, 1], are jit-able (with `scale` static) and return (N,) arrays; they
+compute in float32 and agree with numpy to about 1e-5 dB (PSNR) and 1e-5 (SSIM).
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_Y_WEIGHTS = np.array([65.481, 128.553, 24.966])
+_K1, _K2, _L = 0.01, 0.03, 255.0
+_C1, _C2 = (_K1 * _L) ** 2, (_K2 * _L) ** 2
+
+
+def gaussian_window_1d(size: int = 11, sigma: float = 1.5) -> np.ndarray:
+  """Normalised 1-D Gaussian; its outer product is MATLAB's `fspecial('gaussian', size, sigma)`."""
+  x = np.arange(size, dtype=np.float64) - (size - 1) / 2
+  g = np.exp(-x * x / (2 * sigma * sigma))
+  return g / g.sum()
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+  """uint8 passes through; floats in [0, 1] -> round(255 x) half away from zero, saturated."""
+  img = np.asarray(img)
+  if img.dtype == np.uint8:
+    return img
+  if not np.issubdtype(img.dtype, np.floating):
+    raise TypeError(f'expected a uint8 or float image, got {img.dtype}')
+  return np.clip(np.floor(img.astype(np.float64) * 255 + 0.5), 0, 255).astype(np.uint8)
+
+
+def is_grayscale(img: np.ndarray) -> bool:
+  """True for (H, W), (H, W, 1) and (H, W, 3) images whose three channels are equal."""
+  img = np.asarray(img)
+  if img.ndim == 2 or img.shape[-1] == 1:
+    return True
+  return bool(np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2]))
+
+
+def rgb_to_y(img: np.ndarray) -> np.ndarray:
+  """BT.601 luma.
+
+  Args:
+    img: (..., 3) RGB, uint8 or float in [0, 1].
+
+  Returns:
+    (...) float64 Y in [16, 235].
+  """
+  img = np.asarray(img)
+  rgb = img / 255.0 if img.dtype == np.uint8 else img.astype(np.float64)
+  return 16.0 + rgb @ _Y_WEIGHTS
+
+
+def _luma_pair(sr: np.ndarray, hr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(Y_sr, Y_hr) in [0, 255] float64 after uint8 rounding, following the grayscale rule."""
+  sr, hr = to_uint8(sr), to_uint8(hr)
+  if sr.shape[:2] != hr.shape[:2]:
+    raise ValueError(f'SR {sr.shape} and HR {hr.shape} differ in size')
+  if is_grayscale(hr):
+    y_hr = (hr if hr.ndim == 2 else hr[..., 0]).astype(np.float64)
+    y_sr = sr.astype(np.float64) if sr.ndim == 2 else sr.astype(np.float64).mean(axis=-1)
+    return y_sr, y_hr
+  if sr.ndim != 3 or sr.shape[-1] != 3:
+    raise ValueError(f'colour HR {hr.shape} needs an RGB SR image, got {sr.shape}')
+  return rgb_to_y(sr), rgb_to_y(hr)
+
+
+def _shave(img: np.ndarray, border: int) -> np.ndarray:
+  if border <= 0:
+    return img
+  if img.shape[0] <= 2 * border or img.shape[1] <= 2 * border:
+    raise ValueError(f'image {img.shape} too small to shave {border} pixels per border')
+  return img[border:-border, border:-border]
+
+
+def _psnr_from_mse(mse: float) -> float:
+  return float('inf') if mse == 0 else float(10 * np.log10(_L * _L / mse))
+
+
+def psnr_y(sr: np.ndarray, hr: np.ndarray, scale: int) -> float:
+  """PSNR (dB) on BT.601 luma with `scale` pixels shaved from each border.
+
+  Args:
+    sr: (H, W, 3) or (H, W) SR image, uint8 or float in [0, 1] (rounded to uint8 first).
+    hr: HR image of the same size, uint8 or float in [0, 1].
+    scale: the SR factor, also the border shave.
+
+  Returns:
+    PSNR in dB (inf for identical images).
+  """
+  y_sr, y_hr = _luma_pair(sr, hr)
+  diff = _shave(y_sr, scale) - _shave(y_hr, scale)
+  return _psnr_from_mse(float(np.mean(diff * diff)))
+
+
+def psnr_rgb(sr: np.ndarray, hr: np.ndarray, scale: int) -> float:
+  """PSNR (dB) over all RGB channels (uint8 levels), `scale` pixels shaved. Same inputs as psnr_y."""
+  sr, hr = to_uint8(sr).astype(np.float64), to_uint8(hr).astype(np.float64)
+  if sr.shape != hr.shape:
+    raise ValueError(f'SR {sr.shape} and HR {hr.shape} differ in shape')
+  diff = _shave(sr, scale) - _shave(hr, scale)
+  return _psnr_from_mse(float(np.mean(diff * diff)))
+
+
+def _filter_valid(img: np.ndarray, window: np.ndarray) -> np.ndarray:
+  """Separable 'valid' correlation of (H, W) with the 1-D `window` on both axes."""
+  k = window.size
+  h, w = img.shape
+  rows = sum(window[i] * img[i:h - k + 1 + i] for i in range(k))
+  return sum(window[j] * rows[:, j:w - k + 1 + j] for j in range(k))
+
+
+def ssim_gray(x: np.ndarray, y: np.ndarray) -> float:
+  """Wang et al.'s SSIM of two (H, W) float images in [0, 255] (Gaussian 11/1.5, 'valid')."""
+  if min(x.shape) < 11:
+    raise ValueError(f'SSIM needs images of at least 11x11 after shaving, got {x.shape}')
+  win = gaussian_window_1d()
+  mu_x, mu_y = _filter_valid(x, win), _filter_valid(y, win)
+  sxx = _filter_valid(x * x, win) - mu_x * mu_x
+  syy = _filter_valid(y * y, win) - mu_y * mu_y
+  sxy = _filter_valid(x * y, win) - mu_x * mu_y
+  num = (2 * mu_x * mu_y + _C1) * (2 * sxy + _C2)
+  den = (mu_x * mu_x + mu_y * mu_y + _C1) * (sxx + syy + _C2)
+  return float(np.mean(num / den))
+
+
+def ssim_y(sr: np.ndarray, hr: np.ndarray, scale: int) -> float:
+  """SSIM on BT.601 luma with `scale` pixels shaved. Same inputs as `psnr_y`."""
+  y_sr, y_hr = _luma_pair(sr, hr)
+  return ssim_gray(_shave(y_sr, scale), _shave(y_hr, scale))
+
+
+# ---------------------------------------------------------------------------------------------
+# jax.numpy versions: batched (N, H, W, 3) floats in [0, 1].
+
+
+def _round_levels_jax(x: jax.Array) -> jax.Array:
+  """[0, 1] floats -> uint8 levels as float32 (half away from zero, like `to_uint8`)."""
+  return jnp.clip(jnp.floor(x.astype(jnp.float32) * 255 + 0.5), 0, 255)
+
+
+def _luma_pair_jax(sr: jax.Array, hr: jax.Array) -> tuple[jax.Array, jax.Array]:
+  sr, hr = _round_levels_jax(sr), _round_levels_jax(hr)
+  gray = jnp.all((hr[..., 0] == hr[..., 1]) & (hr[..., 1] == hr[..., 2]), axis=(1, 2))
+  w = jnp.asarray(_Y_WEIGHTS / 255.0, jnp.float32)
+  y_sr = jnp.where(gray[:, None, None], sr.mean(-1), 16.0 + sr @ w)
+  y_hr = jnp.where(gray[:, None, None], hr[..., 0], 16.0 + hr @ w)
+  return y_sr, y_hr
+
+
+def _shave_jax(x: jax.Array, border: int) -> jax.Array:
+  return x[:, border:x.shape[1] - border, border:x.shape[2] - border]
+
+
+def _psnr_from_mse_jax(mse: jax.Array) -> jax.Array:
+  return 10 * jnp.log10(_L * _L / mse)
+
+
+@functools.partial(jax.jit, static_argnames='scale')
+def psnr_y_jax(sr: jax.Array, hr: jax.Array, scale: int) -> jax.Array:
+  """Batched `psnr_y`.
+
+  Args:
+    sr: (N, H, W, 3) floats in [0, 1].
+    hr: (N, H, W, 3) floats in [0, 1] (uint8 levels / 255).
+    scale: SR factor and border shave (static).
+
+  Returns:
+    (N,) float32 PSNR in dB (inf where identical).
+  """
+  y_sr, y_hr = _luma_pair_jax(sr, hr)
+  diff = _shave_jax(y_sr - y_hr, scale)
+  return _psnr_from_mse_jax(jnp.mean(diff * diff, axis=(1, 2)))
+
+
+@functools.partial(jax.jit, static_argnames='scale')
+def psnr_rgb_jax(sr: jax.Array, hr: jax.Array, scale: int) -> jax.Array:
+  """Batched `psnr_rgb`: (N, H, W, 3) floats in [0, 1] -> (N,) dB."""
+  diff = _shave_jax(_round_levels_jax(sr) - _round_levels_jax(hr), scale)
+  return _psnr_from_mse_jax(jnp.mean(diff * diff, axis=(1, 2, 3)))
+
+
+def _filter_valid_jax(x: jax.Array) -> jax.Array:
+  """(N, H, W) -> (N, H - 10, W - 10), separable Gaussian 'valid' correlation."""
+  win = jnp.asarray(gaussian_window_1d(), jnp.float32)
+  k = win.shape[0]
+  h, w = x.shape[1], x.shape[2]
+  rows = sum(win[i] * x[:, i:h - k + 1 + i] for i in range(k))
+  return sum(win[j] * rows[:, :, j:w - k + 1 + j] for j in range(k))
+
+
+@functools.partial(jax.jit, static_argnames='scale')
+def ssim_y_jax(sr: jax.Array, hr: jax.Array, scale: int) -> jax.Array:
+  """Batched `ssim_y`: (N, H, W, 3) floats in [0, 1] -> (N,) SSIM."""
+  y_sr, y_hr = _luma_pair_jax(sr, hr)
+  # Variances are shift-invariant: centring on 128 keeps float32 cancellation in
+  # E[x^2] - E[x]^2 small (levels <= 128 instead of <= 255).
+  x = _shave_jax(y_sr, scale) - 128.0
+  y = _shave_jax(y_hr, scale) - 128.0
+  mu_x, mu_y = _filter_valid_jax(x), _filter_valid_jax(y)
+  sxx = _filter_valid_jax(x * x) - mu_x * mu_x
+  syy = _filter_valid_jax(y * y) - mu_y * mu_y
+  sxy = _filter_valid_jax(x * y) - mu_x * mu_y
+  mu_x, mu_y = mu_x + 128.0, mu_y + 128.0
+  num = (2 * mu_x * mu_y + _C1) * (2 * sxy + _C2)
+  den = (mu_x * mu_x + mu_y * mu_y + _C1) * (sxx + syy + _C2)
+  return jnp.mean(num / den, axis=(1, 2))

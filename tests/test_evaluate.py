@@ -1,0 +1,99 @@
+"""The evaluation CLI: Set5 bicubic reproduces the published figures; bad input fails cleanly."""
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from conftest import REPO_ROOT
+from ssen_jax import datasets
+from ssen_jax import evaluate
+from ssen_jax import imresize as ir
+from ssen_jax import metrics
+
+
+def _run(*args):
+  return subprocess.run([sys.executable, '-m', 'ssen_jax.evaluate', *args], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=120)
+
+
+def test_set5_bicubic_matches_paper_table2(set5_dir, tmp_path):
+  out = tmp_path / 'res.json'
+  proc = _run('--method', 'bicubic', '--dataset_dir', str(set5_dir), '--output_json', str(out))
+  assert proc.returncode == 0, proc.stderr
+  res = json.loads(out.read_text())
+  assert res['num_images'] == 5
+  assert res['psnr'] == pytest.approx(28.42, abs=0.02)
+  assert res['ssim'] == pytest.approx(0.810, abs=0.002)
+  assert [r['name'] for r in res['per_image']] == ['baby', 'bird', 'butterfly', 'head', 'woman']
+  assert res['psnr'] == pytest.approx(np.mean([r['psnr'] for r in res['per_image']]))
+  assert 'shave = 4' in proc.stdout and 'BT.601' in proc.stdout
+  assert f'| **mean (5 images)** | **{res["psnr"]:.3f}**' in proc.stdout
+  assert '| butterfly | 22.1' in proc.stdout
+
+
+def test_bad_input_exits_with_one_line(tmp_path):
+  missing = _run('--dataset_dir', str(tmp_path / 'nope'))
+  empty_dir = tmp_path / 'empty'
+  empty_dir.mkdir()
+  empty = _run('--dataset_dir', str(empty_dir))
+  bad_dir = tmp_path / 'bad'
+  bad_dir.mkdir()
+  Image.fromarray(skimage.data.chelsea()).save(bad_dir / 'ok.png')
+  (bad_dir / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n not really a png')
+  broken = _run('--dataset_dir', str(bad_dir))
+  cufed5 = _run('--dataset', 'cufed5', '--dataset_dir', str(bad_dir))
+  for proc, words in [(missing, 'does not exist'), (empty, 'no images'),
+                      (broken, 'broken.png'), (cufed5, 'XXX_0.png')]:
+    assert proc.returncode != 0
+    assert words in proc.stderr
+    assert 'Traceback' not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+  no_flag = _run()
+  assert no_flag.returncode != 0 and 'dataset_dir' in no_flag.stderr
+
+
+def test_grayscale_and_odd_sizes_in_folder(tmp_path):
+  gray = skimage.data.camera()[:203, :150]  # Cropped to 200x148 for x4.
+  Image.fromarray(gray).save(tmp_path / 'cam.png')
+  (ex,) = datasets.load_folder(tmp_path, 4)
+  assert ex['hr'].shape == (200, 148, 3) and ex['lr'].shape == (50, 37, 3)
+  res = evaluate.evaluate_examples([ex], evaluate.bicubic_sr_fn(4), scale=4)
+  sr = ir.imresize(ir.imresize(gray[:200, :148], 0.25), 4).astype(float)
+  diff = (sr - gray[:200, :148])[4:-4, 4:-4]
+  assert res['psnr'] == pytest.approx(10 * math.log10(255 ** 2 / np.mean(diff ** 2)))
+
+
+def test_cufed5_loader_passes_refs_in_order(tmp_path):
+  src = skimage.data.astronaut()
+  for g in range(2):
+    for i in range(6):
+      Image.fromarray(src[i * 40:i * 40 + 90 + g, :101]).save(tmp_path / f'{g:03d}_{i}.png')
+  examples = datasets.load_cufed5(tmp_path, 4)
+  assert [e['name'] for e in examples] == ['000', '001']
+  assert examples[0]['hr'].shape == (88, 100, 3)
+  seen = []
+
+  def sr_fn(lr, refs):
+    seen.append(refs)
+    return ir.imresize(lr, 4)
+
+  res = evaluate.evaluate_examples(examples, sr_fn, scale=4)
+  assert res['num_images'] == 2 and len(seen[0]) == 5
+  np.testing.assert_array_equal(seen[1][4], src[200:291, :101])  # XL = XXX_5.png, uncropped.
+  (tmp_path / '001_3.png').unlink()
+  with pytest.raises(datasets.DatasetError, match='001_3.png'):
+    datasets.load_cufed5(tmp_path, 4)
+
+
+def test_evaluate_examples_checks_output_size():
+  ex = datasets.make_example('x', skimage.data.coffee()[:64, :64], 4)
+  res = evaluate.evaluate_examples([ex], lambda lr, refs: ex['hr'] / 255.0, scale=4)
+  assert res['psnr'] == math.inf and res['ssim'] == pytest.approx(1.0)
+  with pytest.raises(ValueError, match='does not match'):
+    evaluate.evaluate_examples([ex], lambda lr, refs: lr, scale=4)
+  assert metrics.psnr_y(ex['hr'], ex['hr'], 4) == math.inf
