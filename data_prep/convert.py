@@ -1,0 +1,231 @@
+r"""Converts raw SR datasets to sharded TFRecord files of PNG-encoded images.
+
+  python -m data_prep.convert --dataset cufed --input_dir CUFED --output_dir data/cufed \
+      --num_shards 64
+  python -m data_prep.convert --dataset div2k --input_dir DIV2K_train_HR --output_dir data/div2k \
+      --num_shards 64
+
+Expected input layouts (see data_prep/README.md for where to download each):
+
+  cufed   INPUT/input/NAME.png (160x160 HR) and INPUT/ref/NAME.png (its reference), same names.
+  cufed5  INPUT/XXX_0.png (HR) and INPUT/XXX_1.png .. XXX_5.png (references XH .. XL).
+  div2k   INPUT/0001.png ... (the DIV2K_train_HR or DIV2K_valid_HR folder itself).
+  folder  INPUT/*.{png,jpg,...}: any folder of HR images.
+
+Output: OUTPUT/NAME-00000-of-0000K.tfrecord ... (NAME = --name, default the dataset) and
+OUTPUT/NAME.json (counts, features, skipped files). Records are `tf.train.Example`s of BytesLists
+(`ssen_jax.datasets` defines the keys):
+
+  'name'  example name (utf-8): the file stem, the CUFED5 group id, or STEM_rR_cC for a tile.
+  'hr'    PNG, RGB uint8: the HR image (or tile).
+  'ref'   PNG, RGB uint8: the reference (cufed only).
+  'refs'  5 x PNG, RGB uint8: references XH, H, M, L, XL (cufed5 only).
+
+Choices:
+* Examples go to shards round-robin in sorted-name order, so shards differ by at most one example
+  and each training host (which reads a disjoint subset of shards) gets a balanced share.
+* CUFED references smaller than their HR image (a few in the SRNTT release) are padded at the
+  bottom/right by symmetric reflection (edge row/column repeated) up to the HR size; the content
+  stays at the top-left, undistorted. Larger references are kept as they are.
+* div2k cuts each image into --tile_size tiles (default 480; the last row/column of tiles is flush
+  with the image edge, so tiles may overlap slightly): decoding a 480x480 PNG per training crop
+  instead of a 2K image makes the input pipeline ~15x cheaper. Random crops then never straddle a
+  tile border. --tile_size 0 keeps whole images.
+* PNG sources already RGB 8-bit are stored byte-for-byte; anything else (JPEG, grayscale, palette,
+  16-bit, alpha) is decoded, converted to RGB uint8 and re-encoded as PNG.
+* Shards are written under OUTPUT/.NAME.tmp-PID/ and renamed into place only after every image was
+  read; shards of an earlier run with another shard count are deleted afterwards. An interrupted
+  run leaves its partial files only in the temporary folder, which the next run removes.
+"""
+import json
+import multiprocessing
+import os
+import pathlib
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+
+from absl import app
+from absl import flags
+
+from data_prep import layouts
+from ssen_jax import datasets
+
+_DATASET = flags.DEFINE_enum('dataset', None, list(layouts.LAYOUTS), 'Raw dataset layout.')
+_INPUT_DIR = flags.DEFINE_string('input_dir', None, 'Folder with the raw dataset.')
+_OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Folder for the TFRecord shards.')
+_NUM_SHARDS = flags.DEFINE_integer(
+    'num_shards', 8, 'Number of shards; at least the number of training hosts.')
+_NAME = flags.DEFINE_string('name', None, 'Shard file prefix; default: the --dataset value.')
+_SKIP_BAD = flags.DEFINE_bool(
+    'skip_bad', False, 'Skip corrupt/unreadable images (counted in the summary) instead of stopping.')
+_TILE_SIZE = flags.DEFINE_integer(
+    'tile_size', None, 'div2k/folder: cut images into tiles of this size (0: whole images). '
+    'Default: 480 for div2k, 0 otherwise.')
+_NUM_WORKERS = flags.DEFINE_integer(
+    'num_workers', None, 'Processes decoding/encoding images; default: the number of CPUs.')
+
+
+class ConvertError(Exception):
+  """A problem the user must fix; the message is one line."""
+
+
+def _tmp_dirs(output_dir: pathlib.Path, name: str) -> list[pathlib.Path]:
+  return sorted(output_dir.glob(f'.{name}.tmp-*'))
+
+
+def _pid_alive(pid: str) -> bool:
+  """Whether the run that owns a temporary folder is still running (then leave it alone)."""
+  try:
+    if int(pid) == os.getpid():  # A reused pid: the folder cannot be from this very run.
+      return False
+    os.kill(int(pid), 0)
+  except (ValueError, ProcessLookupError):
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def _existing_shards(output_dir: pathlib.Path, name: str) -> list[pathlib.Path]:
+  return sorted(output_dir.glob(f'{name}-?????-of-?????.tfrecord'))
+
+
+def convert(dataset: str, input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
+            num_shards: int, name: str | None = None, skip_bad: bool = False,
+            tile_size: int | None = None, num_workers: int = 1, progress: bool = True) -> dict:
+  """Converts one dataset; the library form of the command line.
+
+  Args:
+    dataset: one of `layouts.LAYOUTS` ('cufed', 'cufed5', 'div2k', 'folder').
+    input_dir: the raw dataset folder (layout in the module docstring).
+    output_dir: where shards and the manifest go (created if needed).
+    num_shards: number of shards K (>= 1, <= number of examples).
+    name: shard prefix; default `dataset`.
+    skip_bad: skip unreadable images instead of raising.
+    tile_size: tile size for div2k/folder (None: the dataset's default, 0: whole images).
+    num_workers: processes for decoding/encoding (1: in this process).
+    progress: show a progress bar on stderr.
+
+  Returns:
+    The manifest dict (also written to OUTPUT/NAME.json), with 'images_per_second'.
+
+  Raises:
+    ConvertError: wrong layout, empty folder, bad shard count or (without skip_bad) a bad image.
+  """
+  name = name or dataset
+  if num_shards < 1:
+    raise ConvertError(f'--num_shards must be >= 1, got {num_shards}')
+  if tile_size is None:
+    tile_size = layouts.DEFAULT_TILE_SIZE.get(dataset, 0)
+  try:
+    jobs = layouts.LAYOUTS[dataset](pathlib.Path(input_dir))
+  except datasets.DatasetError as e:
+    raise ConvertError(str(e)) from None
+  if len(jobs) < num_shards:
+    raise ConvertError(f'{len(jobs)} examples found in {input_dir}, fewer than --num_shards '
+                       f'{num_shards}: every shard must hold at least one example')
+  output_dir = pathlib.Path(output_dir)
+  output_dir.mkdir(parents=True, exist_ok=True)
+  for stale in _tmp_dirs(output_dir, name):  # Left over by an interrupted run.
+    if not _pid_alive(stale.name.rsplit('-', 1)[-1]):
+      shutil.rmtree(stale, ignore_errors=True)
+  tmp_dir = output_dir / f'.{name}.tmp-{os.getpid()}'
+  tmp_dir.mkdir()
+  try:
+    manifest = _write_shards(jobs, tmp_dir, name, num_shards, skip_bad=skip_bad,
+                             tile_size=tile_size, num_workers=num_workers, progress=progress)
+    manifest.update(dataset=dataset, input_dir=str(input_dir), tile_size=tile_size)
+    final = datasets.shard_names(name, num_shards)
+    for shard in final:  # os.replace is atomic per file: a reader never sees a half shard.
+      os.replace(tmp_dir / shard, output_dir / shard)
+    for old in _existing_shards(output_dir, name):
+      if old.name not in final:  # From an earlier run with another shard count.
+        old.unlink()
+    with open(tmp_dir / 'manifest.json', 'w') as f:
+      json.dump({k: v for k, v in manifest.items() if k != 'images_per_second'}, f, indent=2)
+    os.replace(tmp_dir / 'manifest.json', output_dir / f'{name}.json')
+  finally:
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+  return manifest
+
+
+def _write_shards(jobs: list[layouts.Job], tmp_dir: pathlib.Path, name: str, num_shards: int, *,
+                  skip_bad: bool, tile_size: int, num_workers: int, progress: bool) -> dict:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only the writer needs it)
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
+  paths = [tmp_dir / s for s in datasets.shard_names(name, num_shards)]
+  writers = [tf.io.TFRecordWriter(str(p)) for p in paths]
+  counts = [0] * num_shards
+  bad, images, num_records = [], 0, 0
+  start = time.perf_counter()
+  pool = None
+  try:
+    work = ((job, tile_size) for job in jobs)
+    if num_workers > 1:
+      pool = multiprocessing.get_context('spawn').Pool(num_workers)
+      results = pool.imap(layouts.process_job, work, chunksize=4)
+    else:
+      results = map(layouts.process_job, work)
+    bar = tqdm(total=len(jobs), file=sys.stderr, unit='ex', disable=not progress, desc=name,
+               dynamic_ncols=True)
+    for job, (records, error) in zip(jobs, results):
+      bar.update(1)
+      images += len(job.paths)
+      if error:
+        if not skip_bad:
+          raise ConvertError(f'corrupt or unreadable image: {error} '
+                             '(rerun with --skip_bad to skip such images)')
+        bad.append(error)
+        continue
+      for record in records:
+        shard = num_records % num_shards
+        writers[shard].write(record)
+        counts[shard] += 1
+        num_records += 1
+    bar.close()
+  finally:
+    if pool is not None:
+      pool.terminate()
+    for w in writers:
+      w.close()
+  seconds = time.perf_counter() - start
+  if min(counts) == 0:
+    raise ConvertError(f'only {num_records} examples left after skipping {len(bad)} bad images, '
+                       f'fewer than --num_shards {num_shards}')
+  return {'name': name, 'num_examples': num_records, 'num_shards': num_shards,
+          'shards': [p.name for p in paths], 'examples_per_shard': counts,
+          'features': layouts.FEATURES[jobs[0].kind], 'num_images_read': images,
+          'skipped_bad': bad, 'seconds': seconds, 'images_per_second': images / max(seconds, 1e-9)}
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    print(f'error: unexpected arguments: {" ".join(argv[1:])}', file=sys.stderr)
+    sys.exit(1)
+  workers = _NUM_WORKERS.value or os.cpu_count() or 1
+  try:
+    m = convert(_DATASET.value, _INPUT_DIR.value, _OUTPUT_DIR.value, num_shards=_NUM_SHARDS.value,
+                name=_NAME.value, skip_bad=_SKIP_BAD.value, tile_size=_TILE_SIZE.value,
+                num_workers=workers)
+  except ConvertError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  out = pathlib.Path(_OUTPUT_DIR.value)
+  print(f'Wrote {m["num_examples"]} examples ({", ".join(m["features"])}) to {m["num_shards"]} '
+        f'shards {out / m["name"]}-*-of-{m["num_shards"]:05d}.tfrecord')
+  if m['skipped_bad']:
+    print(f'Skipped {len(m["skipped_bad"])} bad images:')
+    for b in m['skipped_bad']:
+      print(f'  {b}')
+  else:
+    print('Skipped 0 bad images.')
+  print(f'Read {m["num_images_read"]} images in {m["seconds"]:.1f} s: '
+        f'{m["images_per_second"]:.1f} images/s with {workers} worker(s).')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['dataset', 'input_dir', 'output_dir'])
+  app.run(main)

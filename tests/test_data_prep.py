@@ -1,0 +1,161 @@
+"""data_prep.convert on tiny fake layouts built from real images (skimage.data)."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import skimage.data
+import tensorflow as tf
+from PIL import Image
+
+from conftest import REPO_ROOT
+from data_prep import convert
+from data_prep import layouts
+from ssen_jax import datasets
+
+_SPEC = {k: tf.io.VarLenFeature(tf.string) for k in ('name', 'hr', 'ref', 'refs')}
+
+
+def _read(pattern):
+  """{name: {key: [decoded uint8 images or str]}} for all records matching `pattern`."""
+  out = {}
+  for path in sorted(tf.io.gfile.glob(pattern)):
+    for raw in tf.data.TFRecordDataset(path):
+      ex = {k: tf.sparse.to_dense(v).numpy().tolist()
+            for k, v in tf.io.parse_single_example(raw, _SPEC).items()}
+      name = ex.pop('name')[0].decode()
+      out[name] = {k: [tf.io.decode_png(b).numpy() for b in v] for k, v in ex.items() if v}
+      out[name]['shard'] = os.path.basename(path)
+  return out
+
+
+@pytest.fixture
+def cufed_dir(tmp_path):
+  src = skimage.data.astronaut()
+  root = tmp_path / 'CUFED'
+  (root / 'input').mkdir(parents=True)
+  (root / 'ref').mkdir()
+  for i in range(6):
+    Image.fromarray(src[i * 40:i * 40 + 160, i * 30:i * 30 + 160]).save(root / f'input/{i:06d}.png')
+    ref = src[i * 40 + 8:i * 40 + 168, i * 30 + 4:i * 30 + 164]
+    if i == 2:
+      ref = ref[:120, :150]  # Smaller than 160: gets padded.
+    Image.fromarray(ref).save(root / f'ref/{i:06d}.png')
+  return root
+
+
+def test_cufed_records_round_robin_and_reference_padding(cufed_dir, tmp_path):
+  m = convert.convert('cufed', cufed_dir, tmp_path / 'out', num_shards=4, progress=False)
+  assert m['num_examples'] == 6 and m['examples_per_shard'] == [2, 2, 1, 1]
+  assert m['features'] == ['name', 'hr', 'ref'] and m['images_per_second'] > 0
+  recs = _read(str(tmp_path / 'out/cufed-*-of-00004.tfrecord'))
+  assert sorted(recs) == [f'{i:06d}' for i in range(6)]
+  assert recs['000004']['shard'] == 'cufed-00000-of-00004.tfrecord'  # Example i -> shard i % 4.
+  src = skimage.data.astronaut()
+  np.testing.assert_array_equal(recs['000003']['hr'][0], src[120:280, 90:250])
+  ref = recs['000002']['ref'][0]
+  orig = src[88:208, 64:214]
+  assert ref.shape == (160, 160, 3)
+  np.testing.assert_array_equal(ref[:120, :150], orig)
+  np.testing.assert_array_equal(ref[120:160, :150], orig[::-1][:40])  # Symmetric, edge repeated.
+  np.testing.assert_array_equal(ref[:120, 150:], orig[:, ::-1][:, :10])
+  assert sorted(os.listdir(tmp_path / 'out')) == sorted(['cufed.json'] + datasets.shard_names('cufed', 4))
+
+
+def test_bad_image_stops_or_is_skipped(cufed_dir, tmp_path):
+  out = tmp_path / 'out'
+  convert.convert('cufed', cufed_dir, out, num_shards=2, progress=False)
+  before = {p: (out / p).read_bytes() for p in os.listdir(out)}
+  (cufed_dir / 'ref/000004.png').write_bytes(b'\x89PNG\r\n\x1a\ntruncated')
+  with pytest.raises(convert.ConvertError, match=r'ref/000004\.png.*--skip_bad'):
+    convert.convert('cufed', cufed_dir, out, num_shards=3, progress=False)
+  # The failed run left the previous output untouched and no temporary folder behind.
+  assert {p: (out / p).read_bytes() for p in os.listdir(out)} == before
+  m = convert.convert('cufed', cufed_dir, out, num_shards=3, skip_bad=True, progress=False)
+  assert m['num_examples'] == 5 and len(m['skipped_bad']) == 1
+  assert 'ref/000004.png' in m['skipped_bad'][0]
+  # The 2-shard files of the first run are gone: a glob sees each example once.
+  assert sorted(_read(str(out / 'cufed-*.tfrecord'))) == ['000000', '000001', '000002', '000003',
+                                                            '000005']
+  assert sorted(os.listdir(out)) == sorted(['cufed.json'] + datasets.shard_names('cufed', 3))
+
+
+def test_stale_temporary_folder_is_removed(cufed_dir, tmp_path):
+  out = tmp_path / 'out'
+  stale = out / '.cufed.tmp-999999999'  # No such pid: an interrupted run's leftovers.
+  stale.mkdir(parents=True)
+  (stale / 'cufed-00000-of-00002.tfrecord').write_bytes(b'half')
+  convert.convert('cufed', cufed_dir, out, num_shards=2, progress=False)
+  assert not stale.exists()
+
+
+def test_layout_errors(tmp_path, cufed_dir):
+  with pytest.raises(convert.ConvertError, match='expected ROOT/input/'):
+    convert.convert('cufed', cufed_dir / 'input', tmp_path / 'o', num_shards=1)
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(convert.ConvertError, match='no images'):
+    convert.convert('folder', tmp_path / 'empty', tmp_path / 'o', num_shards=1)
+  with pytest.raises(convert.ConvertError, match='fewer than --num_shards'):
+    convert.convert('cufed', cufed_dir, tmp_path / 'o', num_shards=7)
+  (cufed_dir / 'ref/000001.png').unlink()
+  with pytest.raises(convert.ConvertError, match='000001.png'):
+    convert.convert('cufed', cufed_dir, tmp_path / 'o', num_shards=1)
+  with pytest.raises(convert.ConvertError, match='XXX_0.png'):
+    convert.convert('cufed5', cufed_dir, tmp_path / 'o', num_shards=1)
+  with pytest.raises(convert.ConvertError, match='DIV2K_train_HR'):
+    convert.convert('div2k', cufed_dir, tmp_path / 'o', num_shards=1)
+
+
+def test_cufed5_and_div2k_tiles(tmp_path):
+  src = skimage.data.coffee()
+  c5 = tmp_path / 'CUFED5'
+  c5.mkdir()
+  for g in range(2):
+    for i in range(6):
+      Image.fromarray(src[i * 20:i * 20 + 100, g * 50:g * 50 + 120]).save(c5 / f'{g:03d}_{i}.png')
+  convert.convert('cufed5', c5, tmp_path / 'o5', num_shards=1, progress=False)
+  recs = _read(str(tmp_path / 'o5/cufed5-*'))
+  assert len(recs['001']['refs']) == 5
+  np.testing.assert_array_equal(recs['001']['refs'][4], src[100:200, 50:170])  # XL = _5.
+  div = tmp_path / 'DIV2K_train_HR'
+  div.mkdir()
+  Image.fromarray(skimage.data.astronaut()).save(div / '0001.png')  # 512 x 512.
+  Image.fromarray(skimage.data.camera()).save(div / '0002.jpg', quality=95)  # Gray JPEG.
+  m = convert.convert('div2k', div, tmp_path / 'od', num_shards=2, tile_size=200, progress=False)
+  assert layouts.tile_origins(512, 200) == [0, 200, 312]
+  assert m['num_examples'] == 18 and m['tile_size'] == 200
+  recs = _read(str(tmp_path / 'od/div2k-*'))
+  np.testing.assert_array_equal(recs['0001_r2_c1']['hr'][0],
+                                skimage.data.astronaut()[312:512, 200:400])
+  gray_tile = recs['0002_r0_c0']['hr'][0]
+  assert gray_tile.shape == (200, 200, 3)
+  np.testing.assert_array_equal(gray_tile[..., 0], gray_tile[..., 2])
+
+
+def test_pure_python_writer_matches_tensorflow(tmp_path):
+  feats = {'name': 'x', 'hr': datasets.encode_png(skimage.data.chelsea()[:30, :40]),
+           'refs': [b'a' * 300, b'', b'\x00\xff']}
+  record = datasets.serialize_example(feats)
+  parsed = tf.io.parse_single_example(record, _SPEC)
+  assert tf.sparse.to_dense(parsed['refs']).numpy().tolist() == feats['refs']
+  assert tf.sparse.to_dense(parsed['hr']).numpy()[0] == feats['hr']
+  datasets.write_tfrecord(tmp_path / 'py.tfrecord', [record, b'second'])
+  with tf.io.TFRecordWriter(str(tmp_path / 'tf.tfrecord')) as w:
+    w.write(record)
+    w.write(b'second')
+  assert (tmp_path / 'py.tfrecord').read_bytes() == (tmp_path / 'tf.tfrecord').read_bytes()
+
+
+def test_cli_summary_and_errors(cufed_dir, tmp_path):
+  run = lambda *a: subprocess.run([sys.executable, '-m', 'data_prep.convert', *a], cwd=REPO_ROOT,
+                                  capture_output=True, text=True, timeout=120)
+  ok = run('--dataset', 'cufed', '--input_dir', str(cufed_dir), '--output_dir',
+           str(tmp_path / 'o'), '--num_shards', '2', '--num_workers', '1')
+  assert ok.returncode == 0, ok.stderr
+  assert 'Wrote 6 examples' in ok.stdout and 'images/s' in ok.stdout and '100%' in ok.stderr
+  bad = run('--dataset', 'cufed', '--input_dir', str(tmp_path / 'missing'), '--output_dir',
+            str(tmp_path / 'o'))
+  assert bad.returncode != 0 and 'Traceback' not in bad.stderr
+  assert bad.stderr.strip().splitlines()[-1] == f'error: input folder {tmp_path / "missing"} ' \
+      'does not exist'
