@@ -7,6 +7,11 @@ see DESIGN.md §1). Importing them here, first, makes every test module safe wha
 import os
 import pathlib
 
+# Eight simulated CPU devices for the sharding tests (must precede the first jax import). Tests
+# that do not build a mesh run on device 0 as usual.
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
 try:  # The parity tests need torch; the rest of the suite does not.
   import torch  # noqa: F401
   import torchvision  # noqa: F401

@@ -1,0 +1,114 @@
+"""Orbax checkpoints under `{workdir}/checkpoints`: asynchronous, every N steps, on preemption and
+at the end; the latest K are kept plus the best by evaluation PSNR (MaxText's pattern).
+
+The config of the run is written beside them as `config.json`, so that `infer`, `evaluate` and
+`visualize_offsets` rebuild the model from the workdir alone.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+from typing import Any, Dict, Optional
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+CONFIG_FILE = 'config.json'
+BEST_METRIC = 'eval_psnr'
+
+
+def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
+  return pathlib.Path(workdir).absolute() / 'checkpoints'
+
+
+def create_manager(workdir: str | pathlib.Path, *, save_every: int, keep: int,
+                   read_only: bool = False) -> ocp.CheckpointManager:
+  """A CheckpointManager that saves every `save_every` steps and on preemption.
+
+  Keeps the `keep` latest checkpoints and, in addition, the one with the highest eval PSNR (saves
+  made at evaluation steps carry that metric).
+  """
+  preservation = policies.AnyPreservationPolicy([
+      policies.LatestN(n=keep),
+      policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=1,
+                     keep_checkpoints_without_metrics=False),
+  ])
+  saving = policies.AnySavePolicy([
+      policies.FixedIntervalPolicy(save_every),
+      policies.PreemptionCheckpointingPolicy(),
+  ])
+  options = ocp.CheckpointManagerOptions(
+      enable_async_checkpointing=not read_only, preservation_policy=preservation,
+      save_decision_policy=saving, read_only=read_only, create=not read_only)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, *, force: bool = False,
+         metrics: Optional[Dict[str, float]] = None) -> bool:
+  """Saves (asynchronously) if the policy, a preemption or `force` asks for it."""
+  return manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
+                      metrics=metrics, force=force)
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: Optional[int] = None):
+  """Restores the state at `step` (default: latest) onto the shardings of `abstract_state`."""
+  step = manager.latest_step() if step is None else step
+  restored = manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+  return restored['state']
+
+
+def restore_params(workdir: str | pathlib.Path, abstract_state: Any,
+                   step: Optional[int] = None, best: bool = False):
+  """Parameters of a finished or running run (the latest, a given step, or the best)."""
+  with create_manager(workdir, save_every=1, keep=1, read_only=True) as manager:
+    if step is None:
+      step = manager.best_step() if best else manager.latest_step()
+      if step is None:
+        step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(workdir)}')
+    return restore(manager, abstract_state, step)['params'], step
+
+
+def write_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> None:
+  if jax.process_index() == 0:
+    path = pathlib.Path(workdir) / CONFIG_FILE
+    tmp = path.with_suffix('.json.tmp')
+    tmp.write_text(config.to_json_best_effort(indent=2))
+    tmp.replace(path)
+
+
+def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  if not path.is_file():
+    raise FileNotFoundError(f'{workdir} is not a training workdir (no {CONFIG_FILE})')
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+class PreemptionFlag:
+  """Turns SIGTERM into a flag checked between steps (together with JAX's preemption sync point
+  that `CheckpointManager.reached_preemption` consults on multi-host runs)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # Not the main thread (e.g. a notebook worker): rely on JAX's sync point.
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+    return False

@@ -1,0 +1,187 @@
+"""Sharded training state and the jit-compiled train steps (DESIGN.md §6).
+
+One Mesh with a single `data` axis spans every device of every host. Parameters and optimiser state
+are replicated; batches are sharded on their leading dimension. The state is created already
+replicated by a jitted init with `out_shardings`, and every update donates it.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ssen_jax import models
+from ssen_jax import optim
+
+State = Dict[str, Any]
+Batch = Mapping[str, jax.Array]
+
+
+def create_mesh(devices=None) -> Mesh:
+  """A 1-D ('data',) mesh over all devices of all processes."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), ('data',))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P('data'))
+
+
+def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> Dict[str, jax.Array]:
+  """Assembles this host's slice of the batch into global arrays sharded over the mesh."""
+  sharding = batch_sharded(mesh)
+  out = {}
+  for key, value in local.items():
+    global_shape = (value.shape[0] * jax.process_count(),) + value.shape[1:]
+    out[key] = jax.make_array_from_process_local_data(sharding, value, global_shape)
+  return out
+
+
+class Trainer:
+  """Holds the model, optimisers and compiled steps for one config.
+
+  Attributes:
+    model: the generator (flax module).
+    disc: the PatchGAN discriminator, or None outside the GAN stage.
+    tx, disc_tx: optax optimisers.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh):
+    self.config = config
+    self.mesh = mesh
+    self.model = models.create_model(config.model, config.dtype)
+    self.uses_ref = models.uses_reference(config.model.variant)
+    self.gan = config.loss.adversarial_weight > 0
+    self.schedule = optim.learning_rate_schedule(config.optim)
+    self.tx = optim.make_optimizer(config.optim)
+    self.disc = None
+    if self.gan:
+      self.disc = models.PatchDiscriminator(config.gan.disc_features,
+                                            dtype=jnp.dtype(config.dtype))
+      self.disc_tx = optim.make_optimizer(config.optim, base_lr=config.gan.disc_learning_rate)
+    self.train_step = jax.jit(self._gan_step if self.gan else self._step, donate_argnums=0,
+                              in_shardings=(replicated(mesh), batch_sharded(mesh)),
+                              out_shardings=(replicated(mesh), replicated(mesh)))
+
+  # -- State ---------------------------------------------------------------------------------
+
+  def _dummy_inputs(self):
+    s, p = self.config.model.scale, self.config.data.hr_patch
+    lr = jnp.zeros((1, p // s, p // s, 3), jnp.float32)
+    ref = jnp.zeros((1, p, p, 3), jnp.float32) if self.uses_ref else None
+    return lr, ref
+
+  def _init(self, rng: jax.Array) -> State:
+    g_rng, d_rng = jax.random.split(rng)
+    lr, ref = self._dummy_inputs()
+    params = self.model.init(g_rng, lr, ref)['params']
+    state = {'step': jnp.zeros((), jnp.int32), 'params': params,
+             'opt_state': self.tx.init(params)}
+    if self.gan:
+      hr = jnp.zeros((1, lr.shape[1] * self.config.model.scale,
+                      lr.shape[2] * self.config.model.scale, 3))
+      disc_params = self.disc.init(d_rng, hr)['params']
+      state['disc_params'] = disc_params
+      state['disc_opt_state'] = self.disc_tx.init(disc_params)
+    return state
+
+  def init_state(self, rng: jax.Array) -> State:
+    """Creates the state directly replicated over the mesh (no host round trip)."""
+    return jax.jit(self._init, out_shardings=replicated(self.mesh))(rng)
+
+  def abstract_state(self) -> State:
+    """Shapes, dtypes and shardings of the state, for checkpoint restoration."""
+    shapes = jax.eval_shape(self._init, jax.random.key(0))
+    sharding = replicated(self.mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                        shapes)
+
+  # -- Steps ---------------------------------------------------------------------------------
+
+  def _generate(self, params, batch: Batch) -> jax.Array:
+    return self.model.apply({'params': params}, batch['lr'], batch.get('ref'))
+
+  def _rec_loss(self, sr: jax.Array, hr: jax.Array) -> jax.Array:
+    return optim.charbonnier_loss(sr, hr, self.config.loss.charbonnier_eps)
+
+  @staticmethod
+  def _psnr(sr: jax.Array, hr: jax.Array) -> jax.Array:
+    """Training PSNR (RGB, float, no shave): a cheap progress signal, not the published metric."""
+    mse = jnp.mean((jnp.clip(sr, 0, 1) - hr) ** 2)
+    return -10.0 * jnp.log10(jnp.maximum(mse, 1e-10))
+
+  def _step(self, state: State, batch: Batch) -> Tuple[State, Dict[str, jax.Array]]:
+    def loss_fn(params):
+      sr = self._generate(params, batch)
+      return self._rec_loss(sr, batch['hr']), sr
+
+    (loss, sr), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+    updates, opt_state = self.tx.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    metrics = {'loss': loss, 'psnr': self._psnr(sr, batch['hr']),
+               'grad_norm': optax.global_norm(grads),
+               'learning_rate': self.schedule(state['step'])}
+    new_state = dict(state, step=state['step'] + 1, params=params, opt_state=opt_state)
+    return new_state, metrics
+
+  def _gan_step(self, state: State, batch: Batch) -> Tuple[State, Dict[str, jax.Array]]:
+    """One discriminator update on (HR, detached SR), then one generator update.
+
+    The generator runs forward once: its VJP is kept and fed the gradient of the combined loss
+    with respect to SR, computed against the freshly updated discriminator.
+    """
+    hr = batch['hr']
+    sr, generator_vjp = jax.vjp(lambda p: self._generate(p, batch), state['params'])
+
+    def d_loss_fn(disc_params):
+      real = self.disc.apply({'params': disc_params}, hr)
+      fake = self.disc.apply({'params': disc_params}, jax.lax.stop_gradient(sr))
+      return optim.gan_losses(real, fake)[0]
+
+    d_loss, d_grads = jax.value_and_grad(d_loss_fn)(state['disc_params'])
+    d_updates, disc_opt_state = self.disc_tx.update(d_grads, state['disc_opt_state'],
+                                                    state['disc_params'])
+    disc_params = optax.apply_updates(state['disc_params'], d_updates)
+
+    def g_loss_fn(sr):
+      rec = self._rec_loss(sr, hr)
+      fake = self.disc.apply({'params': disc_params}, sr)
+      adv = optim.gan_losses(jnp.zeros_like(fake), fake)[1]
+      return rec + self.config.loss.adversarial_weight * adv, (rec, adv)
+
+    (loss, (rec, adv)), sr_grad = jax.value_and_grad(g_loss_fn, has_aux=True)(sr)
+    grads, = generator_vjp(sr_grad)
+    updates, opt_state = self.tx.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    metrics = {'loss': loss, 'rec_loss': rec, 'adv_loss': adv, 'disc_loss': d_loss,
+               'psnr': self._psnr(sr, hr), 'grad_norm': optax.global_norm(grads),
+               'learning_rate': self.schedule(state['step'])}
+    new_state = dict(state, step=state['step'] + 1, params=params, opt_state=opt_state,
+                     disc_params=disc_params, disc_opt_state=disc_opt_state)
+    return new_state, metrics
+
+  # -- Inference -----------------------------------------------------------------------------
+
+  def make_sr_fn(self) -> Callable[[Any, np.ndarray, Optional[np.ndarray]], np.ndarray]:
+    """A jitted params, lr (1, h, w, 3), ref -> sr (1, s*h, s*w, 3) float32 in [0, 1].
+
+    It recompiles once per input shape (evaluation images keep their own sizes: padding them to
+    a common shape would change the pixels near the border that the published protocol scores).
+    """
+    uses_ref = self.uses_ref
+
+    @jax.jit
+    def sr_fn(params, lr, ref):
+      out = self.model.apply({'params': params}, lr, ref if uses_ref else None)
+      return jnp.clip(out, 0.0, 1.0)
+
+    return sr_fn

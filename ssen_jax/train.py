@@ -1,0 +1,170 @@
+"""`train_and_evaluate(config, workdir)`: the training loop shared by every config.
+
+Resumes from the latest checkpoint in `workdir` by itself; the input pipeline is indexed by step,
+so a resumed run sees exactly the batches an uninterrupted run would have, and (on CPU) ends with
+bitwise-identical parameters. Metrics go to TensorBoard and the log through clu's writers.
+"""
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Dict, List, Optional
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+
+from ssen_jax import checkpointing
+from ssen_jax import datasets
+from ssen_jax import evaluation
+from ssen_jax import steps
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss became NaN or inf; training stopped without saving the bad state."""
+
+
+def resolve_data_paths(config: ml_collections.ConfigDict) -> Dict[str, str]:
+  """Training file pattern and evaluation folder, building the demo data when asked for."""
+  if config.data.demo:
+    from ssen_jax import demo_data  # Built on first use; needs no download.
+    return demo_data.build_demo_data(config.data.demo_dir or None)
+  if not config.data.train_pattern:
+    raise ValueError('config.data.train_pattern is empty: point it at the TFRecords written by '
+                     'data_prep (or use the :demo config)')
+  return {'train_pattern': config.data.train_pattern, 'eval_dir': config.data.eval_dir}
+
+
+def load_eval_examples(config: ml_collections.ConfigDict, eval_dir: str) -> List[dict]:
+  if not eval_dir:
+    return []
+  loader = datasets.load_cufed5 if config.data.eval_dataset == 'cufed5' else datasets.load_folder
+  examples = loader(eval_dir, config.model.scale)
+  if config.data.eval_max_images:
+    examples = examples[:config.data.eval_max_images]
+  return examples
+
+
+def _initial_state(trainer: steps.Trainer, config: ml_collections.ConfigDict, manager):
+  """The latest checkpoint's state, else a fresh one (GAN stage: generator from init_workdir)."""
+  if manager.latest_step() is not None:
+    state = checkpointing.restore(manager, trainer.abstract_state())
+    logging.info('Resumed from step %d.', int(state['step']))
+    return state
+  state = trainer.init_state(jax.random.key(config.seed))
+  if config.gan.init_workdir:
+    source_config = checkpointing.read_config(config.gan.init_workdir)
+    source = steps.Trainer(source_config, trainer.mesh)
+    params, step = checkpointing.restore_params(config.gan.init_workdir, source.abstract_state(),
+                                                best=True)
+    state = dict(state, params=params)
+    logging.info('Generator initialised from %s (step %d).', config.gan.init_workdir, step)
+  return state
+
+
+def _check_finite(step: int, metrics: Dict[str, Any], manager) -> None:
+  loss = float(evaluation.local_value(metrics['loss']))
+  if not np.isfinite(loss):
+    raise NonFiniteLossError(
+        f'loss became {loss} at step {step}; training stopped. The last good checkpoint '
+        f'(step {manager.latest_step()}) is intact.')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Trains `config` in `workdir` (resuming if it holds checkpoints) and evaluates it.
+
+  Returns:
+    The last evaluation's results (`evaluation.evaluate_model`), or {} without an eval set.
+  """
+  workdir_path = pathlib.Path(workdir)
+  workdir_path.mkdir(parents=True, exist_ok=True)
+  checkpointing.write_config(workdir, config)
+  mesh = steps.create_mesh()
+  trainer = steps.Trainer(config, mesh)
+  if config.batch_size % jax.device_count():
+    raise ValueError(f'batch_size {config.batch_size} is not divisible by the '
+                     f'{jax.device_count()} devices')
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  paths = resolve_data_paths(config)
+  eval_examples = load_eval_examples(config, paths.get('eval_dir', ''))
+  sr_jit = trainer.make_sr_fn()
+
+  def run_eval(state, step):
+    results = evaluation.evaluate_model(eval_examples, sr_jit, state['params'],
+                                        scale=config.model.scale, uses_ref=trainer.uses_ref)
+    writer.write_scalars(step, evaluation.scalar_summary(results))
+    if config.num_image_summaries:
+      writer.write_images(step, evaluation.summary_images(
+          eval_examples, sr_jit, state['params'], scale=config.model.scale,
+          uses_ref=trainer.uses_ref, count=config.num_image_summaries))
+    logging.info('Step %d eval: PSNR %.3f dB, SSIM %.4f (%s)', step, results['psnr'],
+                 results['ssim'], ', '.join(f'{k} {v["psnr"]:.2f}'
+                                            for k, v in results['levels'].items()))
+    return results
+
+  from ssen_jax import input_pipeline  # TensorFlow is imported by the input pipeline only.
+
+  manager = checkpointing.create_manager(workdir, save_every=config.checkpoint_every_steps,
+                                         keep=config.keep_checkpoints)
+  state = _initial_state(trainer, config, manager)
+  start = int(evaluation.local_value(state['step']))
+  total = config.num_train_steps
+  last_results: Dict[str, Any] = {}
+  if start >= total:
+    logging.info('Nothing to train: the checkpoint is at step %d of %d.', start, total)
+    if eval_examples:
+      last_results = run_eval(state, start)
+    manager.close()
+    writer.close()
+    return last_results
+
+  train_iter = input_pipeline.create_train_iterator(
+      file_pattern=paths['train_pattern'], kind=config.data.kind, hr_patch=config.data.hr_patch,
+      scale=config.model.scale, local_batch_size=config.batch_size // jax.process_count(),
+      seed=config.seed, start_step=start, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
+                                             every_steps=config.log_every_steps)
+  pending: Optional[tuple] = None  # (step, metrics) checked while the next step runs.
+  window: List[Dict[str, Any]] = []
+  try:
+    with checkpointing.PreemptionFlag() as preemption:
+      for step in range(start + 1, total + 1):
+        with jax.profiler.StepTraceAnnotation('train', step_num=step):
+          batch = steps.global_batch(next(train_iter), mesh)
+          state, metrics = trainer.train_step(state, batch)
+        if pending is not None:
+          _check_finite(*pending, manager)
+        pending = (step, metrics)
+        window.append(metrics)
+        progress(step)
+        is_last = step == total
+        preempted = preemption.requested or manager.reached_preemption(step)
+        do_eval = bool(eval_examples) and (step % config.eval_every_steps == 0 or is_last)
+        if step % config.log_every_steps == 0 or is_last:
+          _check_finite(step, metrics, manager)
+          scalars = jax.tree.map(lambda *xs: float(np.mean([evaluation.local_value(x) for x in xs])),
+                                 *window)
+          writer.write_scalars(step, {f'train/{k}': v for k, v in scalars.items()})
+          window = []
+        save_metrics = None
+        if do_eval:
+          _check_finite(step, metrics, manager)
+          last_results = run_eval(state, step)
+          save_metrics = {checkpointing.BEST_METRIC: last_results['psnr']}
+        if save_metrics or is_last or preempted or manager.should_save(step):
+          _check_finite(step, metrics, manager)
+          checkpointing.save(manager, step, state, metrics=save_metrics,
+                             force=bool(save_metrics) or is_last or preempted)
+        if preempted:
+          logging.warning('Preemption requested: saved step %d, exiting.', step)
+          break
+  finally:
+    # An asynchronous save of an earlier (good) step may still be in flight.
+    manager.wait_until_finished()
+    manager.close()
+    writer.flush()
+    writer.close()
+  return last_results
