@@ -1,0 +1,33 @@
+r"""Self-similarity SR: RCAN + SSEN on DIV2K 192x192 crops (paper Sec. 3.4, Fig. 4, Tab. 2).
+
+SSEN takes the LR features as both input and reference. Evaluates on a benchmark folder of HR
+images (Set5, Set14, B100, Urban100, Manga109), one Tab. 2 row.
+
+  python -m ssen_jax.main --config configs/selfsim.py --workdir /ckpt/selfsim \
+      --config.data.train_pattern='/data/div2k/div2k-train-*.tfrecord' \
+      --config.data.eval_dir=/data/benchmarks/Urban100
+
+Variants (`configs/selfsim.py:VARIANT`, comma-separated): `rcan` (RCAN alone, Tab. 2 "Baseline"),
+`tiny` (tests), `demo` (a small model on the embedded demo data's HR images).
+"""
+import ml_collections
+
+from configs import refsr
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variants = set(filter(None, (arg or '').split(',')))
+  known = {'rcan', 'tiny', 'demo'}
+  if variants - known:
+    raise ValueError(f'unknown variant(s) {sorted(variants - known)}; known: {sorted(known)}')
+  config = refsr.get_config(','.join(sorted(variants & {'tiny', 'demo'})))
+  config.model.variant = 'rcan' if 'rcan' in variants else 'selfsim'
+  config.data.kind = 'sisr'
+  config.data.eval_dataset = 'folder'
+  if not variants & {'tiny', 'demo'}:
+    config.data.hr_patch = 192  # DIV2K crops (paper Sec. 4.1).
+    config.batch_size = 32  # The paper's RefSR batch; it gives none for this setting.
+  if 'demo' in variants:
+    config.model.rcan_groups = 2
+    config.model.rcan_blocks = 3
+  return config
