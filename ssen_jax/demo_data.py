@@ -1,0 +1,218 @@
+"""A small RefSR dataset built from real photos shipped in scikit-image: no download needed.
+
+`build_demo_data(out_dir)` writes, deterministically, a dataset shaped like CUFED (training
+pairs) and CUFED5 (evaluation groups), small enough to train on a 2-core CPU in minutes:
+
+  OUT/ssen_demo_v1/
+    train/demo_train-0000K-of-00004.tfrecord  64 pairs, records as data_prep's CUFED output
+                                               ('name', 'hr', 'ref': 160x160 RGB PNGs)
+    train/demo_train.json                     manifest (counts, features, sources)
+    train_raw/input/NAME.png, ref/NAME.png    the same pairs in the raw CUFED layout
+    eval/XXX_0.png .. XXX_5.png               6 CUFED5-style groups, 128x128 HR and references
+    README.txt                                this layout in words
+
+Training pairs come from `astronaut`, `coffee`, `rocket`, `hubble_deep_field` and
+`immunohistochemistry`: the HR is a 160x160 crop; its reference is the same neighbourhood seen
+through a random similarity transform (rotation up to 10 degrees, scale 0.85-1.15, shift up to
+24 px, bicubic resampling) with a small gain/offset change, i.e. related but not aligned content,
+as CUFED's pairs are.
+
+Evaluation groups come from other images only: the real stereo pair `motorcycle_left/right`
+(4 groups) and `chelsea` (2 groups), with `retina` for unrelated references. References go from
+XH to XL similarity:
+  _1 XH: the same region in the other stereo view (motorcycle; shift found by matching), or a
+         mild transform of it (chelsea: 3 degrees, scale 1.03, 4 px);
+  _2 H:  the same region, stronger transform (10 degrees, scale 0.85, 12 px);
+  _3 M:  a half-overlapping neighbouring region, slightly rotated;
+  _4 L:  a distant, non-overlapping region of the same photo;
+  _5 XL: a crop of an unrelated image (`retina`).
+
+The build is atomic (a temporary folder renamed into place) and idempotent (an existing complete
+build is reused). Images are read from the files inside `skimage/data`, never fetched.
+"""
+import json
+import os
+import pathlib
+import shutil
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image
+from skimage import transform
+
+from ssen_jax import datasets
+
+DEMO_NAME = 'ssen_demo_v1'
+TRAIN_SOURCES = ('astronaut.png', 'coffee.png', 'rocket.jpg', 'hubble_deep_field.jpg', 'ihc.png')
+EVAL_SOURCES = ('motorcycle_left.png', 'motorcycle_right.png', 'chelsea.png', 'retina.jpg')
+NUM_TRAIN = 64
+NUM_SHARDS = 4
+TRAIN_SIZE = 160
+EVAL_SIZE = 128
+_SEED = 20200614
+
+
+class DemoData(NamedTuple):
+  """Paths of a built demo dataset."""
+  root: pathlib.Path
+  train_pattern: str  # Glob of the training TFRecords (kind 'refsr').
+  train_raw_dir: pathlib.Path  # Raw CUFED layout: input/*.png, ref/*.png.
+  eval_dir: pathlib.Path  # CUFED5 layout: XXX_0.png .. XXX_5.png.
+  num_train: int
+  num_eval: int
+
+
+def _source(name: str) -> np.ndarray:
+  """An RGB uint8 image from skimage's installed data folder (no network: files only)."""
+  import skimage  # pylint: disable=g-import-not-at-top
+  return datasets.read_image(pathlib.Path(skimage.__file__).parent / 'data' / name)
+
+
+def _view(img: np.ndarray, center: tuple[float, float], size: int, *, angle: float = 0.0,
+          zoom: float = 1.0, shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+  """A (size, size, 3) uint8 view of `img` around `center` (row, col), rotated/zoomed/shifted.
+
+  Output pixel p (relative to the view centre) samples img at center + shift + zoom * R(angle) p,
+  bicubic, symmetric boundary.
+  """
+  theta = np.deg2rad(angle)
+  rot = zoom * np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+  half = (size - 1) / 2
+  # (x, y) = (col, row) convention of skimage transforms.
+  target = np.array([center[1] + shift[1], center[0] + shift[0]])
+  matrix = np.eye(3)
+  matrix[:2, :2] = rot
+  matrix[:2, 2] = target - rot @ np.array([half, half])
+  out = transform.warp(img.astype(np.float64), transform.AffineTransform(matrix=matrix),
+                       output_shape=(size, size), order=3, mode='symmetric', preserve_range=True)
+  return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+
+
+def _crop(img: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
+  return np.ascontiguousarray(img[top:top + size, left:left + size])
+
+
+def make_train_pairs() -> list[tuple[str, np.ndarray, np.ndarray]]:
+  """[(name, hr (160, 160, 3) uint8, ref (160, 160, 3) uint8)] * NUM_TRAIN, deterministic."""
+  rng = np.random.default_rng(_SEED)
+  pairs = []
+  sources = [_source(n) for n in TRAIN_SOURCES]
+  margin = 32
+  for i in range(NUM_TRAIN):
+    img = sources[i % len(sources)]
+    top = int(rng.integers(margin, img.shape[0] - TRAIN_SIZE - margin))
+    left = int(rng.integers(margin, img.shape[1] - TRAIN_SIZE - margin))
+    hr = _crop(img, top, left, TRAIN_SIZE)
+    center = (top + (TRAIN_SIZE - 1) / 2, left + (TRAIN_SIZE - 1) / 2)
+    ref = _view(img, center, TRAIN_SIZE, angle=rng.uniform(-10, 10), zoom=rng.uniform(0.85, 1.15),
+                shift=tuple(rng.uniform(-24, 24, size=2)))
+    gain, offset = rng.uniform(0.9, 1.1), rng.uniform(-10, 10)
+    ref = np.clip(np.floor(ref * gain + offset + 0.5), 0, 255).astype(np.uint8)
+    pairs.append((f'{i:06d}', hr, ref))
+  return pairs
+
+
+def _stereo_shift(left: np.ndarray, right: np.ndarray, top: int, col: int, size: int) -> int:
+  """Disparity d minimising the MSE between left[top, col] and right[top, col - d] crops."""
+  patch = _crop(left, top, col, size).astype(np.float64)
+  errors = [np.mean((_crop(right, top, col - d, size) - patch) ** 2)
+            for d in range(0, min(col, 160) + 1)]
+  return int(np.argmin(errors))
+
+
+def make_eval_groups() -> list[tuple[str, list[np.ndarray]]]:
+  """[(group id, [HR, XH, H, M, L, XL])], all (128, 128, 3) uint8, deterministic."""
+  left, right, cat, retina = (_source(n) for n in EVAL_SOURCES)
+  s = EVAL_SIZE
+  half = (s - 1) / 2
+  groups = []
+  # (image, other view or None, HR top-left, distant L top-left, XL top-left in retina).
+  plan = [(left, right, (150, 330), (330, 40), (300, 300)),
+          (left, right, (260, 520), (40, 60), (600, 500)),
+          (left, right, (60, 180), (340, 560), (900, 700)),
+          (left, right, (330, 300), (60, 600), (500, 1000)),
+          (cat, None, (60, 150), (160, 10), (700, 250)),
+          (cat, None, (120, 260), (10, 10), (1000, 900))]
+  for gid, (img, other, (top, col), (l_top, l_col), (x_top, x_col)) in enumerate(plan):
+    hr = _crop(img, top, col, s)
+    center = (top + half, col + half)
+    if other is not None:
+      d = _stereo_shift(img, other, top, col, s)
+      xh = _crop(other, top, col - d, s)
+      h = _view(other, (center[0], center[1] - d), s, angle=10, zoom=0.85, shift=(12, -12))
+    else:
+      xh = _view(img, center, s, angle=3, zoom=1.03, shift=(4, 4))
+      h = _view(img, center, s, angle=10, zoom=0.85, shift=(12, -12))
+    m = _view(img, center, s, angle=-5, shift=(s / 2, s / 2))
+    low = _crop(img, l_top, l_col, s)
+    xl = _crop(retina, x_top, x_col, s)
+    groups.append((f'{gid:03d}', [hr, xh, h, m, low, xl]))
+  return groups
+
+
+def _readme(num_train: int, num_eval: int) -> str:
+  return (f'{DEMO_NAME}: demo RefSR data built by ssen_jax.demo_data from scikit-image photos.\n'
+          f'train/: {num_train} CUFED-style pairs (160x160) as TFRecords (name, hr, ref PNG).\n'
+          'train_raw/: the same pairs in the raw CUFED layout (input/, ref/).\n'
+          f'eval/: {num_eval} CUFED5-style groups, XXX_0.png HR, XXX_1..5.png refs XH..XL.\n'
+          f'Train sources: {", ".join(TRAIN_SOURCES)}. Eval sources: {", ".join(EVAL_SOURCES)}.\n')
+
+
+def _paths(root: pathlib.Path, num_train: int, num_eval: int) -> DemoData:
+  return DemoData(root=root, train_pattern=str(root / 'train' / 'demo_train-*-of-*.tfrecord'),
+                  train_raw_dir=root / 'train_raw', eval_dir=root / 'eval',
+                  num_train=num_train, num_eval=num_eval)
+
+
+def build_demo_data(out_dir: str | os.PathLike) -> DemoData:
+  """Builds the demo dataset under `out_dir/ssen_demo_v1` unless a complete build is there.
+
+  Args:
+    out_dir: parent folder (created if needed).
+
+  Returns:
+    `DemoData` with the training TFRecord glob, raw-pair folder and CUFED5-style eval folder.
+  """
+  out_dir = pathlib.Path(out_dir)
+  root = out_dir / DEMO_NAME
+  manifest_path = root / 'manifest.json'
+  if manifest_path.exists():  # Written last inside the temporary folder: the build is complete.
+    manifest = json.loads(manifest_path.read_text())
+    return _paths(root, manifest['num_train'], manifest['num_eval'])
+  out_dir.mkdir(parents=True, exist_ok=True)
+  tmp = out_dir / f'.{DEMO_NAME}.tmp-{os.getpid()}'
+  shutil.rmtree(tmp, ignore_errors=True)
+  try:
+    pairs, groups = make_train_pairs(), make_eval_groups()
+    for sub in ('train', 'train_raw/input', 'train_raw/ref', 'eval'):
+      (tmp / sub).mkdir(parents=True)
+    shards = [[] for _ in range(NUM_SHARDS)]
+    for i, (name, hr, ref) in enumerate(pairs):
+      hr_png, ref_png = datasets.encode_png(hr), datasets.encode_png(ref)
+      (tmp / 'train_raw/input' / f'{name}.png').write_bytes(hr_png)
+      (tmp / 'train_raw/ref' / f'{name}.png').write_bytes(ref_png)
+      shards[i % NUM_SHARDS].append(datasets.serialize_example({
+          datasets.FEATURE_NAME: name, datasets.FEATURE_HR: hr_png, datasets.FEATURE_REF: ref_png}))
+    names = datasets.shard_names('demo_train', NUM_SHARDS)
+    for shard_name, records in zip(names, shards):
+      datasets.write_tfrecord(tmp / 'train' / shard_name, records)
+    (tmp / 'train' / 'demo_train.json').write_text(json.dumps({
+        'name': 'demo_train', 'num_examples': len(pairs), 'num_shards': NUM_SHARDS,
+        'shards': names, 'examples_per_shard': [len(s) for s in shards],
+        'features': [datasets.FEATURE_NAME, datasets.FEATURE_HR, datasets.FEATURE_REF],
+        'dataset': 'demo', 'sources': list(TRAIN_SOURCES)}, indent=2))
+    for gid, images in groups:
+      for level, img in enumerate(images):
+        (tmp / 'eval' / f'{gid}_{level}.png').write_bytes(datasets.encode_png(img))
+    (tmp / 'README.txt').write_text(_readme(len(pairs), len(groups)))
+    (tmp / 'manifest.json').write_text(json.dumps({
+        'name': DEMO_NAME, 'num_train': len(pairs), 'num_eval': len(groups),
+        'train_sources': list(TRAIN_SOURCES), 'eval_sources': list(EVAL_SOURCES)}, indent=2))
+    try:
+      os.rename(tmp, root)  # Atomic: readers see no build or a complete one.
+    except OSError:
+      if not manifest_path.exists():  # Not a concurrent builder winning the race: a real error.
+        raise
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return _paths(root, len(pairs), len(groups))

@@ -1,0 +1,252 @@
+"""tf.data training input: random HR/reference crops, dihedral augmentation, MATLAB-bicubic LR.
+
+The only runtime module besides `data_prep` that imports TensorFlow (hidden from GPUs here).
+
+Reads the TFRecords of `data_prep.convert` / `ssen_jax.demo_data` (keys in `ssen_jax.datasets`).
+Per example:
+
+1. HR: a random `hr_patch` x `hr_patch` crop (uniform offset), then one of the 8 dihedral
+   transforms (rotation by k * 90 degrees, k uniform in 0..3, then a left-right flip with p = 1/2;
+   together they cover every rotation and flip).
+2. Reference (`kind='refsr'`), independently of the HR: a random crop of min(its size, hr_patch)
+   per axis, padded at the bottom/right by symmetric reflection (edge repeated, as numpy's
+   'symmetric') when smaller than `hr_patch`, then its own random dihedral transform.
+3. LR: MATLAB bicubic `imresize(hr, 1 / scale)` of the augmented uint8 HR crop, rounded to uint8
+   after each axis exactly like `ssen_jax.imresize.imresize` (same weight matrices, float64).
+4. Everything is returned as float32 in [0, 1] (uint8 levels / 255), NHWC.
+
+Determinism and exact resume: every host keeps its share of encoded PNG bytes in memory. Example
+`slot` of step `s` is global position g = s * B + slot of an endless stream; epoch e = g // N picks
+a permutation of the host's N examples with `tf.random.experimental.index_shuffle` (seeded by
+(seed, process_index, e)), and the crop/augmentation draws are stateless ops seeded by
+(seed, process_index, s, slot). So the batch at step s depends only on (seed, s, process_index),
+the host's shards and B, and starting at `start_step` yields exactly what an uninterrupted run
+yields from that step, without saving any iterator state.
+"""
+from collections.abc import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from ssen_jax import datasets
+from ssen_jax import imresize as imresize_lib
+
+
+def hide_gpus_from_tf() -> None:
+  """Keeps TensorFlow off the accelerators, which belong to JAX."""
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:  # Devices already initialised: nothing can be changed any more.
+    pass
+
+
+hide_gpus_from_tf()
+
+KINDS = ('refsr', 'sisr')
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+def imresize_tf(img: tf.Tensor, scale: float) -> tf.Tensor:
+  """MATLAB bicubic `imresize` in TensorFlow (graph-safe; H and W must be static).
+
+  Args:
+    img: (H, W, C) or (N, H, W, C), uint8 or float.
+    scale: resize factor.
+
+  Returns:
+    uint8 for uint8 input (rounded half away from zero and saturated after each axis, as MATLAB
+    and `ssen_jax.imresize.imresize`), else float64. Shape (..., ceil(H s), ceil(W s), C).
+  """
+  height, width = img.shape[-3], img.shape[-2]
+  if height is None or width is None:
+    raise ValueError(f'imresize_tf needs static height and width, got shape {img.shape}')
+  is_uint8 = img.dtype == tf.uint8
+  x = tf.cast(img, tf.float64)
+  for axis, matrix in imresize_lib.resize_plan(height, width, scale):
+    m = tf.constant(matrix, tf.float64)
+    if axis == 0:
+      x = tf.einsum('oh,...hwc->...owc', m, x)
+    else:
+      x = tf.einsum('ow,...hwc->...hoc', m, x)
+    if is_uint8:
+      x = tf.clip_by_value(tf.floor(x + 0.5), 0.0, 255.0)
+  return tf.cast(x, tf.uint8) if is_uint8 else x
+
+
+def dihedral(image: tf.Tensor, k: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
+  """Rotates (H, W, C) by k * 90 degrees counter-clockwise, then flips left-right if `flip`."""
+  image = tf.image.rot90(image, k)
+  return tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
+
+
+def random_crop(image: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
+                seed: tf.Tensor) -> tf.Tensor:
+  """Uniform random (height, width) window of (H, W, C), H >= height, W >= width (stateless)."""
+  shape = tf.shape(image)
+  s_y, s_x = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  y = tf.random.stateless_uniform([], s_y, 0, shape[0] - height + 1, dtype=tf.int32)
+  x = tf.random.stateless_uniform([], s_x, 0, shape[1] - width + 1, dtype=tf.int32)
+  return image[y:y + height, x:x + width]
+
+
+def symmetric_pad_to(image: tf.Tensor, size: int) -> tf.Tensor:
+  """Pads (h, w, C), h, w <= size, to (size, size, C) at the bottom/right by symmetric reflection.
+
+  Indices fold with period 2h (numpy's 'symmetric' mode), so any amount of padding works.
+  """
+  def fold(n):
+    i = tf.math.floormod(tf.range(size), 2 * n)
+    return tf.where(i < n, i, 2 * n - 1 - i)
+  shape = tf.shape(image)
+  image = tf.gather(image, fold(shape[0]), axis=0)
+  return tf.gather(image, fold(shape[1]), axis=1)
+
+
+def augment_example(hr: tf.Tensor, ref: tf.Tensor | None, seed: tf.Tensor, *, hr_patch: int,
+                    scale: int) -> dict[str, tf.Tensor]:
+  """Crops, augments and downsamples one decoded example (pure function of its inputs and seed).
+
+  Args:
+    hr: (H, W, 3) uint8 HR image, H, W >= hr_patch.
+    ref: (h, w, 3) uint8 reference of any size, or None (SISR).
+    seed: (2,) int64 stateless seed.
+    hr_patch: HR crop size, a multiple of `scale`.
+    scale: SR factor.
+
+  Returns:
+    {'lr': (hr_patch/scale,)*2 + (3,), 'hr': (hr_patch, hr_patch, 3)[, 'ref': same]}, all uint8.
+  """
+  seeds = tf.random.experimental.stateless_split(seed, 4)
+  hr = random_crop(hr, hr_patch, hr_patch, seeds[0])
+  draws = tf.random.stateless_uniform([4], seeds[1], 0, 8, dtype=tf.int32)
+  hr = dihedral(hr, draws[0] % 4, draws[1] % 2 == 1)
+  hr = tf.ensure_shape(hr, [hr_patch, hr_patch, 3])
+  out = {'lr': imresize_tf(hr, 1.0 / scale), 'hr': hr}
+  if ref is not None:
+    shape = tf.shape(ref)
+    ref = random_crop(ref, tf.minimum(shape[0], hr_patch), tf.minimum(shape[1], hr_patch),
+                      seeds[2])
+    ref = symmetric_pad_to(ref, hr_patch)
+    ref = dihedral(ref, draws[2] % 4, draws[3] % 2 == 1)
+    out['ref'] = tf.ensure_shape(ref, [hr_patch, hr_patch, 3])
+  return out
+
+
+def host_shards(file_pattern: str, process_index: int, process_count: int) -> list[str]:
+  """This host's shards: sorted(glob(file_pattern))[process_index::process_count].
+
+  Raises:
+    ValueError: no file matches, or fewer shards than hosts.
+  """
+  files = sorted(tf.io.gfile.glob(file_pattern))
+  if not files:
+    raise ValueError(f'no TFRecord files match {file_pattern!r}')
+  if len(files) < process_count:
+    raise ValueError(f'{len(files)} shards match {file_pattern!r} but there are {process_count} '
+                     'hosts: each host needs at least one shard (rerun data_prep with more '
+                     '--num_shards)')
+  return files[process_index::process_count]
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+  """(height, width) from a PNG header, or None if `data` is not a PNG."""
+  if data[:8] != _PNG_SIGNATURE or len(data) < 24:
+    return None
+  return int.from_bytes(data[20:24], 'big'), int.from_bytes(data[16:20], 'big')
+
+
+def load_host_records(files: list[str], kind: str, hr_patch: int) -> dict[str, tf.Tensor]:
+  """Reads every record of `files` into memory, in file order.
+
+  Returns:
+    {'hr': (N,) string tensor of PNG bytes[, 'ref': (N,)]}.
+
+  Raises:
+    ValueError: no records, a record without 'ref' for kind 'refsr', or an HR image smaller
+      than `hr_patch`.
+  """
+  spec = {datasets.FEATURE_NAME: tf.io.FixedLenFeature([], tf.string, b''),
+          datasets.FEATURE_HR: tf.io.FixedLenFeature([], tf.string),
+          datasets.FEATURE_REF: tf.io.FixedLenFeature([], tf.string, b'')}
+  names, hrs, refs = [], [], []
+  ds = tf.data.TFRecordDataset(files).batch(512).map(lambda x: tf.io.parse_example(x, spec))
+  for batch in ds.as_numpy_iterator():
+    names += batch[datasets.FEATURE_NAME].tolist()
+    hrs += batch[datasets.FEATURE_HR].tolist()
+    refs += batch[datasets.FEATURE_REF].tolist()
+  if not hrs:
+    raise ValueError(f'no records in {files}')
+  for name, hr, ref in zip(names, hrs, refs):
+    size = _png_size(hr)
+    if size and min(size) < hr_patch:
+      raise ValueError(f'record {name.decode()!r} in {files} has a {size[0]}x{size[1]} HR image, '
+                       f'smaller than hr_patch={hr_patch}')
+    if kind == 'refsr' and not ref:
+      raise ValueError(f"kind='refsr' needs a 'ref' feature, record {name.decode()!r} in "
+                       f'{files} has none (SISR data such as div2k needs kind=sisr)')
+  out = {'hr': tf.constant(hrs)}
+  if kind == 'refsr':
+    out['ref'] = tf.constant(refs)
+  return out
+
+
+def create_train_iterator(*, file_pattern: str, kind: str, hr_patch: int, scale: int,
+                          local_batch_size: int, seed: int, start_step: int, process_index: int,
+                          process_count: int, num_threads: int | None = None
+                          ) -> Iterator[dict[str, np.ndarray]]:
+  """Endless iterator of this host's training batches, starting at `start_step`.
+
+  Args:
+    file_pattern: glob of the TFRecord shards (all hosts pass the same pattern).
+    kind: 'refsr' (records with 'ref', e.g. CUFED) or 'sisr' (HR only, e.g. DIV2K).
+    hr_patch: HR crop size (160 for CUFED, 192 for DIV2K in the paper); multiple of `scale`.
+    scale: SR factor.
+    local_batch_size: B, this host's share of the global batch.
+    seed: global seed (the same on every host).
+    start_step: the first step to produce (0, or the restored step).
+    process_index: this host's index (jax.process_index()).
+    process_count: number of hosts (jax.process_count()).
+    num_threads: tf.data private thread pool size (None: TensorFlow's default, all cores).
+
+  Returns:
+    Iterator of {'lr': (B, hr_patch/scale, hr_patch/scale, 3), 'hr': (B, hr_patch, hr_patch, 3),
+    'ref': (B, hr_patch, hr_patch, 3) (refsr only)} float32 numpy arrays in [0, 1].
+  """
+  if kind not in KINDS:
+    raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
+  if hr_patch % scale:
+    raise ValueError(f'hr_patch={hr_patch} is not a multiple of scale={scale}')
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index={process_index} not in [0, {process_count})')
+  hide_gpus_from_tf()
+  files = host_shards(file_pattern, process_index, process_count)
+  records = load_host_records(files, kind, hr_patch)
+  num_examples = int(records['hr'].shape[0])
+  batch = int(local_batch_size)
+  host_seed = tf.constant([seed, process_index], tf.int64)
+  shuffle_seed = tf.random.experimental.stateless_fold_in(host_seed, 0)
+  augment_seed = tf.random.experimental.stateless_fold_in(host_seed, 1)
+
+  def make_example(position: tf.Tensor) -> dict[str, tf.Tensor]:
+    epoch, offset = position // num_examples, position % num_examples
+    index = tf.random.experimental.index_shuffle(
+        offset, tf.random.experimental.stateless_fold_in(shuffle_seed, epoch),
+        tf.constant(num_examples - 1, tf.int64))
+    step, slot = position // batch, position % batch
+    ex_seed = tf.random.experimental.stateless_fold_in(
+        tf.random.experimental.stateless_fold_in(augment_seed, step), slot)
+    hr = tf.io.decode_png(tf.gather(records['hr'], index), channels=3)
+    ref = tf.io.decode_png(tf.gather(records['ref'], index), channels=3) if 'ref' in records \
+        else None
+    out = augment_example(hr, ref, ex_seed, hr_patch=hr_patch, scale=scale)
+    return {k: tf.cast(v, tf.float32) / 255.0 for k, v in out.items()}
+
+  ds = tf.data.Dataset.range(start_step * batch, np.iinfo(np.int64).max)
+  ds = ds.map(make_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  options = tf.data.Options()
+  options.deterministic = True
+  if num_threads:
+    options.threading.private_threadpool_size = num_threads
+    options.threading.max_intra_op_parallelism = 1
+  return ds.with_options(options).as_numpy_iterator()

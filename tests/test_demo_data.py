@@ -1,0 +1,73 @@
+"""The embedded demo dataset: offline, deterministic, idempotent, same format as data_prep."""
+import socket
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data_prep import convert
+from ssen_jax import datasets
+from ssen_jax import demo_data
+from ssen_jax import input_pipeline
+
+
+@pytest.fixture(scope='module')
+def demo(tmp_path_factory):
+  mp = pytest.MonkeyPatch()
+  mp.setattr(socket, 'socket', lambda *a, **k: pytest.fail('demo data tried to use the network'))
+  try:
+    return demo_data.build_demo_data(tmp_path_factory.mktemp('demo'))
+  finally:
+    mp.undo()
+
+
+def _records(pattern):
+  return sorted(r.numpy() for f in sorted(tf.io.gfile.glob(pattern))
+                for r in tf.data.TFRecordDataset(f))
+
+
+def test_layout_counts_and_training_batches(demo):
+  assert demo.num_train == 64 and demo.num_eval == 6
+  assert len(tf.io.gfile.glob(demo.train_pattern)) == demo_data.NUM_SHARDS
+  assert len(_records(demo.train_pattern)) == 64
+  assert len(list((demo.train_raw_dir / 'ref').glob('*.png'))) == 64
+  it = input_pipeline.create_train_iterator(
+      file_pattern=demo.train_pattern, kind='refsr', hr_patch=160, scale=4, local_batch_size=2,
+      seed=0, start_step=0, process_index=1, process_count=2)
+  batch = next(it)
+  assert batch['lr'].shape == (2, 40, 40, 3) and batch['ref'].shape == (2, 160, 160, 3)
+
+
+def test_eval_groups_are_cufed5_with_decreasing_similarity(demo):
+  groups = datasets.load_cufed5(demo.eval_dir, 4)
+  assert [g['name'] for g in groups] == [f'{i:03d}' for i in range(6)]
+  for g in groups:
+    assert g['hr'].shape == (128, 128, 3) and g['lr'].shape == (32, 32, 3)
+    assert len(g['refs']) == 5
+    err = [np.mean(np.abs(r.astype(float) - g['hr'])) for r in g['refs']]
+    assert err[0] < err[4], (g['name'], err)  # XH resembles the HR more than XL does.
+    assert err[0] == min(err)  # XH is the closest reference.
+
+
+def test_train_and_eval_sources_are_disjoint_and_pairs_related():
+  assert not set(demo_data.TRAIN_SOURCES) & set(demo_data.EVAL_SOURCES)
+  pairs = demo_data.make_train_pairs()[:10]
+  own = [np.mean(np.abs(hr.astype(float) - ref)) for _, hr, ref in pairs]
+  shuffled = [np.mean(np.abs(hr.astype(float) - pairs[(i + 1) % 10][2]))
+              for i, (_, hr, _) in enumerate(pairs)]
+  assert np.mean(own) < 0.6 * np.mean(shuffled)
+
+
+def test_idempotent_deterministic_and_same_records_as_data_prep(demo, tmp_path):
+  manifest = demo.root / 'manifest.json'
+  mtime = manifest.stat().st_mtime_ns
+  assert demo_data.build_demo_data(demo.root.parent) == demo
+  assert manifest.stat().st_mtime_ns == mtime  # Reused, not rebuilt.
+  again = demo_data.build_demo_data(tmp_path)
+  files = sorted(p.relative_to(demo.root) for p in demo.root.rglob('*') if p.is_file())
+  assert files == sorted(p.relative_to(again.root) for p in again.root.rglob('*') if p.is_file())
+  for f in files:
+    assert (demo.root / f).read_bytes() == (again.root / f).read_bytes(), f
+  assert not list(tmp_path.glob('.*tmp*'))
+  convert.convert('cufed', demo.train_raw_dir, tmp_path / 'conv', num_shards=2, progress=False)
+  assert _records(str(tmp_path / 'conv/cufed-*')) == _records(demo.train_pattern)
