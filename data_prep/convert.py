@@ -166,7 +166,9 @@ def _write_shards(jobs: list[layouts.Job], tmp_dir: pathlib.Path, name: str, num
     work = ((job, tile_size) for job in jobs)
     if num_workers > 1:
       pool = multiprocessing.get_context('spawn').Pool(num_workers)
-      results = pool.imap(layouts.process_job, work, chunksize=4)
+      # Large chunks amortise the inter-process traffic for small images (CUFED: ~1 ms each).
+      chunk = max(1, min(16, len(jobs) // (4 * num_workers)))
+      results = pool.imap(layouts.process_job, work, chunksize=chunk)
     else:
       results = map(layouts.process_job, work)
     bar = tqdm(total=len(jobs), file=sys.stderr, unit='ex', disable=not progress, desc=name,

@@ -80,12 +80,19 @@ LAYOUTS = {'cufed': find_cufed, 'cufed5': find_cufed5, 'div2k': find_div2k,
 
 
 def _load(path: pathlib.Path) -> tuple[np.ndarray, bytes | None]:
-  """(RGB uint8 image, its file bytes if they are already an RGB 8-bit PNG else None)."""
-  data = path.read_bytes()
-  with Image.open(io.BytesIO(data)) as img:
-    img.load()
-    keep = img.format == 'PNG' and img.mode == 'RGB'
-  return datasets.read_image(path), (data if keep else None)
+  """(RGB uint8 image, its file bytes if they are already an RGB 8-bit PNG else None).
+
+  Raises:
+    datasets.DatasetError: unreadable file.
+  """
+  try:
+    data = path.read_bytes()
+    with Image.open(io.BytesIO(data)) as img:
+      img.load()
+      keep = img.format == 'PNG' and img.mode == 'RGB'
+      return datasets.pil_to_rgb(img), (data if keep else None)
+  except (OSError, ValueError, Image.DecompressionBombError) as e:
+    raise datasets.DatasetError(f'cannot read image {path}: {e}') from None
 
 
 def _png(img: np.ndarray, original: bytes | None) -> bytes:
@@ -124,7 +131,7 @@ def process_job(args: tuple[Job, int]) -> tuple[list[bytes], str | None]:
   for path in job.paths:
     try:
       loaded.append(_load(path))
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+    except datasets.DatasetError as e:
       reason = str(e).removeprefix(f'cannot read image {path}: ')
       return [], f'{path} ({reason})'
   hr, hr_png = loaded[0]

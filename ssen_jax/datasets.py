@@ -48,6 +48,15 @@ class DatasetError(ValueError):
 # Images.
 
 
+def pil_to_rgb(img: Image.Image) -> np.ndarray:
+  """A loaded PIL image as (H, W, 3) uint8: gray replicated, alpha dropped, 16-bit scaled."""
+  if img.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
+    arr = np.asarray(img, np.float64)
+    arr = np.clip(np.floor(arr / 257.0 + 0.5), 0, 255).astype(np.uint8)
+    return np.repeat(arr[..., None], 3, axis=-1)
+  return np.asarray(img.convert('RGB'), np.uint8)
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
   """Reads an image file as RGB uint8.
 
@@ -63,11 +72,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
   try:
     with Image.open(path) as img:
       img.load()
-      if img.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
-        arr = np.asarray(img, np.float64)
-        arr = np.clip(np.floor(arr / 257.0 + 0.5), 0, 255).astype(np.uint8)
-        return np.repeat(arr[..., None], 3, axis=-1)
-      return np.asarray(img.convert('RGB'), np.uint8)
+      return pil_to_rgb(img)
   except (OSError, ValueError, Image.DecompressionBombError) as e:
     raise DatasetError(f'cannot read image {path}: {e}') from None
 
