@@ -14,12 +14,17 @@ from collections.abc import Sequence
 from absl import app
 from absl import flags
 
-_FILE_PATTERN = flags.DEFINE_string('file_pattern', None, 'TFRecords; default: the demo data.')
-_KIND = flags.DEFINE_enum('kind', 'refsr', ['refsr', 'sisr'], 'Record kind.')
-_HR_PATCH = flags.DEFINE_integer('hr_patch', 160, 'HR crop size.')
-_BATCH = flags.DEFINE_integer('batch_size', 32, 'Examples per batch.')
-_BATCHES = flags.DEFINE_integer('num_batches', 20, 'Batches timed (after 2 warm-up batches).')
-_THREADS = flags.DEFINE_list('threads', None, 'Thread counts to try; default: 1 and all CPUs.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Command-line flags, defined only when run as a script."""
+  flags.DEFINE_string('file_pattern', None, 'TFRecords; default: the demo data.')
+  flags.DEFINE_enum('kind', 'refsr', ['refsr', 'sisr'], 'Record kind.')
+  flags.DEFINE_integer('hr_patch', 160, 'HR crop size.')
+  flags.DEFINE_integer('batch_size', 32, 'Examples per batch.')
+  flags.DEFINE_integer('num_batches', 20, 'Batches timed (after 2 warm-up batches).')
+  flags.DEFINE_list('threads', None, 'Thread counts to try; default: 1 and all CPUs.')
 
 
 def measure(file_pattern: str, *, kind: str = 'refsr', hr_patch: int = 160, batch_size: int = 32,
@@ -40,21 +45,22 @@ def measure(file_pattern: str, *, kind: str = 'refsr', hr_patch: int = 160, batc
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  pattern = _FILE_PATTERN.value
+  pattern = FLAGS.file_pattern
   if pattern is None:
     from ssen_jax import demo_data  # pylint: disable=g-import-not-at-top
     pattern = demo_data.build_demo_data(os.path.join(tempfile.gettempdir(), 'ssen_demo')
                                         ).train_pattern
   cpus = os.cpu_count() or 1
-  threads = [int(t) for t in _THREADS.value] if _THREADS.value else sorted({1, cpus})
-  print(f'Input pipeline, {_KIND.value}, HR {_HR_PATCH.value}x{_HR_PATCH.value}, batch '
-        f'{_BATCH.value}, {pattern} ({cpus} CPUs visible)\n')
+  threads = [int(t) for t in FLAGS.threads] if FLAGS.threads else sorted({1, cpus})
+  print(f'Input pipeline, {FLAGS.kind}, HR {FLAGS.hr_patch}x{FLAGS.hr_patch}, batch '
+        f'{FLAGS.batch_size}, {pattern} ({cpus} CPUs visible)\n')
   print('| threads | examples/s | examples/s per thread |\n|---:|---:|---:|')
   for t in threads:
-    rate = measure(pattern, kind=_KIND.value, hr_patch=_HR_PATCH.value, batch_size=_BATCH.value,
-                   num_batches=_BATCHES.value, num_threads=t)
+    rate = measure(pattern, kind=FLAGS.kind, hr_patch=FLAGS.hr_patch, batch_size=FLAGS.batch_size,
+                   num_batches=FLAGS.num_batches, num_threads=t)
     print(f'| {t} | {rate:.1f} | {rate / t:.1f} |')
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -52,19 +52,24 @@ from absl import flags
 from data_prep import layouts
 from ssen_jax import datasets
 
-_DATASET = flags.DEFINE_enum('dataset', None, list(layouts.LAYOUTS), 'Raw dataset layout.')
-_INPUT_DIR = flags.DEFINE_string('input_dir', None, 'Folder with the raw dataset.')
-_OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Folder for the TFRecord shards.')
-_NUM_SHARDS = flags.DEFINE_integer(
-    'num_shards', 8, 'Number of shards; at least the number of training hosts.')
-_NAME = flags.DEFINE_string('name', None, 'Shard file prefix; default: the --dataset value.')
-_SKIP_BAD = flags.DEFINE_bool(
-    'skip_bad', False, 'Skip corrupt/unreadable images (counted in the summary) instead of stopping.')
-_TILE_SIZE = flags.DEFINE_integer(
-    'tile_size', None, 'div2k/folder: cut images into tiles of this size (0: whole images). '
-    'Default: 480 for div2k, 0 otherwise.')
-_NUM_WORKERS = flags.DEFINE_integer(
-    'num_workers', None, 'Processes decoding/encoding images; default: the number of CPUs.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Command-line flags, defined only when run as a script."""
+  flags.DEFINE_enum('dataset', None, list(layouts.LAYOUTS), 'Raw dataset layout.')
+  flags.DEFINE_string('input_dir', None, 'Folder with the raw dataset.')
+  flags.DEFINE_string('output_dir', None, 'Folder for the TFRecord shards.')
+  flags.DEFINE_integer('num_shards', 8, 'Number of shards; at least the number of training hosts.')
+  flags.DEFINE_string('name', None, 'Shard file prefix; default: the --dataset value.')
+  flags.DEFINE_bool('skip_bad', False,
+                    'Skip corrupt/unreadable images (listed in the summary) instead of stopping.')
+  flags.DEFINE_integer(
+      'tile_size', None, 'div2k/folder: cut images into tiles of this size (0: whole images). '
+      'Default: 480 for div2k, 0 otherwise.')
+  flags.DEFINE_integer('num_workers', None,
+                       'Processes decoding/encoding images; default: the number of CPUs.')
+  flags.mark_flags_as_required(['dataset', 'input_dir', 'output_dir'])
 
 
 class ConvertError(Exception):
@@ -207,15 +212,15 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     print(f'error: unexpected arguments: {" ".join(argv[1:])}', file=sys.stderr)
     sys.exit(1)
-  workers = _NUM_WORKERS.value or os.cpu_count() or 1
+  workers = FLAGS.num_workers or os.cpu_count() or 1
   try:
-    m = convert(_DATASET.value, _INPUT_DIR.value, _OUTPUT_DIR.value, num_shards=_NUM_SHARDS.value,
-                name=_NAME.value, skip_bad=_SKIP_BAD.value, tile_size=_TILE_SIZE.value,
+    m = convert(FLAGS.dataset, FLAGS.input_dir, FLAGS.output_dir, num_shards=FLAGS.num_shards,
+                name=FLAGS.name, skip_bad=FLAGS.skip_bad, tile_size=FLAGS.tile_size,
                 num_workers=workers)
   except ConvertError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
-  out = pathlib.Path(_OUTPUT_DIR.value)
+  out = pathlib.Path(FLAGS.output_dir)
   print(f'Wrote {m["num_examples"]} examples ({", ".join(m["features"])}) to {m["num_shards"]} '
         f'shards {out / m["name"]}-*-of-{m["num_shards"]:05d}.tfrecord')
   if m['skipped_bad']:
@@ -229,5 +234,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['dataset', 'input_dir', 'output_dir'])
+  define_flags()
   app.run(main)

@@ -27,13 +27,19 @@ from ssen_jax import metrics
 
 SrFn = Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray]
 
-_METHOD = flags.DEFINE_enum('method', 'bicubic', ['bicubic'], 'SR method to evaluate.')
-_DATASET = flags.DEFINE_enum(
-    'dataset', 'folder', ['folder', 'cufed5'],
-    'folder: HR images directly in --dataset_dir; cufed5: XXX_0.png HR + XXX_1..5.png refs.')
-_DATASET_DIR = flags.DEFINE_string('dataset_dir', None, 'Folder holding the dataset.')
-_SCALE = flags.DEFINE_integer('scale', 4, 'SR factor (also the border shave).')
-_OUTPUT_JSON = flags.DEFINE_string('output_json', None, 'Optional path for the results as JSON.')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Command-line flags, defined only when run as a script (importers keep their own flags)."""
+  flags.DEFINE_enum('method', 'bicubic', ['bicubic'], 'SR method to evaluate.')
+  flags.DEFINE_enum(
+      'dataset', 'folder', ['folder', 'cufed5'],
+      'folder: HR images directly in --dataset_dir; cufed5: XXX_0.png HR + XXX_1..5.png refs.')
+  flags.DEFINE_string('dataset_dir', None, 'Folder holding the dataset.')
+  flags.DEFINE_integer('scale', 4, 'SR factor (also the border shave).')
+  flags.DEFINE_string('output_json', None, 'Optional path for the results as JSON.')
+  flags.mark_flag_as_required('dataset_dir')
 
 
 def protocol_line(scale: int) -> str:
@@ -118,11 +124,11 @@ def _fail(message: str) -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     _fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  scale = _SCALE.value
+  scale = FLAGS.scale
   if scale < 1:
     _fail(f'--scale must be >= 1, got {scale}')
   try:
-    examples = load_dataset(_DATASET.value, _DATASET_DIR.value, scale)
+    examples = load_dataset(FLAGS.dataset, FLAGS.dataset_dir, scale)
   except datasets.DatasetError as e:
     _fail(str(e))
   sr_fn = bicubic_sr_fn(scale)
@@ -130,18 +136,18 @@ def main(argv: Sequence[str]) -> None:
     results = evaluate_examples(examples, sr_fn, scale=scale)
   except ValueError as e:
     _fail(str(e))
-  title = f'{_METHOD.value} x{scale} on {_DATASET_DIR.value} ({_DATASET.value})'
+  title = f'{FLAGS.method} x{scale} on {FLAGS.dataset_dir} ({FLAGS.dataset})'
   print(markdown_table(results, title=title, scale=scale))
-  results.update(method=_METHOD.value, dataset=_DATASET.value, dataset_dir=_DATASET_DIR.value,
+  results.update(method=FLAGS.method, dataset=FLAGS.dataset, dataset_dir=FLAGS.dataset_dir,
                  scale=scale, protocol=protocol_line(scale))
-  if _OUTPUT_JSON.value:
+  if FLAGS.output_json:
     try:
-      with open(_OUTPUT_JSON.value, 'w') as f:
+      with open(FLAGS.output_json, 'w') as f:
         json.dump(results, f, indent=2)
     except OSError as e:
-      _fail(f'cannot write {_OUTPUT_JSON.value}: {e}')
+      _fail(f'cannot write {FLAGS.output_json}: {e}')
 
 
 if __name__ == '__main__':
-  flags.mark_flag_as_required('dataset_dir')
+  define_flags()
   app.run(main)

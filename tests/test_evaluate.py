@@ -97,3 +97,10 @@ def test_evaluate_examples_checks_output_size():
   with pytest.raises(ValueError, match='does not match'):
     evaluate.evaluate_examples([ex], lambda lr, refs: lr, scale=4)
   assert metrics.psnr_y(ex['hr'], ex['hr'], 4) == math.inf
+
+
+def test_importing_defines_no_flags():
+  # A trainer importing evaluate (and data_prep) must stay free to define its own flags.
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from data_prep import convert  # pylint: disable=g-import-not-at-top,unused-import
+  assert 'dataset_dir' not in flags.FLAGS and 'dataset' not in flags.FLAGS
