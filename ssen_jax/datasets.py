@@ -99,6 +99,18 @@ def crop_to_multiple(img: np.ndarray, scale: int) -> np.ndarray:
   return img[:h, :w]
 
 
+def fit_reference(ref: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Deterministic reference fitting (evaluation): crop/pad (h, w, C) to (height, width, C).
+
+  Same rule as the training pipeline without the randomness: keep the top-left
+  min(h, height) x min(w, width) window, then pad at the bottom/right by symmetric reflection
+  (edge repeated, numpy's 'symmetric'; any amount of padding works).
+  """
+  ref = ref[:height, :width]
+  pad = ((0, height - ref.shape[0]), (0, width - ref.shape[1])) + ((0, 0),) * (ref.ndim - 2)
+  return np.pad(ref, pad, mode='symmetric') if any(p[1] for p in pad) else ref
+
+
 def make_example(name: str, hr: np.ndarray, scale: int, refs: Sequence[np.ndarray] = ()) -> dict:
   """An evaluation example: HR cropped to a multiple of `scale`, LR by MATLAB bicubic (uint8)."""
   hr = crop_to_multiple(hr, scale)

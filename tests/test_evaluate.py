@@ -104,3 +104,12 @@ def test_importing_defines_no_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
   from data_prep import convert  # pylint: disable=g-import-not-at-top,unused-import
   assert 'dataset_dir' not in flags.FLAGS and 'dataset' not in flags.FLAGS
+
+
+def test_fit_reference_crops_and_reflects():
+  ref = skimage.data.chelsea()[:10, :30]
+  out = datasets.fit_reference(ref, 25, 12)
+  assert out.shape == (25, 12, 3)
+  np.testing.assert_array_equal(out[:10], ref[:, :12])
+  np.testing.assert_array_equal(out[10:20], ref[::-1, :12])  # Edge row repeated.
+  np.testing.assert_array_equal(out[20:25], ref[:5, :12])
