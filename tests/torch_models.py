@@ -370,11 +370,24 @@ def build(variant: str, **kwargs) -> nn.Module:
   raise ValueError(variant)
 
 
-def randomize_(model: nn.Module, std: float = 0.05, seed: int = 0) -> nn.Module:
-  """Draws every parameter (zero-initialised ones included) from N(0, std²), in place."""
+def randomize_(model: nn.Module, gain: float = 1.0, bias_std: float = 0.05,
+               offset_gain: float = 3.0, seed: int = 0) -> nn.Module:
+  """Redraws every parameter, the zero-initialised ones included, in place.
+
+  Weights are N(0, (gain / sqrt(fan_in))²), which keeps activations of order one through the
+  network; biases N(0, bias_std²). The convolutions that predict deformable offsets get
+  `offset_gain` times more, so that offsets are of the order of pixels and a fair share of the
+  samples fall between pixels, on other pixels, and outside the image.
+  """
   gen = torch.Generator().manual_seed(seed)
   with torch.no_grad():
-    for p in model.parameters():
+    for name, p in model.named_parameters():
+      if p.dim() > 1:
+        std = gain / math.sqrt(p[0].numel())
+        if 'offset_conv' in name:
+          std *= offset_gain
+      else:
+        std = bias_std
       p.copy_(torch.randn(p.shape, generator=gen) * std)
   return model
 
