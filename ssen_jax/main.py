@@ -8,6 +8,8 @@ runs the same command; `jax.distributed.initialize()` finds its peers from the e
 import os
 import sys
 
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # tf.data's C++ start-up chatter.
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -19,6 +21,11 @@ _MULTIHOST = flags.DEFINE_enum(
     'multihost', 'auto', ['auto', 'on', 'off'],
     'Call jax.distributed.initialize(): auto = when a cluster environment is detected '
     '(TPU pod slice, SLURM with several tasks, or JAX_COORDINATOR_ADDRESS set).')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0, where the environment does not tell '
+    'JAX (e.g. several processes on one machine); implies --multihost=on.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'With --coordinator_address.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'With --coordinator_address.')
 
 
 def _cluster_detected() -> bool:
@@ -31,14 +38,33 @@ def _cluster_detected() -> bool:
   return len([h for h in env.get('TPU_WORKER_HOSTNAMES', '').split(',') if h]) > 1
 
 
+class _LibraryInfoFilter(logging.logging.Filter):
+  """Drops INFO records from Orbax and JAX internals so that training progress stays readable."""
+  NOISY = ('/orbax/', '/jax/_src/', '/tensorstore/')
+
+  def filter(self, record):
+    return record.levelno > logging.logging.INFO or not any(
+        part in record.pathname for part in self.NOISY)
+
+
+def quiet_library_logs() -> None:
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
+    handler.addFilter(_LibraryInfoFilter())
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   import jax  # Imported after flag parsing so that --help stays fast.
 
-  if _MULTIHOST.value == 'on' or (_MULTIHOST.value == 'auto' and _cluster_detected()):
-    jax.distributed.initialize()
+  explicit = _COORDINATOR.value is not None
+  if explicit or _MULTIHOST.value == 'on' or (_MULTIHOST.value == 'auto' and _cluster_detected()):
+    # CPU processes exchange collectives through gloo; accelerators ignore this setting.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from ssen_jax import train
+  quiet_library_logs()
   logging.info('JAX process %d/%d, %d local / %d global devices (%s).', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.default_backend())

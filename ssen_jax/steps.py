@@ -128,7 +128,7 @@ class Trainer:
     updates, opt_state = self.tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     metrics = {'loss': loss, 'psnr': self._psnr(sr, batch['hr']),
-               'grad_norm': optax.global_norm(grads),
+               'grad_norm': optax.tree.norm(grads),
                'learning_rate': self.schedule(state['step'])}
     new_state = dict(state, step=state['step'] + 1, params=params, opt_state=opt_state)
     return new_state, metrics
@@ -163,7 +163,7 @@ class Trainer:
     updates, opt_state = self.tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     metrics = {'loss': loss, 'rec_loss': rec, 'adv_loss': adv, 'disc_loss': d_loss,
-               'psnr': self._psnr(sr, hr), 'grad_norm': optax.global_norm(grads),
+               'psnr': self._psnr(sr, hr), 'grad_norm': optax.tree.norm(grads),
                'learning_rate': self.schedule(state['step'])}
     new_state = dict(state, step=state['step'] + 1, params=params, opt_state=opt_state,
                      disc_params=disc_params, disc_opt_state=disc_opt_state)

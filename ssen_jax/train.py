@@ -6,6 +6,7 @@ bitwise-identical parameters. Metrics go to TensorBoard and the log through clu'
 """
 from __future__ import annotations
 
+import os
 import pathlib
 from typing import Any, Dict, List, Optional
 
@@ -29,8 +30,11 @@ class NonFiniteLossError(RuntimeError):
 def resolve_data_paths(config: ml_collections.ConfigDict) -> Dict[str, str]:
   """Training file pattern and evaluation folder, building the demo data when asked for."""
   if config.data.demo:
-    from ssen_jax import demo_data  # Built on first use; needs no download.
-    return demo_data.build_demo_data(config.data.demo_dir or None)
+    from ssen_jax import demo_data  # Built on first use from scikit-image's files; no download.
+    root = config.data.demo_dir or os.path.join(
+        os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'ssen_jax')
+    demo = demo_data.build_demo_data(root)
+    return {'train_pattern': demo.train_pattern, 'eval_dir': str(demo.eval_dir)}
   if not config.data.train_pattern:
     raise ValueError('config.data.train_pattern is empty: point it at the TFRecords written by '
                      'data_prep (or use the :demo config)')

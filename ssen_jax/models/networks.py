@@ -105,7 +105,7 @@ class RefSRNet(nn.Module):
         raise ValueError('the SSEN variant needs a reference image')
       if ref.shape[1:3] != (self.scale * h, self.scale * w):
         raise ValueError(f'reference must be {self.scale}x the LR size {(h, w)}, got '
-                         f'{ref.shape[1:3]}; see ssen_jax.preprocess.fit_reference')
+                         f'{ref.shape[1:3]}; see ssen_jax.datasets.fit_reference')
       aligned, offsets, masks = self.ssen(f_lr, self.ref_features(ref), return_offsets=True)
       fused = self.fuse(jnp.concatenate([f_lr, aligned], axis=-1))
     else:
