@@ -29,18 +29,17 @@ _PREFIX = 'module.'
 _NUMBERED = re.compile(r'^(.+)_(\d+)$')
 
 
-def _key_to_path(key: str) -> Tuple[Path, str]:
-  """'extract.3.conv1.weight' -> (('extract_3', 'conv1', 'kernel'), 'weight')."""
+def _key_to_path(key: str) -> Path:
+  """'extract.3.conv1.weight' -> ('extract_3', 'conv1', 'kernel')."""
   parts = []
   for part in key.split('.'):
     if part.isdigit() and parts:
       parts[-1] = f'{parts[-1]}_{part}'
     else:
       parts.append(part)
-  leaf = parts[-1]
-  if leaf == 'weight':
+  if parts[-1] == 'weight':
     parts[-1] = 'kernel'
-  return tuple(parts), leaf
+  return tuple(parts)
 
 
 def _path_to_key(path: Path) -> str:
@@ -120,15 +119,19 @@ def state_dict_to_params(state_dict: Mapping[str, Any], template: Mapping[str, A
   unexpected, mismatched = [], []
   mismatched_paths = set()
   for key, value in state_dict.items():
-    path, _ = _key_to_path(key)
-    if path not in expected or path in converted or path in mismatched_paths:
-      unexpected.append(key)  # No such parameter, or a second key for the same one.
+    path = _key_to_path(key)
+    if path not in expected:
+      unexpected.append(f'{key} -> {"/".join(path)}')
+      continue
+    if path in converted or path in mismatched_paths:
+      unexpected.append(f'{key} -> {"/".join(path)} (a second key for this parameter)')
       continue
     array = _torch_to_flax(np.asarray(value))
     want = tuple(expected[path].shape)
     if array.shape != want:
-      mismatched.append(f'{key} -> {"/".join(path)}: state_dict {tuple(np.shape(value))} '
-                        f'(flax layout {array.shape}), model expects {want}')
+      want_torch = _flax_to_torch(np.empty(want, np.bool_)).shape
+      mismatched.append(f'{key}: got {tuple(np.shape(value))}, model expects {want_torch} '
+                        f'(flax {"/".join(path)} {want})')
       mismatched_paths.add(path)
       continue
     converted[path] = np.ascontiguousarray(array, dtype=expected[path].dtype)
@@ -140,7 +143,7 @@ def state_dict_to_params(state_dict: Mapping[str, Any], template: Mapping[str, A
       lines += [f'    {_path_to_key(p)} -> {"/".join(p)}' for p in missing]
     if unexpected:
       lines.append(f'  unexpected ({len(unexpected)}), no such flax parameter:')
-      lines += [f'    {k} -> {"/".join(_key_to_path(k)[0])}' for k in unexpected]
+      lines += [f'    {u}' for u in unexpected]
     if mismatched:
       lines.append(f'  shape mismatch ({len(mismatched)}):')
       lines += [f'    {m}' for m in mismatched]
