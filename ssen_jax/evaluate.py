@@ -32,7 +32,11 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """Command-line flags, defined only when run as a script (importers keep their own flags)."""
-  flags.DEFINE_enum('method', 'bicubic', ['bicubic'], 'SR method to evaluate.')
+  flags.DEFINE_enum('method', None, ['bicubic', 'model'],
+                    'SR method to evaluate (default: model with --workdir, else bicubic).')
+  flags.DEFINE_string('workdir', None, 'Training workdir of the model to evaluate.')
+  flags.DEFINE_integer('checkpoint_step', None, 'Checkpoint step (default: the latest).')
+  flags.DEFINE_bool('best', False, 'Use the checkpoint with the best eval PSNR.')
   flags.DEFINE_enum(
       'dataset', 'folder', ['folder', 'cufed5'],
       'folder: HR images directly in --dataset_dir; cufed5: XXX_0.png HR + XXX_1..5.png refs.')
@@ -121,31 +125,72 @@ def _fail(message: str) -> None:
   sys.exit(1)
 
 
+def _write_json(path: str, results: dict) -> None:
+  try:
+    with open(path, 'w') as f:
+      json.dump(results, f, indent=2)
+  except OSError as e:
+    _fail(f'cannot write {path}: {e}')
+
+
+def evaluate_workdir(examples: list[dict], *, scale: int) -> tuple[str, dict]:
+  """Scores the model of --workdir; returns a paper-style table and the JSON results."""
+  from ssen_jax import evaluation  # Imports JAX and the models: only for model evaluation.
+  from ssen_jax import inference
+  try:
+    gen = inference.load_generator(FLAGS.workdir, FLAGS.checkpoint_step, FLAGS.best)
+  except (FileNotFoundError, ValueError) as e:
+    _fail(str(e))
+  if gen.scale != scale:
+    _fail(f'the model in {FLAGS.workdir} is x{gen.scale}, but --scale is {scale}')
+  import jax
+  sr_jit = jax.jit(lambda p, lr, ref: jax.numpy.clip(gen.model.apply({'params': p}, lr, ref), 0, 1))
+  model = evaluation.evaluate_model(examples, sr_jit, gen.params, scale=scale,
+                                    uses_ref=gen.uses_ref, log_fn=print)
+  bicubic = evaluate_examples(examples, bicubic_sr_fn(scale), scale=scale)
+  name = f'{gen.config.model.variant} (step {gen.step})'
+  per_level = FLAGS.dataset == 'cufed5'
+  table = evaluation.markdown_table([('Bicubic', bicubic), (name, model)], scale=scale,
+                                    per_level=per_level)
+  title = (f'### {name} x{scale} on {FLAGS.dataset_dir} '
+           f'({"CUFED5-style, one reference per level" if per_level else "benchmark folder"})')
+  results = {'num_images': len(examples), 'psnr': model['psnr'], 'ssim': model['ssim'],
+             'psnr_rgb': model['psnr_rgb'],
+             'per_image': [] if model['per_level'] else model['all']['per_image'],
+             'levels': {k: {'psnr': v['psnr'], 'ssim': v['ssim'], 'per_image': v['per_image']}
+                        for k, v in model['levels'].items()},
+             'bicubic': {'psnr': bicubic['psnr'], 'ssim': bicubic['ssim']},
+             'workdir': FLAGS.workdir, 'step': gen.step, 'variant': gen.config.model.variant}
+  return f'{title}\n\n{table}', results
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     _fail(f'unexpected arguments: {" ".join(argv[1:])}')
   scale = FLAGS.scale
   if scale < 1:
     _fail(f'--scale must be >= 1, got {scale}')
+  method = FLAGS.method or ('model' if FLAGS.workdir else 'bicubic')
+  if method == 'model' and not FLAGS.workdir:
+    _fail('--method=model needs --workdir')
   try:
     examples = load_dataset(FLAGS.dataset, FLAGS.dataset_dir, scale)
   except datasets.DatasetError as e:
     _fail(str(e))
-  sr_fn = bicubic_sr_fn(scale)
-  try:
-    results = evaluate_examples(examples, sr_fn, scale=scale)
-  except ValueError as e:
-    _fail(str(e))
-  title = f'{FLAGS.method} x{scale} on {FLAGS.dataset_dir} ({FLAGS.dataset})'
-  print(markdown_table(results, title=title, scale=scale))
-  results.update(method=FLAGS.method, dataset=FLAGS.dataset, dataset_dir=FLAGS.dataset_dir,
+  if method == 'model':
+    table, results = evaluate_workdir(examples, scale=scale)
+    print(table)
+  else:
+    try:
+      results = evaluate_examples(examples, bicubic_sr_fn(scale), scale=scale)
+    except ValueError as e:
+      _fail(str(e))
+    title = f'{method} x{scale} on {FLAGS.dataset_dir} ({FLAGS.dataset})'
+    print(markdown_table(results, title=title, scale=scale))
+  results.update(method=method, dataset=FLAGS.dataset, dataset_dir=FLAGS.dataset_dir,
                  scale=scale, protocol=protocol_line(scale))
   if FLAGS.output_json:
-    try:
-      with open(FLAGS.output_json, 'w') as f:
-        json.dump(results, f, indent=2)
-    except OSError as e:
-      _fail(f'cannot write {FLAGS.output_json}: {e}')
+    _write_json(FLAGS.output_json, results)
 
 
 if __name__ == '__main__':
