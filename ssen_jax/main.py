@@ -8,7 +8,6 @@ runs the same command; `jax.distributed.initialize()` finds its peers from the e
 import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # tf.data's C++ start-up chatter.
 
 from absl import app
 from absl import flags

@@ -29,7 +29,11 @@ def _log2_scale(scale: int) -> int:
 
 
 class Upsampler(nn.Module):
-  """[conv3x3(C -> 4C), pixel shuffle x2] repeated log2(scale) times, then conv3x3(C -> 3)."""
+  """[conv3x3(C -> 4C), pixel shuffle x2] repeated log2(scale) times, then conv3x3(C -> 3).
+
+  The last convolution starts at zero (our choice), so an untrained network outputs exactly the
+  bicubic global skip: training starts from the bicubic baseline instead of from noise.
+  """
   features: int
   scale: int = 4
   dtype: Dtype = jnp.float32
@@ -38,7 +42,7 @@ class Upsampler(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     for i in range(_log2_scale(self.scale)):
       x = ops.pixel_shuffle(conv(4 * self.features, name=f'conv_{i}', dtype=self.dtype)(x), 2)
-    return conv(3, name='conv_out', dtype=self.dtype)(x)
+    return conv(3, name='conv_out', dtype=self.dtype, zero_init=True)(x)
 
 
 class RefSRNet(nn.Module):
