@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Trains ssen_jax on one host with several GPUs: one process sees every (visible) GPU and the data
+# mesh spans them all. Rerunning the same command resumes from the workdir's latest checkpoint.
+# See launch/README.md.
+set -euo pipefail
+# shellcheck source=launch/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+usage() {
+  cat <<'EOF'
+Usage: launch/gpu_host.sh --workdir DIR [flags] [-- TRAINER_FLAGS...]
+
+Flags:
+  --workdir DIR          checkpoints and summaries (required; relative paths are made absolute)
+  --config PATH[:VARIANT] training config, relative to the repository (default configs/refsr.py)
+  --extra FLAG           one trainer flag, e.g. --extra=--config.batch_size=16 (repeatable);
+                         flags after `--` are passed on as well
+  --gpus LIST            CUDA_VISIBLE_DEVICES, e.g. 0,1,2,3 (default: all GPUs)
+  --mem_fraction F       XLA_PYTHON_CLIENT_MEM_FRACTION, the share of each GPU's memory JAX
+                         preallocates (default 0.9: the input pipeline runs on the CPU)
+  --env NAME=VALUE       environment variable for the trainer (repeatable)
+  --python PATH          interpreter (default: the repository's .venv/bin/python)
+  --log FILE             run in the background with nohup, appending to FILE, and print the pid
+  --dry_run              print the commands (a runnable script) instead of running them
+  -h, --help             this help
+EOF
+}
+
+CONFIG=configs/refsr.py WORKDIR='' GPUS='' MEM_FRACTION=0.9 PYTHON='' LOG=''
+EXTRA=() ENV_VARS=()
+
+parse_init "$@"
+while parse_next; do
+  case $FLAG in
+    -h | --help) usage; exit 0 ;;
+    --workdir) flag_value; WORKDIR=$VALUE ;;
+    --config) flag_value; CONFIG=$VALUE ;;
+    --extra) flag_value allow_dashes; add_extra "$VALUE" ;;
+    --gpus) flag_value; GPUS=$VALUE ;;
+    --mem_fraction) flag_value; MEM_FRACTION=$VALUE ;;
+    --env) flag_value; add_env "$VALUE" ;;
+    --python) flag_value; PYTHON=$VALUE ;;
+    --log) flag_value; LOG=$VALUE ;;
+    --dry_run) no_value; DRY_RUN=1 ;;
+    *) unknown_flag ;;
+  esac
+done
+for a in ${REST_ARGS[@]+"${REST_ARGS[@]}"}; do add_extra "$a"; done
+
+require --workdir "$WORKDIR"
+[[ -n $CONFIG ]] || die "--config must not be empty"
+[[ -z $GPUS || $GPUS =~ ^[0-9]+(,[0-9]+)*$ ]] ||
+  die "--gpus takes comma-separated GPU numbers such as 0,1,2,3, got '$GPUS'"
+check_mem_fraction "$MEM_FRACTION"
+WORKDIR=$(absolute_workdir "$WORKDIR")
+PYTHON=${PYTHON:-$SSEN_REPO_ROOT/.venv/bin/python}
+if [[ $PYTHON == */* && $PYTHON != /* ]]; then PYTHON=$PWD/$PYTHON; fi  # Before the cd below.
+((DRY_RUN)) || command -v "$PYTHON" >/dev/null ||
+  die "no Python at $PYTHON: make the .venv (see README.md) or pass --python"
+if [[ -n $LOG && $LOG != /* ]]; then LOG=$PWD/$LOG; fi
+
+# `off`: one process drives every local GPU, so there are no peers to find, even when this runs
+# inside a SLURM allocation that would otherwise look like a cluster.
+train_flags off
+CMD=(env "XLA_PYTHON_CLIENT_MEM_FRACTION=$MEM_FRACTION")
+if [[ -n $GPUS ]]; then CMD+=("CUDA_VISIBLE_DEVICES=$GPUS"); fi
+if ((${#ENV_VARS[@]})); then CMD+=("${ENV_VARS[@]}"); fi
+CMD+=("$PYTHON" -m ssen_jax.main "${TRAIN_FLAGS[@]}")
+
+if [[ -n $LOG ]]; then run mkdir -p "$(dirname "$LOG")"; fi
+# Relative config paths are read from the repository root.
+run cd "$SSEN_REPO_ROOT"
+if [[ -z $LOG ]]; then
+  # exec: signals sent to this script (SIGTERM from a scheduler) reach the trainer, which saves.
+  run exec "${CMD[@]}"
+elif ((DRY_RUN)); then
+  printf '%s >> %s 2>&1 < /dev/null &\n' "$(quote_words nohup "${CMD[@]}")" "$(shell_quote "$LOG")"
+  printf 'echo "training started (pid $!), log "%s\n' "$(shell_quote "$LOG")"
+else
+  printf '+ %s >> %s 2>&1 < /dev/null &\n' "$(quote_words nohup "${CMD[@]}")" \
+    "$(shell_quote "$LOG")" >&2
+  nohup "${CMD[@]}" >>"$LOG" 2>&1 </dev/null &
+  echo "training started (pid $!), log $LOG; stop it with: kill $! (it saves a checkpoint first)"
+fi

@@ -1,0 +1,617 @@
+"""launch/: the TPU VM, GPU host and SLURM scripts, run as subprocesses, without cloud or cluster.
+
+gcloud, sbatch, srun, scancel and scontrol are replaced by stubs on PATH that record their argv
+(a dry run must record nothing), and the trainer by a fake `python` that records its argv and
+environment. A TPU worker is emulated by running the `--command` of `gcloud ... ssh` in a fake home.
+"""
+import json
+import os
+import pathlib
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO_ROOT
+
+LAUNCH = REPO_ROOT / 'launch'
+SCRIPTS = ['tpu_vm.sh', 'gpu_host.sh', 'slurm_submit.sh', 'lib.sh', 'slurm.sbatch']
+TPU = ['--name', 'ssen-test', '--zone', 'us-central2-b']
+SPACED = '--config.data.train_pattern=gs://b/my data/*.tfrecord'  # A space and a glob.
+QUOTED = "--config.data.eval_dir=/data/it's here"  # A single quote.
+
+_STUB = r'''#!{python} -S
+import json, os, pathlib, signal, subprocess, sys
+name, args = os.path.basename(sys.argv[0]), sys.argv[1:]
+with open(os.environ['STUB_LOG'], 'a') as f:
+  f.write(json.dumps([name] + args) + '\n')
+out = pathlib.Path(os.environ.get('FAKE_OUT', '/nonexistent'))
+if name == 'gcloud' and args[:4] == ['compute', 'tpus', 'tpu-vm', 'describe']:
+  states = pathlib.Path(os.environ['FAKE_STATES'])
+  lines = (states.read_text().split() if states.exists() else []) or ['READY']
+  states.write_text('\n'.join(lines[1:]))
+  if lines[0] == 'MISSING':
+    sys.exit(print('ERROR: (gcloud.compute.tpus.tpu-vm.describe) NOT_FOUND: no such TPU',
+                   file=sys.stderr) or 1)
+  print(lines[0])
+elif name == 'gcloud' and args[3:4] == ['ssh']:
+  command = next(a for a in args if a.startswith('--command='))[len('--command='):]
+  if 'exit 3' in command:  # The is-training-running check.
+    sys.exit(int(os.environ.get('FAKE_RUNNING_RC', '3')))
+  home = os.environ.get('FAKE_REMOTE_HOME')
+  if home:  # Run it as a worker would: a POSIX shell (dash) in the home directory.
+    sys.exit(subprocess.run(['sh', '-c', command], cwd=home, env={{**os.environ, 'HOME': home}})
+             .returncode)
+elif name == 'gcloud' and args[3:4] == ['scp'] and os.environ.get('FAKE_REMOTE_HOME'):
+  src, dest = args[4], args[5].split(':', 1)[1]
+  pathlib.Path(os.environ['FAKE_REMOTE_HOME'], dest).write_bytes(pathlib.Path(src).read_bytes())
+elif name == 'srun':
+  i = next(i for i, a in enumerate(args) if not a.startswith('-'))
+  os.execvp(args[i], args[i:])
+elif name == 'scancel':  # slurmd delivers the signal to the tasks.
+  os.kill(int((out / 'pid').read_text()), signal.SIGTERM)
+elif name == 'scontrol':
+  (out / 'scontrol_saw_term').write_text(str((out / 'term').exists()))
+elif name == 'sbatch':
+  print('Submitted batch job 4242')
+'''
+
+_FAKE_PYTHON = r'''#!/bin/bash
+# Records what the trainer would get, then (FAKE_SLEEP) waits for SIGTERM like the real one.
+out=${FAKE_OUT:?}
+printf '%s\0' "$@" > "$out/argv"
+env -0 > "$out/env"
+pwd > "$out/cwd"
+echo $$ > "$out/pid"
+if [[ -n ${FAKE_SLEEP:-} ]]; then
+  trap 'echo saved > "$out/term"; exit 0' TERM
+  for ((i = 0; i < FAKE_SLEEP * 20; i++)); do sleep 0.05; done
+fi
+'''
+
+
+@pytest.fixture
+def env(tmp_path):
+  """Environment with the stubs first on PATH; FAKE_OUT is where the fakes write."""
+  bin_dir = tmp_path / 'stubs'
+  bin_dir.mkdir()
+  for name in ['gcloud', 'sbatch', 'srun', 'scancel', 'scontrol']:
+    stub = bin_dir / name
+    stub.write_text(_STUB.format(python=sys.executable))
+    stub.chmod(0o755)
+  out = tmp_path / 'out'
+  out.mkdir()
+  return {**os.environ, 'PATH': f'{bin_dir}:{os.environ["PATH"]}',
+          'STUB_LOG': str(tmp_path / 'calls'), 'FAKE_OUT': str(out),
+          'FAKE_STATES': str(tmp_path / 'states'), 'TMPDIR': str(tmp_path)}
+
+
+@pytest.fixture
+def fake_python(tmp_path):
+  path = tmp_path / 'fake_python'
+  path.write_text(_FAKE_PYTHON)
+  path.chmod(0o755)
+  return path
+
+
+@pytest.fixture
+def small_repo(tmp_path):
+  """A stand-in checkout for --repo: install tars it, and the real one is larger than needed."""
+  repo = tmp_path / 'repo'
+  (repo / 'ssen_jax').mkdir(parents=True)
+  (repo / 'ssen_jax' / 'main.py').write_text('# trainer\n')
+  (repo / 'pyproject.toml').write_text('[project]\nname = "x"\n')
+  return repo
+
+
+def run(script, *args, env, cwd=REPO_ROOT, input=None):
+  return subprocess.run(['bash', str(LAUNCH / script), *map(str, args)], env=env, cwd=cwd,
+                        capture_output=True, text=True, timeout=30, input=input)
+
+
+def ok(script, *args, env, **kwargs):
+  proc = run(script, *args, env=env, **kwargs)
+  assert proc.returncode == 0, proc.stderr
+  return proc
+
+
+def calls(env):
+  log = pathlib.Path(env['STUB_LOG'])
+  calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+  log.unlink(missing_ok=True)
+  return calls
+
+
+def commands(stdout):
+  """The dry run's commands, each split as a shell would; comment lines dropped."""
+  return [shlex.split(line) for line in stdout.splitlines() if line and not line.startswith('#')]
+
+
+def replay(stdout, env, tmp_path):
+  """Runs a dry run's output as the script it is; returns the stub calls it made."""
+  plan = tmp_path / 'plan.sh'
+  plan.write_text(stdout)
+  proc = subprocess.run(['bash', str(plan)], env=env, capture_output=True, text=True, timeout=30)
+  assert proc.returncode == 0, proc.stderr
+  return calls(env)
+
+
+def remote_command(argv):
+  assert argv[:5] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh'], argv
+  return next(a for a in argv if a.startswith('--command='))[len('--command='):]
+
+
+def trainer_flags(remote):
+  """The trainer's argv inside a worker command (`... nohup .venv/bin/python -m ... >> log`)."""
+  words = shlex.split(remote)
+  start = words.index('.venv/bin/python')
+  return words[start + 1:words.index('>>')]
+
+
+def recorded(tmp_path):
+  out = tmp_path / 'out'
+  argv = (out / 'argv').read_bytes().decode().split('\0')[:-1]
+  environ = dict(kv.split('=', 1) for kv in (out / 'env').read_bytes().decode().split('\0') if kv)
+  return argv, environ
+
+
+def wait_for(path, timeout=10):
+  deadline = time.monotonic() + timeout
+  while not path.exists():
+    assert time.monotonic() < deadline, f'{path} never appeared'
+    time.sleep(0.02)
+
+
+# --- Static checks --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('script', SCRIPTS)
+def test_scripts_parse_and_are_strict(script):
+  assert subprocess.run(['bash', '-n', str(LAUNCH / script)]).returncode == 0
+  if script != 'lib.sh':
+    assert 'set -euo pipefail' in (LAUNCH / script).read_text()
+
+
+@pytest.mark.skipif(shutil.which('shellcheck') is None, reason='shellcheck not installed')
+def test_shellcheck_clean():
+  proc = subprocess.run(['shellcheck', '-x', *(f'launch/{s}' for s in SCRIPTS)], cwd=REPO_ROOT,
+                        capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stdout
+
+
+@pytest.mark.parametrize('script', ['tpu_vm.sh', 'gpu_host.sh', 'slurm_submit.sh'])
+def test_help(script, env):
+  proc = ok(script, '--help', env=env)
+  assert proc.stdout.startswith('Usage: launch/') and '--dry_run' in proc.stdout
+  assert not calls(env)
+
+
+# --- TPU VM ---------------------------------------------------------------------------------------
+
+def test_tpu_create_dry_run(env):
+  proc = ok('tpu_vm.sh', 'create', *TPU, '--spot', '--project', 'my-proj', '--dry_run', env=env)
+  assert commands(proc.stdout) == [[
+      'gcloud', 'compute', 'tpus', 'tpu-vm', 'create', 'ssen-test', '--zone=us-central2-b',
+      '--project=my-proj', '--accelerator-type=v4-32', '--version=tpu-ubuntu2204-base', '--spot']]
+  assert not calls(env)  # A dry run runs nothing.
+
+
+@pytest.mark.parametrize('accelerator,version', [
+    ('v4-8', 'tpu-ubuntu2204-base'), ('v5litepod-16', 'v2-alpha-tpuv5-lite'),
+    ('v5p-32', 'v2-alpha-tpuv5'), ('v6e-8', 'v2-alpha-tpuv6e')])
+def test_tpu_default_version_and_preemptible(accelerator, version, env):
+  proc = ok('tpu_vm.sh', 'create', *TPU, '--accelerator', accelerator, '--preemptible',
+            '--dry_run', env=env)
+  (argv,) = commands(proc.stdout)
+  assert argv[-3:] == [f'--accelerator-type={accelerator}', f'--version={version}', '--preemptible']
+  proc = ok('tpu_vm.sh', 'create', *TPU, '--version', 'my-image', '--dry_run', env=env)
+  assert '--version=my-image' in commands(proc.stdout)[0]
+
+
+@pytest.mark.parametrize('accelerator,multihost', [('v4-32', 'on'), ('v4-8', 'off')])
+def test_tpu_run_dry_run_passes_config_workdir_and_overrides(accelerator, multihost, env):
+  proc = ok('tpu_vm.sh', 'run', *TPU, '--accelerator', accelerator, '--workdir', 'gs://bkt/runs/a',
+            '--config', 'configs/refsr.py:dcn2', '--extra', '--config.batch_size=64',
+            f'--extra={SPACED}', '--env', 'LIBTPU_INIT_ARGS=--xla_tpu_x=1 --y', '--dry_run', '--',
+            QUOTED, env=env)
+  (argv,) = commands(proc.stdout)
+  assert argv[5:9] == ['ssen-test', '--zone=us-central2-b', '--worker=all', '--quiet']
+  remote = remote_command(argv)
+  assert trainer_flags(remote) == [
+      '-m', 'ssen_jax.main', '--config=configs/refsr.py:dcn2', '--workdir=gs://bkt/runs/a',
+      f'--multihost={multihost}', '--config.batch_size=64', SPACED, QUOTED]
+  assert "PYTHONUNBUFFERED=1 LIBTPU_INIT_ARGS='--xla_tpu_x=1 --y' nohup " in remote
+  assert '>> logs/train.log 2>&1 < /dev/null & echo $! > logs/train.pid' in remote
+  assert not calls(env)
+
+
+@pytest.mark.parametrize('command',
+                         ['create', 'install', 'run', 'status', 'logs', 'stop', 'delete'])
+def test_tpu_dry_run_is_what_runs(command, env, tmp_path, small_repo):
+  """The printed plan, run as a script, makes exactly the calls of the real command."""
+  args = [command, *TPU, '--workdir', 'gs://b/r', '--repo', small_repo, '--extra', SPACED]
+  planned = replay(ok('tpu_vm.sh', *args, '--dry_run', env=env).stdout, env, tmp_path)
+  ok('tpu_vm.sh', *args, env=env)
+  assert planned and calls(env) == planned
+  ssh = [c for c in planned if c[4] == 'ssh']
+  assert all('--worker=all' in c for c in ssh) or command == 'logs'
+
+
+def _fake_worker(tmp_path, fake_python):
+  home = tmp_path / 'worker'
+  (home / 'ssen_jax' / '.venv' / 'bin').mkdir(parents=True)
+  shutil.copy(fake_python, home / 'ssen_jax' / '.venv' / 'bin' / 'python')
+  return home
+
+
+def test_tpu_run_on_a_worker_then_stop(env, tmp_path, fake_python):
+  home = _fake_worker(tmp_path, fake_python)
+  env = {**env, 'FAKE_REMOTE_HOME': str(home), 'FAKE_SLEEP': '20'}
+  args = ['run', *TPU, '--workdir', 'gs://b/r', '--extra', SPACED, '--env', 'A_VAR=x y', '--',
+          QUOTED]
+  proc = ok('tpu_vm.sh', *args, env=env)
+  assert 'training started' in proc.stdout
+  wait_for(tmp_path / 'out' / 'pid')
+  pid = int((home / 'ssen_jax' / 'logs' / 'train.pid').read_text())
+  try:
+    argv, environ = recorded(tmp_path)
+    assert argv == ['-m', 'ssen_jax.main', '--config=configs/refsr.py', '--workdir=gs://b/r',
+                    '--multihost=on', SPACED, QUOTED]
+    assert environ['PYTHONUNBUFFERED'] == '1' and environ['A_VAR'] == 'x y'
+    assert (tmp_path / 'out' / 'cwd').read_text().strip() == str(home / 'ssen_jax')
+    again = run('tpu_vm.sh', *args, env=env)  # The pid file guards against a second trainer.
+    assert again.returncode != 0 and 'already runs' in again.stderr
+    stop = ok('tpu_vm.sh', 'stop', *TPU, env=env)
+    assert 'sent SIGTERM' in stop.stdout
+    wait_for(tmp_path / 'out' / 'term')
+  finally:
+    try:
+      os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+      pass
+
+
+def test_tpu_install_copies_repo_and_makes_venv(env, tmp_path, small_repo):
+  home = tmp_path / 'worker'
+  (home / '.local' / 'bin').mkdir(parents=True)
+  uv = home / '.local' / 'bin' / 'uv'
+  uv.write_text('#!/bin/bash\necho "$PWD $*" >> "$FAKE_OUT/uv"\n'
+                '[[ $1 != venv ]] || mkdir -p .venv/bin\n')
+  uv.chmod(0o755)
+  repo = small_repo
+  (repo / '.venv').mkdir()  # Never shipped.
+  (repo / '.venv' / 'big').write_text('x')
+  env = {**env, 'FAKE_REMOTE_HOME': str(home)}
+  proc = ok('tpu_vm.sh', 'install', *TPU, '--repo', repo, '--stage', 'gs://b/CUFED5=data/CUFED5',
+            env=env)
+  assert 'installed' in proc.stdout
+  assert (home / 'ssen_jax' / 'ssen_jax' / 'main.py').read_text() == '# trainer\n'
+  assert not (home / 'ssen_jax' / '.venv' / 'big').exists()
+  assert not (home / 'ssen_jax.tar.gz').exists()
+  d = home / 'ssen_jax'
+  assert (tmp_path / 'out' / 'uv').read_text().splitlines() == [
+      f'{d} venv --quiet --python 3.11 .venv',
+      f'{d} pip install --quiet --python .venv/bin/python -e . jax[tpu]']
+  made = calls(env)
+  assert [c[4] for c in made[:2]] == ['scp', 'ssh']
+  assert made[0][5:] == [f'{tmp_path}/ssen_jax-ssen-test.tar.gz', 'ssen-test:ssen_jax.tar.gz',
+                         '--zone=us-central2-b', '--worker=all', '--quiet']
+  assert made[2] == ['gcloud', 'storage', 'rsync', '--recursive', 'gs://b/CUFED5', 'data/CUFED5']
+  assert (d / 'data' / 'CUFED5').is_dir()
+
+
+def test_tpu_install_from_git(env):
+  proc = ok('tpu_vm.sh', 'install', *TPU, '--repo', 'https://github.com/me/ssen_jax.git',
+            '--ref', 'v1.0', '--dry_run', env=env)
+  (argv,) = commands(proc.stdout)
+  remote = remote_command(argv)
+  assert 'git clone --quiet https://github.com/me/ssen_jax.git ssen_jax' in remote
+  assert 'fetch --quiet origin v1.0' in remote and "-e . 'jax[tpu]'" in remote
+
+
+def _subcommands(made):
+  return [c[4] for c in made if c[0] == 'gcloud' and c[1] == 'compute']
+
+
+@pytest.mark.parametrize('state,expected', [
+    ('PREEMPTED', ['describe', 'delete', 'create', 'scp', 'ssh', 'ssh']),
+    ('TERMINATED', ['describe', 'delete', 'create', 'scp', 'ssh', 'ssh']),
+    ('MISSING', ['describe', 'create', 'scp', 'ssh', 'ssh']),
+])
+def test_tpu_resume_recreates_after_preemption(state, expected, env, tmp_path, small_repo):
+  pathlib.Path(env['FAKE_STATES']).write_text(state)
+  args = ['resume', *TPU, '--spot', '--workdir', 'gs://b/r', '--repo', small_repo, '--extra',
+          SPACED]
+  ok('tpu_vm.sh', *args, env=env)
+  made = calls(env)
+  assert _subcommands(made) == expected
+  if 'delete' in expected:
+    assert made[1][-1] == '--quiet'
+  assert made[-4][4] == 'create' and made[-4][-1] == '--spot'
+  assert trainer_flags(remote_command(made[-1]))[-1] == SPACED  # The same command again.
+  # The dry run shows the same recovery.
+  proc = ok('tpu_vm.sh', *args, '--dry_run', '--dry_run_state', state, env=env)
+  assert [a[4] for a in commands(proc.stdout) if a[0] == 'gcloud'] == expected
+  assert not calls(env)
+
+
+@pytest.mark.parametrize('running_rc,expected,rc', [
+    ('3', ['describe', 'ssh', 'ssh'], 0),  # READY, trainer gone: rerun it.
+    ('0', ['describe', 'ssh'], 0),  # READY, trainer alive: nothing to do.
+    ('255', ['describe', 'ssh'], 1),  # Worker 0 unreachable: try later.
+])
+def test_tpu_resume_when_ready(running_rc, expected, rc, env):
+  pathlib.Path(env['FAKE_STATES']).write_text('READY')
+  proc = run('tpu_vm.sh', 'resume', *TPU, '--workdir', 'gs://b/r', env={
+      **env, 'FAKE_RUNNING_RC': running_rc})
+  assert proc.returncode == rc, proc.stderr
+  assert _subcommands(calls(env)) == expected
+
+
+def test_tpu_resume_while_creating_fails_cleanly(env):
+  pathlib.Path(env['FAKE_STATES']).write_text('CREATING')
+  proc = run('tpu_vm.sh', 'resume', *TPU, '--workdir', 'gs://b/r', env=env)
+  assert proc.returncode == 1 and 'nothing done: ssen-test is CREATING' in proc.stderr
+
+
+def test_tpu_watch_recovers_until_training_ends(env, small_repo):
+  pathlib.Path(env['FAKE_STATES']).write_text('PREEMPTED PREEMPTED CREATING READY')
+  proc = run('tpu_vm.sh', 'watch', *TPU, '--workdir', 'gs://b/r', '--interval', '0', '--repo',
+             small_repo, env=env)
+  assert proc.returncode == 0, proc.stderr
+  recover = ['delete', 'create', 'scp', 'ssh', 'ssh']
+  assert _subcommands(calls(env)) == (
+      ['describe', *recover, 'describe', *recover, 'describe', 'describe', 'ssh'])
+  assert 'recovery 1 of at most 20' in proc.stderr and 'training has ended' in proc.stderr
+
+
+def test_tpu_watch_starts_on_a_busy_or_idle_tpu(env, small_repo):
+  """A watch begun while the TPU is being created waits for it, then starts training."""
+  pathlib.Path(env['FAKE_STATES']).write_text('CREATING READY READY')
+  proc = run('tpu_vm.sh', 'watch', *TPU, '--workdir', 'gs://b/r', '--interval', '0', '--repo',
+             small_repo, env=env)
+  assert proc.returncode == 0, proc.stderr
+  assert _subcommands(calls(env)) == ['describe', 'describe', 'ssh', 'ssh', 'describe', 'ssh']
+  pathlib.Path(env['FAKE_STATES']).write_text('READY READY')
+  proc = run('tpu_vm.sh', 'watch', *TPU, '--workdir', 'gs://b/r', '--interval', '0', env=env)
+  made = calls(env)
+  assert _subcommands(made) == ['describe', 'ssh', 'ssh', 'describe', 'ssh']
+  assert 'nohup' in remote_command(made[2])  # Started, then (fake trainer gone) ended.
+
+
+def test_tpu_watch_gives_up_after_max_restarts(env, small_repo):
+  pathlib.Path(env['FAKE_STATES']).write_text('PREEMPTED PREEMPTED PREEMPTED PREEMPTED')
+  proc = run('tpu_vm.sh', 'watch', *TPU, '--workdir', 'gs://b/r', '--interval', '0',
+             '--max_restarts', '2', '--repo', small_repo, env=env)
+  assert proc.returncode == 1 and 'after 2 recoveries' in proc.stderr
+  assert _subcommands(calls(env)).count('create') == 3  # The first resume, then two more.
+
+
+def test_tpu_watch_dry_run_checks_once(env):
+  proc = ok('tpu_vm.sh', 'watch', *TPU, '--workdir', 'gs://b/r', '--dry_run', env=env)
+  assert [a[4] for a in commands(proc.stdout) if a[0] == 'gcloud'] == [
+      'describe', 'delete', 'create', 'scp', 'ssh', 'ssh']
+  assert 'every 300s' in proc.stdout and not calls(env)
+
+
+# --- One GPU host ---------------------------------------------------------------------------------
+
+def test_gpu_host_dry_run(env, tmp_path):
+  proc = ok('gpu_host.sh', '--workdir', 'runs/a', '--config', 'configs/refsr.py:demo', '--gpus',
+            '0,1', '--extra', SPACED, '--dry_run', '--', QUOTED, env=env, cwd=tmp_path)
+  assert commands(proc.stdout) == [
+      ['cd', str(REPO_ROOT)],
+      ['exec', 'env', 'XLA_PYTHON_CLIENT_MEM_FRACTION=0.9', 'CUDA_VISIBLE_DEVICES=0,1',
+       str(REPO_ROOT / '.venv' / 'bin' / 'python'), '-m', 'ssen_jax.main',
+       '--config=configs/refsr.py:demo', f'--workdir={tmp_path}/runs/a', '--multihost=off',
+       SPACED, QUOTED]]
+  assert not calls(env)
+
+
+def test_gpu_host_runs_the_trainer(env, tmp_path, fake_python):
+  args = ['--workdir', '/ckpt/x y', '--python', fake_python, '--mem_fraction', '.8', '--env',
+          'TF_CPP_MIN_LOG_LEVEL=2', '--extra', SPACED]
+  ok('gpu_host.sh', *args, env=env)
+  argv, environ = recorded(tmp_path)
+  assert argv == ['-m', 'ssen_jax.main', '--config=configs/refsr.py', '--workdir=/ckpt/x y',
+                  '--multihost=off', SPACED]
+  assert environ['XLA_PYTHON_CLIENT_MEM_FRACTION'] == '.8'
+  assert environ['TF_CPP_MIN_LOG_LEVEL'] == '2'
+  assert environ.get('CUDA_VISIBLE_DEVICES') == os.environ.get('CUDA_VISIBLE_DEVICES')  # Untouched.
+  assert (tmp_path / 'out' / 'cwd').read_text().strip() == str(REPO_ROOT)
+  # The dry run, run as a script, starts the trainer the same way.
+  (tmp_path / 'out' / 'argv').unlink()
+  replay(ok('gpu_host.sh', *args, '--dry_run', env=env).stdout, env, tmp_path)
+  assert recorded(tmp_path)[0] == argv
+
+
+def test_gpu_host_background_log(env, tmp_path, fake_python):
+  log = tmp_path / 'logs dir' / 'train.log'
+  proc = ok('gpu_host.sh', '--workdir', '/ckpt', '--python', fake_python, '--log', log, env=env)
+  assert re.search(r'training started \(pid \d+\)', proc.stdout)
+  wait_for(tmp_path / 'out' / 'pid')
+  assert log.exists()
+  dry = ok('gpu_host.sh', '--workdir', '/ckpt', '--log', log, '--dry_run', env=env).stdout
+  assert commands(dry)[0] == ['mkdir', '-p', str(log.parent)]
+  assert f">> '{log}' 2>&1 < /dev/null &" in dry and dry.splitlines()[2].startswith('nohup env ')
+
+
+# --- SLURM ----------------------------------------------------------------------------------------
+
+def _generated(stdout):
+  lines = stdout.splitlines()
+  start = next(i for i, l in enumerate(lines) if l.startswith('# ----- generated script'))
+  end = lines.index('# ----- end of generated script -----')
+  return '\n'.join(lines[start + 1:end]) + '\n', lines[start], lines[end + 1:]
+
+
+SLURM = ['--nodes', '4', '--gpus_per_node', '8', '--time', '12:00:00', '--partition', 'gpu',
+         '--account', 'proj', '--cpus_per_task', '12', '--sbatch_arg=--constraint=a100',
+         '--workdir', '/shared/ckpt/ssen', '--config', 'configs/refsr.py:dcn4']
+
+
+def test_slurm_dry_run_prints_script_and_sbatch(env, tmp_path):
+  proc = ok('slurm_submit.sh', *SLURM, '--log_dir', tmp_path / 'logs', '--extra', SPACED,
+            '--dry_run', '--', QUOTED, env=env)
+  script, header, tail = _generated(proc.stdout)
+  path = re.fullmatch(r'# ----- generated script \(written to (.*)\) -----', header).group(1)
+  assert re.fullmatch(rf'{tmp_path}/logs/ssen-\d{{8}}-\d{{6}}\.sbatch', path)
+  assert commands('\n'.join(tail)) == [['sbatch', path]]
+  assert not calls(env) and not (tmp_path / 'logs').exists()  # Nothing submitted or written.
+  sbatch = [l[len('#SBATCH '):] for l in script.splitlines() if l.startswith('#SBATCH ')]
+  assert sbatch == [
+      '--job-name=ssen', '--nodes=4', '--ntasks-per-node=8', '--gpus-per-node=8',
+      '--cpus-per-task=12', '--time=12:00:00', '--partition=gpu', '--account=proj', '--requeue',
+      '--signal=B:TERM@120', '--open-mode=append', f'--output={tmp_path}/logs/%x-%j.out',
+      f'--chdir={REPO_ROOT}', '--constraint=a100']
+  # No command before the last #SBATCH line (sbatch stops reading them at the first one).
+  head, body = script.split('#SBATCH --constraint=a100\n', 1)
+  assert all(l.startswith('#') for l in head.splitlines()) and '#SBATCH' not in body
+  assert subprocess.run(['bash', '-n'], input=script, text=True).returncode == 0
+  assert ('srun --kill-on-bad-exit=1 --gpu-bind=none "$python" -m ssen_jax.main --multihost=on '
+          '"$@"') in body
+  (set_line,) = [l for l in script.splitlines() if l.startswith('set -- ')]
+  assert shlex.split(set_line)[2:] == [
+      '--config=configs/refsr.py:dcn4', '--workdir=/shared/ckpt/ssen', SPACED, QUOTED]
+
+
+def test_slurm_submit_writes_and_submits(env, tmp_path):
+  args = [*SLURM, '--log_dir', tmp_path / 'logs', '--extra', SPACED]
+  proc = ok('slurm_submit.sh', *args, env=env)
+  ((name, path),) = calls(env)
+  assert name == 'sbatch' and 'Submitted batch job 4242' in proc.stdout
+  dry_script = _generated(ok('slurm_submit.sh', *args, '--dry_run', env=env).stdout)[0]
+  assert pathlib.Path(path).read_text() == dry_script
+
+
+def _job_env(env, tmp_path, **extra):
+  return {**env, 'SLURM_JOB_ID': '777', 'SLURM_NTASKS': '16', 'SLURM_JOB_NUM_NODES': '2', **extra}
+
+
+def _write_job(env, tmp_path, fake_python, *args):
+  proc = ok('slurm_submit.sh', '--workdir', '/shared/w', '--python', fake_python, '--log_dir',
+            tmp_path / 'logs', '--setup', f'touch {tmp_path}/out/setup_ran', '--env', 'B_VAR=p q',
+            '--mem_fraction', '0.85', '--dry_run', *args, env=env)
+  job = tmp_path / 'job.sbatch'
+  job.write_text(_generated(proc.stdout)[0])
+  return job
+
+
+def test_slurm_job_runs_trainer_on_every_task(env, tmp_path, fake_python):
+  job = _write_job(env, tmp_path, fake_python, '--extra', SPACED, '--', QUOTED)
+  proc = subprocess.run(['bash', str(job)], env=_job_env(env, tmp_path), cwd=tmp_path,
+                        capture_output=True, text=True, timeout=30)
+  assert proc.returncode == 0, proc.stderr
+  argv, environ = recorded(tmp_path)
+  assert argv == ['-m', 'ssen_jax.main', '--multihost=on', '--config=configs/refsr.py',
+                  '--workdir=/shared/w', SPACED, QUOTED]
+  assert environ['XLA_PYTHON_CLIENT_MEM_FRACTION'] == '0.85' and environ['B_VAR'] == 'p q'
+  assert (tmp_path / 'out' / 'setup_ran').exists()
+  assert (tmp_path / 'out' / 'cwd').read_text().strip() == str(REPO_ROOT)
+  (srun,) = calls(env)
+  assert srun[:3] == ['srun', '--kill-on-bad-exit=1', '--gpu-bind=none']
+  assert 'training finished' in proc.stdout
+
+
+def test_slurm_sigterm_saves_then_requeues(env, tmp_path, fake_python):
+  """--signal=B:TERM reaches the batch shell; the trainers get SIGTERM (via scancel, as srun would
+  SIGKILL them), save, exit, and then the job is requeued."""
+  job = _write_job(env, tmp_path, fake_python)
+  shell = subprocess.Popen(['bash', str(job)], env=_job_env(env, tmp_path, FAKE_SLEEP='20'),
+                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    wait_for(tmp_path / 'out' / 'pid')
+    shell.send_signal(signal.SIGTERM)
+    stdout, stderr = shell.communicate(timeout=15)
+  finally:
+    shell.kill()
+  assert shell.returncode == 0, stderr
+  assert (tmp_path / 'out' / 'term').read_text() == 'saved\n'
+  assert [c[0] for c in calls(env)] == ['srun', 'scancel', 'scontrol']
+  assert (tmp_path / 'out' / 'scontrol_saw_term').read_text() == 'True'  # Saved before requeue.
+  assert 'then the job is requeued' in stdout and 'training finished' not in stdout
+
+
+def test_slurm_sbatch_template_alone_needs_trainer_flags(env):
+  proc = subprocess.run(['bash', str(LAUNCH / 'slurm.sbatch')], env=env, capture_output=True,
+                        text=True, timeout=30)
+  assert proc.returncode == 2 and proc.stderr.count('\n') == 1 and 'no trainer flags' in proc.stderr
+  template = (LAUNCH / 'slurm.sbatch').read_text().splitlines()
+  sbatch = [l for l in template if l.startswith('#SBATCH')]
+  assert {'#SBATCH --requeue', '#SBATCH --signal=B:TERM@120'} <= set(sbatch)
+
+
+# --- Bad flags: one line on stderr, exit 2 --------------------------------------------------------
+
+@pytest.mark.parametrize('script,args,message', [
+    ('tpu_vm.sh', [], 'missing COMMAND'),
+    ('tpu_vm.sh', ['launch', *TPU], "unknown command 'launch'"),
+    ('tpu_vm.sh', ['create', '--zone', 'z'], '--name is required'),
+    ('tpu_vm.sh', ['create', '--name', 'a'], '--zone is required'),
+    ('tpu_vm.sh', ['run', *TPU], '--workdir is required'),
+    ('tpu_vm.sh', ['watch', *TPU], '--workdir is required'),
+    ('tpu_vm.sh', ['run', *TPU, '--workdir', '/local/dir'], 'must be a gs:// path'),
+    ('tpu_vm.sh', ['create', *TPU, '--bogus'], 'unknown flag --bogus'),
+    ('tpu_vm.sh', ['create', *TPU, '--accelerator', 'tpu32'], '--accelerator must look like'),
+    ('tpu_vm.sh', ['create', *TPU, '--spot', '--preemptible'], 'exclude each other'),
+    ('tpu_vm.sh', ['create', '--name', 'My_TPU', '--zone', 'z'], '--name must be lower-case'),
+    ('tpu_vm.sh', ['create', *TPU, '--name'], '--name needs a value'),
+    ('tpu_vm.sh', ['create', '--name', '--zone', 'z'], '--name needs a value, got the flag --zone'),
+    ('tpu_vm.sh', ['create', *TPU, '--dry_run=yes'], '--dry_run takes no value'),
+    ('tpu_vm.sh', ['create', *TPU, 'extra'], "unexpected argument 'extra'"),
+    ('tpu_vm.sh', ['run', *TPU, '--workdir', 'gs://b', '--extra', 'batch_size=3'], 'trainer flag'),
+    ('tpu_vm.sh', ['run', *TPU, '--workdir', 'gs://b', '--', '--workdir=gs://c'], 'own flag'),
+    ('tpu_vm.sh', ['run', *TPU, '--workdir', 'gs://b', '--extra=--multihost=on'], 'set by the'),
+    ('tpu_vm.sh', ['install', *TPU, '--repo', '/no/such/dir'], 'no such directory'),
+    ('tpu_vm.sh', ['install', *TPU, '--stage', '/local=x'], '--stage takes gs://'),
+    ('tpu_vm.sh', ['watch', *TPU, '--workdir', 'gs://b', '--interval', 'soon'], '--interval must'),
+    ('tpu_vm.sh', ['logs', *TPU, '--worker', 'first'], '--worker must'),
+    ('gpu_host.sh', [], '--workdir is required'),
+    ('gpu_host.sh', ['--workdir', 'w', '--gpus', '0;1'], '--gpus takes'),
+    ('gpu_host.sh', ['--workdir', 'w', '--mem_fraction', '1.5'], '--mem_fraction must'),
+    ('gpu_host.sh', ['--workdir', 'w', '--env', 'not an assignment'], '--env takes NAME=VALUE'),
+    ('gpu_host.sh', ['--workdir', 'w', '--nodes', '2'], 'unknown flag --nodes'),
+    ('gpu_host.sh', ['--workdir', 'w', '--python', '/no/python'], 'no Python at /no/python'),
+    ('slurm_submit.sh', ['--nodes', '2'], '--workdir is required'),
+    ('slurm_submit.sh', ['--workdir', 'w', '--nodes', '0'], '--nodes must be a positive'),
+    ('slurm_submit.sh', ['--workdir', 'w', '--time', 'tomorrow'], '--time must look like'),
+    ('slurm_submit.sh', ['--workdir', 'w', '--partition', 'gpu large'], 'must not contain spaces'),
+    ('slurm_submit.sh', ['--workdir', 'w', '--sbatch_arg', 'exclusive'], '--sbatch_arg takes'),
+    ('slurm_submit.sh', ['--workdir', 'w', '--zone', 'z'], 'unknown flag --zone'),
+])
+def test_bad_flags_give_one_error_line(script, args, message, env):
+  proc = run(script, *args, env=env)
+  assert proc.returncode == 2, (proc.stdout, proc.stderr)
+  assert proc.stdout == ''
+  assert proc.stderr.count('\n') == 1 and proc.stderr.startswith(f'{script}: error: '), proc.stderr
+  assert message in proc.stderr
+  assert not calls(env)
+
+
+# --- The README's commands ------------------------------------------------------------------------
+
+def _readme_commands():
+  text = (LAUNCH / 'README.md').read_text()
+  for block in re.findall(r'```(?:bash|sh)\n(.*?)```', text, re.S):
+    for line in block.replace('\\\n', ' ').splitlines():
+      line = line.strip()
+      if re.match(r'launch/(tpu_vm|gpu_host|slurm_submit)\.sh\b', line) and '--help' not in line:
+        yield line
+
+
+def test_readme_commands_are_valid(env):
+  """Every documented command, with --dry_run added, passes the scripts' checks."""
+  lines = list(_readme_commands())
+  assert {l.split()[0] for l in lines} == {
+      'launch/tpu_vm.sh', 'launch/gpu_host.sh', 'launch/slurm_submit.sh'}
+  for line in lines:
+    words = shlex.split(line)
+    proc = subprocess.run(['bash', words[0], '--dry_run', *words[1:]] if 'tpu_vm' not in words[0]
+                          else ['bash', words[0], words[1], '--dry_run', *words[2:]],
+                          env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, (line, proc.stderr)
+  assert not calls(env)
