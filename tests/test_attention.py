@@ -96,15 +96,20 @@ def test_chunked_path_has_bounded_intermediates():
   jaxpr = jax.make_jaxpr(lambda q, k, v: ops.chunked_attention(q, k, v, chunk=chunk))(q, k, v)
 
   def sizes(jx):
+    """Output sizes of every equation, nested jaxprs (scan, map, remat) included."""
     for eqn in jx.eqns:
       for var in eqn.outvars:
         yield int(np.prod(var.aval.shape))
       for p in eqn.params.values():
-        inner = getattr(p, 'jaxpr', None)
-        if inner is not None:
-          yield from sizes(getattr(inner, 'jaxpr', inner))
+        for sub in (p if isinstance(p, (list, tuple)) else [p]):
+          if hasattr(sub, 'eqns'):  # Jaxpr
+            yield from sizes(sub)
+          elif hasattr(getattr(sub, 'jaxpr', None), 'eqns'):  # ClosedJaxpr
+            yield from sizes(sub.jaxpr)
 
-  assert max(sizes(jaxpr.jaxpr)) < n * n / 4
+  all_sizes = list(sizes(jaxpr.jaxpr))
+  assert chunk * chunk in all_sizes  # The walk reached the (chunk, chunk) logits block...
+  assert max(all_sizes) < n * n / 4  # ...and nothing near (N, N) exists.
 
 
 def _nonlocal_params(block, x, seed=0, randomize_wz=False):

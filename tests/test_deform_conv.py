@@ -34,8 +34,9 @@ class Case:
   bias: bool = True
   mask: bool = True
   offset_std: float = 3.0  # Large enough that many samples leave the image.
-  exact: Optional[str] = None  # 'integer': integer/half-integer offsets; 'boundary': y, x in
-  # {-1, 0, H-1, H} exactly.
+  # None: N(0, offset_std²) offsets; 'integer': integer and half-integer offsets; 'boundary':
+  # every sample exactly at y in {-1, 0, H-1, H} and x in {-1, 0, W-1, W}.
+  exact: Optional[str] = None
 
 
 CASES = [
