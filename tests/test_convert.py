@@ -156,7 +156,8 @@ def test_one_error_lists_every_problem(refsr):
     convert.state_dict_to_params(sd, template)
   message = str(info.value)
   print('\n' + message)
-  for needle in ['missing (2)', 'ssen.doe.1.nonlocal.2.w_z.weight -> ssen/doe_1/nonlocal_2/w_z/kernel',
+  for needle in ['missing (2)',
+                 'ssen.doe.1.nonlocal.2.w_z.weight -> ssen/doe_1/nonlocal_2/w_z/kernel',
                  'conv_recon.bias -> conv_recon/bias',
                  'unexpected (2)', 'head.weight', 'extract.7.conv1.bias -> extract_7/conv1/bias',
                  'shape mismatch (2)', 'ssen.dcn.0.offset_conv.weight', 'fuse.weight']:

@@ -107,7 +107,8 @@ def _run(variant):
   (loss_j, sr_j), grads_j = loss_and_grad(params)
   # Same rule, same layout: torch gradients become a flax-shaped tree.
   grads_t = convert.state_dict_to_params(grads_t, template)
-  return dict(sr_t=sr_t, sr_j=np.asarray(sr_j), loss_t=loss_t, loss_j=float(loss_j), offsets=offsets,
+  return dict(sr_t=sr_t, sr_j=np.asarray(sr_j), loss_t=loss_t, loss_j=float(loss_j),
+              offsets=offsets,
               grads_t=grads_t, grads_j=jax.tree_util.tree_map(np.asarray, grads_j))
 
 
