@@ -7,12 +7,13 @@ The config of the run is written beside them as `config.json`, so that `infer`, 
 from __future__ import annotations
 
 import json
-import pathlib
+import os
 import signal
 from typing import Any, Dict, Optional
 
 import jax
 import ml_collections
+from etils import epath
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -20,11 +21,20 @@ CONFIG_FILE = 'config.json'
 BEST_METRIC = 'eval_psnr'
 
 
-def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
-  return pathlib.Path(workdir).absolute() / 'checkpoints'
+PathLike = str | os.PathLike
 
 
-def create_manager(workdir: str | pathlib.Path, *, save_every: int, keep: int,
+def workdir_path(workdir: PathLike) -> epath.Path:
+  """The workdir as a path that also understands gs:// (TPU VMs keep workdirs in buckets)."""
+  path = epath.Path(workdir)
+  return path if '://' in str(workdir) else path.absolute()
+
+
+def checkpoint_dir(workdir: PathLike) -> epath.Path:
+  return workdir_path(workdir) / 'checkpoints'
+
+
+def create_manager(workdir: PathLike, *, save_every: int, keep: int,
                    read_only: bool = False) -> ocp.CheckpointManager:
   """A CheckpointManager that saves every `save_every` steps and on preemption.
 
@@ -61,7 +71,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: Optional[
   return restored['state']
 
 
-def restore_params(workdir: str | pathlib.Path, abstract_state: Any,
+def restore_params(workdir: PathLike, abstract_state: Any,
                    step: Optional[int] = None, best: bool = False):
   """Parameters of a finished or running run (the latest, a given step, or the best)."""
   with create_manager(workdir, save_every=1, keep=1, read_only=True) as manager:
@@ -74,17 +84,17 @@ def restore_params(workdir: str | pathlib.Path, abstract_state: Any,
     return restore(manager, abstract_state, step)['params'], step
 
 
-def write_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> None:
+def write_config(workdir: PathLike, config: ml_collections.ConfigDict) -> None:
   if jax.process_index() == 0:
-    path = pathlib.Path(workdir) / CONFIG_FILE
-    tmp = path.with_suffix('.json.tmp')
+    path = workdir_path(workdir) / CONFIG_FILE
+    tmp = workdir_path(workdir) / (CONFIG_FILE + '.tmp')
     tmp.write_text(config.to_json_best_effort(indent=2))
     tmp.replace(path)
 
 
-def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-  path = pathlib.Path(workdir) / CONFIG_FILE
-  if not path.is_file():
+def read_config(workdir: PathLike) -> ml_collections.ConfigDict:
+  path = workdir_path(workdir) / CONFIG_FILE
+  if not path.exists():
     raise FileNotFoundError(f'{workdir} is not a training workdir (no {CONFIG_FILE})')
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 

@@ -7,7 +7,6 @@ bitwise-identical parameters. Metrics go to TensorBoard and the log through clu'
 from __future__ import annotations
 
 import os
-import pathlib
 from typing import Any, Dict, List, Optional
 
 import jax
@@ -82,8 +81,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   Returns:
     The last evaluation's results (`evaluation.evaluate_model`), or {} without an eval set.
   """
-  workdir_path = pathlib.Path(workdir)
-  workdir_path.mkdir(parents=True, exist_ok=True)
+  checkpointing.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
   checkpointing.write_config(workdir, config)
   mesh = steps.create_mesh()
   trainer = steps.Trainer(config, mesh)
