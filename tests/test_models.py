@@ -22,6 +22,8 @@ TINY = {
     'rcan': functools.partial(RCAN, features=8, num_groups=1, num_blocks=1, reduction=4),
 }
 
+TINY_TORCH = {'ssen': dict(features=8, num_extract_blocks=1, num_recon_blocks=1, num_dcn_layers=2)}
+
 # Full-size models (DESIGN.md §3).
 FULL_REFSR = dict(features=64, num_extract_blocks=5, num_recon_blocks=16, num_dcn_layers=3)
 FULL_RCAN = dict(features=64, num_groups=10, num_blocks=20, reduction=16, num_dcn_layers=3)
@@ -55,6 +57,12 @@ def test_untrained_refsr_runs_on_odd_sizes():
       params, lr, ref)
   assert sr.shape == (1, 12, 20, 3)
   assert np.all(np.isfinite(sr))
+  # The zero-initialised output convolution makes an untrained network exactly bicubic...
+  np.testing.assert_allclose(sr, ops.bicubic_upsample(lr, 4), atol=1e-6)  # jit vs eager rounding.
+  # ...and the PyTorch reference starts the same way.
+  with torch.no_grad():
+    sr_torch = tm.to_nhwc(tm.build('ssen', **TINY_TORCH['ssen'])(tm.to_nchw(lr), tm.to_nchw(ref)))
+  np.testing.assert_allclose(sr_torch, sr, atol=1e-6)
   # Untrained SSEN samples the regular grid with mask 0.5 (zero-initialised offset convs).
   assert len(offsets) == 2 and len(masks) == 2
   np.testing.assert_array_equal(offsets[0], 0.0)

@@ -218,7 +218,7 @@ class Upsampler(nn.Module):
   def __init__(self, features: int, scale: int = 4):
     super().__init__()
     self.conv = nn.ModuleList([conv(features, 4 * features) for _ in range(_log2_scale(scale))])
-    self.conv_out = conv(features, 3)
+    self.conv_out = conv(features, 3, zero_init=True)  # Untrained network == bicubic.
 
   def forward(self, x):
     for layer in self.conv:
