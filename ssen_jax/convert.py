@@ -1,7 +1,7 @@
 """Conversion between PyTorch state_dicts and flax parameter trees of the SSEN networks.
 
 A PyTorch implementation whose module attributes mirror the flax module names (flax's `name_i`
-children held in an `nn.ModuleList` called `name`; `tests/torch_models.py` is one) maps onto the
+children held in an `nn.ModuleList` called `name`; `ssen_jax/torch_reference.py` is one) maps onto the
 flax parameters by rule, not by table:
 
   * the key is split on '.'; a numeric component is joined to the one before it with '_':

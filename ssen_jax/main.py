@@ -8,7 +8,6 @@ runs the same command; `jax.distributed.initialize()` finds its peers from the e
 import os
 import sys
 
-
 from absl import app
 from absl import flags
 from absl import logging

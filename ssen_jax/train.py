@@ -56,7 +56,7 @@ def _initial_state(trainer: steps.Trainer, config: ml_collections.ConfigDict, ma
     state = checkpointing.restore(manager, trainer.abstract_state())
     logging.info('Resumed from step %d.', int(state['step']))
     return state
-  state = trainer.init_state(jax.random.key(config.seed))
+  state = trainer.init_state(config.seed)
   if config.gan.init_workdir:
     source_config = checkpointing.read_config(config.gan.init_workdir)
     source = steps.Trainer(source_config, trainer.mesh)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import torch_models as tm
+from ssen_jax import torch_reference as tm
 from ssen_jax import convert
 from ssen_jax.models import RCAN, RefSRNet
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import torch_models as tm
+from ssen_jax import torch_reference as tm
 from ssen_jax import ops
 from ssen_jax.models import RCAN, PatchDiscriminator, RefSRNet
 

@@ -1,4 +1,4 @@
-"""Whole-model parity with the PyTorch reference (`tests/torch_models.py`).
+"""Whole-model parity with the PyTorch reference (`ssen_jax/torch_reference.py`).
 
 Random PyTorch weights (every parameter, the zero-initialised ones included) go through
 `ssen_jax.convert.state_dict_to_params`; the flax model must then give the same output and the same
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-import torch_models as tm
+from ssen_jax import torch_reference as tm
 from ssen_jax import convert
 from ssen_jax.models import RCAN, PatchDiscriminator, RefSRNet
 

@@ -97,7 +97,7 @@ def test_eight_devices_match_one_and_never_recompile():
   for n in (1, 8):
     mesh = steps.create_mesh(jax.devices()[:n])
     trainer = steps.Trainer(config, mesh)
-    state = trainer.init_state(jax.random.key(0))
+    state = trainer.init_state(0)
     for i in range(3):
       state, metrics = trainer.train_step(state, steps.global_batch(_batch(config, i), mesh))
     assert trainer.train_step._cache_size() == 1  # One trace, one compilation, for all steps.

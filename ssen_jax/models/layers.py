@@ -2,7 +2,7 @@
 the non-local block, the modulated deformable convolution layer, and RCAN's attention blocks.
 
 Every module names its children explicitly (`conv1`, `blocks_3`, ...). The PyTorch reference in
-`tests/torch_models.py` uses the same attribute names, so `ssen_jax.convert` maps a state_dict key
+`ssen_jax/torch_reference.py` uses the same attribute names, so `ssen_jax.convert` maps a state_dict key
 such as `ssen.dcn_0.conv.weight` to the flax path `ssen/dcn_0/conv/kernel` by rule, not by table.
 """
 from __future__ import annotations

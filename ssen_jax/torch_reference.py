@@ -1,4 +1,7 @@
-"""PyTorch (NCHW) reference implementation of the SSEN networks, for parity tests only.
+"""PyTorch (NCHW) reference implementation of the SSEN networks, for parity tests and benchmarks.
+
+An optional module: nothing in the runtime imports it, and it needs torch and torchvision (the
+`test` extra).
 
 Every network here computes what its flax counterpart in `ssen_jax.models` computes. Attribute names
 mirror the flax module names, with flax's `name_i` children held in `nn.ModuleList`s called `name`,
