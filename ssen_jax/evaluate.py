@@ -146,7 +146,8 @@ def evaluate_workdir(examples: list[dict], *, scale: int) -> tuple[str, dict]:
   import jax
   sr_jit = jax.jit(lambda p, lr, ref: jax.numpy.clip(gen.model.apply({'params': p}, lr, ref), 0, 1))
   model = evaluation.evaluate_model(examples, sr_jit, gen.params, scale=scale,
-                                    uses_ref=gen.uses_ref, log_fn=print)
+                                    uses_ref=gen.uses_ref,
+                                    log_fn=lambda line: print(line, file=sys.stderr))
   bicubic = evaluate_examples(examples, bicubic_sr_fn(scale), scale=scale)
   name = f'{gen.config.model.variant} (step {gen.step})'
   per_level = FLAGS.dataset == 'cufed5'

@@ -1,5 +1,6 @@
 """Training end to end: real `train_and_evaluate` steps on tiny configs and the embedded demo data,
 sharding equivalence, multi-process training, kill-and-resume, the NaN guard, no recompilation."""
+import json
 import os
 import pathlib
 import signal
@@ -55,6 +56,19 @@ def test_refsr_then_gan_stage(demo_dir, tmp_path):
   assert step == config.num_train_steps
   assert_all_finite(params)
   assert list((tmp_path / 'rec').glob('events.out.tfevents.*'))
+
+  # The trained workdir evaluates from the command line: Table 3 per-level rows and JSON.
+  out_json = tmp_path / 'eval.json'
+  evaluated = subprocess.run(
+      [sys.executable, '-m', 'ssen_jax.evaluate', f'--workdir={tmp_path / "rec"}',
+       '--dataset=cufed5', f'--dataset_dir={pathlib.Path(demo_dir) / "ssen_demo_v1/eval"}',
+       f'--output_json={out_json}'], env=_env(), cwd=REPO, capture_output=True, text=True)
+  assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+  assert '| method | XH | H | M | L | XL | mean |' in evaluated.stdout
+  assert '| Bicubic |' in evaluated.stdout and f'| ssen (step {step}) |' in evaluated.stdout
+  report = json.loads(out_json.read_text())
+  assert set(report['levels']) == {'XH', 'H', 'M', 'L', 'XL'} and report['step'] == step
+  assert np.isclose(report['psnr'], np.mean([v['psnr'] for v in report['levels'].values()]))
 
   gan = tiny_config(demo_dir, module=refsr_gan)
   gan.gan.init_workdir = str(tmp_path / 'rec')
