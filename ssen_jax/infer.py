@@ -20,6 +20,8 @@ Memory: the whole image runs in one call when XLA's memory analysis of that call
 --max_memory_gb (default: 90% of the accelerator memory, or half the host RAM on CPU); otherwise
 in overlapping tiles with feathered seams (--tile N forces N x N LR tiles). See
 `ssen_jax.inference` for the tiling and memory model. Timing and the tile count go to stderr.
+Repeated runs on images of one size compile faster with a persistent JAX compilation cache:
+`export JAX_COMPILATION_CACHE_DIR=~/.cache/jax`.
 """
 from __future__ import annotations
 
@@ -32,7 +34,6 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from ssen_jax import checkpointing
 from ssen_jax import convert_torch
 from ssen_jax import datasets
 from ssen_jax import inference
@@ -104,6 +105,7 @@ def load_model(workdir: str | None, checkpoint: str | None, config: str | None,
   if config:
     cfg = convert_torch.load_config_file(config)
   elif workdir:
+    from ssen_jax import checkpointing  # pylint: disable=import-outside-toplevel
     cfg = checkpointing.read_config(workdir)
   else:
     raise ValueError(f'--checkpoint {checkpoint} needs --config FILE[:variant] (or a --workdir '
@@ -136,6 +138,9 @@ def main(argv: Sequence[str]) -> None:
     out = check_output(FLAGS.out, FLAGS.overwrite)
     lr_img = inference.read_image(FLAGS.lr)
     ref_img = inference.read_image(FLAGS.ref) if FLAGS.ref else None
+    if FLAGS.tile is not None:  # A forced tile size is checked before the model is loaded.
+      for length in lr_img.rgb.shape[:2]:
+        inference.axis_tiles(length, FLAGS.tile, FLAGS.overlap)
     gen = load_model(FLAGS.workdir, FLAGS.checkpoint, FLAGS.config, FLAGS.best)
   except (datasets.DatasetError, convert_torch.ConversionError, FileNotFoundError,
           ValueError, ImportError) as e:

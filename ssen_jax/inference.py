@@ -43,17 +43,14 @@ import tempfile
 import time
 from typing import Any, Callable, Optional
 
-import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from PIL import Image
 
-from ssen_jax import checkpointing
 from ssen_jax import datasets
 from ssen_jax import imresize as imresize_lib
-from ssen_jax import models
-from ssen_jax import steps
+
+# JAX, Orbax and the models are imported where first needed: the command-line tools check their
+# inputs (files, images, output path) first and answer a bad one within a second.
 
 ALIGN = 8  # Tile origins (LR px): 2**3 for the offset estimator's three stride-2 convolutions.
 DEFAULT_OVERLAP = 32  # LR px shared by neighbouring tiles; see `blend_weights`.
@@ -65,7 +62,7 @@ _GRAY16_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')
 @dataclasses.dataclass
 class Generator:
   """A restored generator: its config, flax module, parameters and checkpoint step."""
-  config: ml_collections.ConfigDict
+  config: Any  # ml_collections.ConfigDict
   model: Any
   params: Any
   step: int
@@ -76,18 +73,20 @@ class Generator:
 
   @property
   def uses_ref(self) -> bool:
+    from ssen_jax import models  # pylint: disable=import-outside-toplevel
     return models.uses_reference(self.config.model.variant)
 
 
-def checkpoint_steps(workdir: str | pathlib.Path) -> list[int]:
+def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
   """Steps saved under `{workdir}/checkpoints` (sorted), read from the folder names."""
+  from ssen_jax import checkpointing  # pylint: disable=import-outside-toplevel
   ckpt = checkpointing.checkpoint_dir(workdir)
   if not ckpt.is_dir():
     return []
   return sorted(int(p.name) for p in ckpt.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def load_generator(workdir: str | pathlib.Path, step: Optional[int] = None,
+def load_generator(workdir: str | os.PathLike, step: Optional[int] = None,
                    best: bool = False) -> Generator:
   """Restores the generator of a training workdir on this host's devices.
 
@@ -99,8 +98,9 @@ def load_generator(workdir: str | pathlib.Path, step: Optional[int] = None,
   Raises:
     FileNotFoundError: not a workdir, no checkpoint in it, or no checkpoint at `step`.
   """
-  workdir = pathlib.Path(workdir)
-  if not workdir.is_dir():
+  import jax  # pylint: disable=import-outside-toplevel
+  from ssen_jax import checkpointing, steps  # pylint: disable=import-outside-toplevel
+  if not checkpointing.workdir_path(workdir).is_dir():
     raise FileNotFoundError(f'workdir {workdir} does not exist or is not a folder')
   config = checkpointing.read_config(workdir)
   saved = checkpoint_steps(workdir)
@@ -308,6 +308,7 @@ def blend_weights(start: int, size: int, length: int, overlap: int, scale: int) 
 
 def default_memory_bytes() -> int:
   """Budget without --max_memory_gb: 90% of the accelerator's memory, else half the host RAM."""
+  import jax  # pylint: disable=import-outside-toplevel
   try:
     stats = jax.local_devices()[0].memory_stats()
   except Exception:  # pylint: disable=broad-except  # Backends without statistics.
@@ -321,6 +322,8 @@ class Upscaler:
   """Runs a generator on whole images or tiles, one compiled executable per input shape."""
 
   def __init__(self, gen: Generator, log: Callable[[str], None] = lambda _: None):
+    import jax  # pylint: disable=import-outside-toplevel
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     self.gen = gen
     self.log = log
     uses_ref = gen.uses_ref
@@ -333,6 +336,8 @@ class Upscaler:
   def compiled(self, h: int, w: int):
     """The executable for LR (1, h, w, 3) (compiled on first use)."""
     if (h, w) not in self._compiled:
+      import jax  # pylint: disable=import-outside-toplevel
+      import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
       s = self.gen.scale
       lr = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
       ref = jax.ShapeDtypeStruct((1, s * h, s * w, 3), jnp.float32) if self.gen.uses_ref else None
@@ -390,7 +395,7 @@ class Upscaler:
   def _run(self, lr: np.ndarray, ref: Optional[np.ndarray]) -> np.ndarray:
     exe = self.compiled(*lr.shape[:2])
     out = exe(self.gen.params, lr[None], None if ref is None else ref[None])
-    return np.asarray(jax.device_get(out))[0]
+    return np.asarray(out)[0]
 
   def __call__(self, lr: np.ndarray, ref: Optional[np.ndarray],
                plan: Optional[TilePlan] = None) -> np.ndarray:
