@@ -190,6 +190,34 @@ def render(input_panel: np.ndarray, ref_panel: np.ndarray, points: Sequence[tupl
   return fig
 
 
+def sampling_figure(gen: inference.Generator, lr: np.ndarray, ref: np.ndarray | None,
+                    points: Sequence[tuple[int, int]]):
+  """Runs the model on lr (H, W, 3) and draws the sampling locations of `points`.
+
+  Args:
+    gen: a generator with SSEN ('ssen' or 'selfsim').
+    lr: (H, W, 3) in [0, 1].
+    ref: (h, w, 3) in [0, 1] of any size (fitted here), or None for the self-reference.
+    points: LR pixels (y, x).
+
+  Returns:
+    (figure, [(positions (M, 2) on the LR grid, weights (M,)) per point]).
+  """
+  import jax  # pylint: disable=import-outside-toplevel  # Only once the inputs are known good.
+  s = gen.scale
+  if gen.uses_ref:
+    ref, centre = inference.prepare_reference(ref, lr, s), 0.0
+  else:  # Self-similarity: SSEN aligns the input's own features.
+    ref, centre = inference.self_reference(lr, s), (s - 1) / 2
+  apply = jax.jit(lambda p, x, r: gen.model.apply({'params': p}, x, r, return_offsets=True))
+  _, offsets, masks = apply(gen.params, lr[None], ref[None] if gen.uses_ref else None)
+  offsets = [np.asarray(o)[0] for o in offsets]
+  masks = [np.asarray(k)[0] for k in masks]
+  samples = [compose_samples(offsets, masks, p) for p in points]
+  fig = render(inference.self_reference(lr, s), ref, points, samples, s, centre, len(offsets))
+  return fig, samples
+
+
 def _fail(message: str) -> None:
   print(f'error: {message}', file=sys.stderr)
   sys.exit(1)
@@ -212,28 +240,15 @@ def main(argv: Sequence[str]) -> None:
   m = gen.config.model
   if m.variant not in ('ssen', 'selfsim') or m.num_dcn_layers == 0:
     _fail(f'model has no deformable layers ({m.variant}, num_dcn_layers={m.num_dcn_layers})')
-  import jax  # pylint: disable=import-outside-toplevel  # Only once the inputs are known good.
-  s = gen.scale
-  if gen.uses_ref:
-    ref = inference.prepare_reference(ref_img.rgb if ref_img else None, lr_img.rgb, s)
-    centre = 0.0
-  else:  # Self-similarity: SSEN aligns the input's own features.
-    ref, centre = inference.self_reference(lr_img.rgb, s), (s - 1) / 2
-    if ref_img is not None:
-      print(f'note: the {m.variant} model is its own reference; --ref is ignored', file=sys.stderr)
-  apply = jax.jit(lambda p, lr, r: gen.model.apply({'params': p}, lr, r, return_offsets=True))
-  _, offsets, masks = apply(gen.params, lr_img.rgb[None], ref[None] if gen.uses_ref else None)
-  offsets = [np.asarray(o)[0] for o in offsets]
-  masks = [np.asarray(k)[0] for k in masks]
-  samples = [compose_samples(offsets, masks, p) for p in points]
+  if ref_img is not None and not gen.uses_ref:
+    print(f'note: the {m.variant} model is its own reference; --ref is ignored', file=sys.stderr)
+  fig, samples = sampling_figure(gen, lr_img.rgb, ref_img.rgb if ref_img else None, points)
   for i, (p, (pos, weight)) in enumerate(zip(points, samples)):
     live = weight > 0
-    dist = np.hypot(*(pos[live] - np.asarray(p)).T) * s if live.any() else np.zeros(1)
+    dist = np.hypot(*(pos[live] - np.asarray(p)).T) * gen.scale if live.any() else np.zeros(1)
     print(f'point {i + 1} {p}: {len(weight)} samples, {int(live.sum())} inside the map; '
           f'distance from the pixel (HR px) median {np.median(dist):.1f}, max {dist.max():.1f}',
           file=sys.stderr)
-  fig = render(inference.self_reference(lr_img.rgb, s), ref, points, samples, s, centre,
-               len(offsets))
   try:
     inference.save_png_atomic(fig, out)
   except OSError as e:
