@@ -47,6 +47,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   d.kind = 'refsr'  # 'refsr' (HR + reference pairs) or 'sisr' (HR only; selfsim / rcan).
   d.train_pattern = ''  # Glob of training TFRecords (data_prep output).
   d.hr_patch = 160  # HR crop side; CUFED pairs are 160x160.
+  # 'independent': the reference gets its own crop, 90-degree rotation and flip (robustness to
+  # unaligned references); 'paired': crop position and rotation shared with the HR.
+  d.ref_augment = 'independent'
   d.eval_dataset = 'cufed5'  # 'cufed5' (per-level table) or 'folder' (benchmark folder).
   d.eval_dir = ''  # CUFED5-style folder (XXX_0.png HR, XXX_1..5.png refs) or HR folder.
   d.eval_max_images = 0  # Evaluate only the first N groups/images during training (0: all).
@@ -92,6 +95,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.use_nonlocal = False
   if 'demo' in variants:
     d.demo = True
+    # The demo pairs are mildly transformed views: keeping them paired lets a small model learn
+    # to transfer reference detail within its few minutes of training.
+    d.ref_augment = 'paired'
     m.features = 32
     m.num_extract_blocks = 2
     m.num_recon_blocks = 4

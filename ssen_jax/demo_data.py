@@ -3,7 +3,7 @@
 `build_demo_data(out_dir)` writes, deterministically, a dataset shaped like CUFED (training
 pairs) and CUFED5 (evaluation groups), small enough to train on a 2-core CPU in minutes:
 
-  OUT/ssen_demo_v1/
+  OUT/ssen_demo_v2/
     train/demo_train-0000K-of-00004.tfrecord  64 pairs, records as data_prep's CUFED output
                                                ('name', 'hr', 'ref': 160x160 RGB PNGs)
     train/demo_train.json                     manifest (counts, features, sources)
@@ -13,8 +13,8 @@ pairs) and CUFED5 (evaluation groups), small enough to train on a 2-core CPU in 
 
 Training pairs come from `astronaut`, `coffee`, `rocket`, `hubble_deep_field` and
 `immunohistochemistry`: the HR is a 160x160 crop; its reference is the same neighbourhood seen
-through a random similarity transform (rotation up to 10 degrees, scale 0.85-1.15, shift up to
-24 px, bicubic resampling) with a small gain/offset change, i.e. related but not aligned content,
+through a random similarity transform (rotation up to 3 degrees, scale 0.95-1.05, shift up to
+8 px, bicubic resampling) with a small gain/offset change, i.e. related but not aligned content,
 as CUFED's pairs are.
 
 Evaluation groups come from other images only: the real stereo pair `motorcycle_left/right`
@@ -42,7 +42,7 @@ from skimage import transform
 
 from ssen_jax import datasets
 
-DEMO_NAME = 'ssen_demo_v1'
+DEMO_NAME = 'ssen_demo_v2'
 TRAIN_SOURCES = ('astronaut.png', 'coffee.png', 'rocket.jpg', 'hubble_deep_field.jpg', 'ihc.png')
 EVAL_SOURCES = ('motorcycle_left.png', 'motorcycle_right.png', 'chelsea.png', 'retina.jpg')
 NUM_TRAIN = 64
@@ -104,8 +104,8 @@ def make_train_pairs() -> list[tuple[str, np.ndarray, np.ndarray]]:
     left = int(rng.integers(margin, img.shape[1] - TRAIN_SIZE - margin))
     hr = _crop(img, top, left, TRAIN_SIZE)
     center = (top + (TRAIN_SIZE - 1) / 2, left + (TRAIN_SIZE - 1) / 2)
-    ref = _view(img, center, TRAIN_SIZE, angle=rng.uniform(-10, 10), zoom=rng.uniform(0.85, 1.15),
-                shift=tuple(rng.uniform(-24, 24, size=2)))
+    ref = _view(img, center, TRAIN_SIZE, angle=rng.uniform(-3, 3), zoom=rng.uniform(0.95, 1.05),
+                shift=tuple(rng.uniform(-8, 8, size=2)))
     gain, offset = rng.uniform(0.9, 1.1), rng.uniform(-10, 10)
     ref = np.clip(np.floor(ref * gain + offset + 0.5), 0, 255).astype(np.uint8)
     pairs.append((f'{i:06d}', hr, ref))
@@ -165,7 +165,7 @@ def _paths(root: pathlib.Path, num_train: int, num_eval: int) -> DemoData:
 
 
 def build_demo_data(out_dir: str | os.PathLike) -> DemoData:
-  """Builds the demo dataset under `out_dir/ssen_demo_v1` unless a complete build is there.
+  """Builds the demo dataset under `out_dir/ssen_demo_v2` unless a complete build is there.
 
   Args:
     out_dir: parent folder (created if needed).

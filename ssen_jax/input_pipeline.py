@@ -79,13 +79,19 @@ def dihedral(image: tf.Tensor, k: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
   return tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
 
 
-def random_crop(image: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
-                seed: tf.Tensor) -> tf.Tensor:
-  """Uniform random (height, width) window of (H, W, C), H >= height, W >= width (stateless)."""
-  shape = tf.shape(image)
+def crop_origin(shape: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
+                seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """Uniform random top-left corner of a (height, width) window in an image of `shape`."""
   s_y, s_x = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   y = tf.random.stateless_uniform([], s_y, 0, shape[0] - height + 1, dtype=tf.int32)
   x = tf.random.stateless_uniform([], s_x, 0, shape[1] - width + 1, dtype=tf.int32)
+  return y, x
+
+
+def random_crop(image: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
+                seed: tf.Tensor) -> tf.Tensor:
+  """Uniform random (height, width) window of (H, W, C), H >= height, W >= width (stateless)."""
+  y, x = crop_origin(tf.shape(image), height, width, seed)
   return image[y:y + height, x:x + width]
 
 
@@ -102,8 +108,11 @@ def symmetric_pad_to(image: tf.Tensor, size: int) -> tf.Tensor:
   return tf.gather(image, fold(shape[1]), axis=1)
 
 
+REF_AUGMENTS = ('independent', 'paired')
+
+
 def augment_example(hr: tf.Tensor, ref: tf.Tensor | None, seed: tf.Tensor, *, hr_patch: int,
-                    scale: int) -> dict[str, tf.Tensor]:
+                    scale: int, ref_augment: str = 'independent') -> dict[str, tf.Tensor]:
   """Crops, augments and downsamples one decoded example (pure function of its inputs and seed).
 
   Args:
@@ -112,22 +121,33 @@ def augment_example(hr: tf.Tensor, ref: tf.Tensor | None, seed: tf.Tensor, *, hr
     seed: (2,) int64 stateless seed.
     hr_patch: HR crop size, a multiple of `scale`.
     scale: SR factor.
+    ref_augment: 'independent': the reference gets its own random crop, rotation and flip;
+      'paired': it is cut at the HR crop's position (clamped to its own size) and rotated/flipped
+      with the HR, so a roughly aligned pair stays roughly aligned.
 
   Returns:
     {'lr': (hr_patch/scale,)*2 + (3,), 'hr': (hr_patch, hr_patch, 3)[, 'ref': same]}, all uint8.
   """
+  if ref_augment not in REF_AUGMENTS:
+    raise ValueError(f'ref_augment must be one of {REF_AUGMENTS}, got {ref_augment!r}')
   seeds = tf.random.experimental.stateless_split(seed, 4)
-  hr = random_crop(hr, hr_patch, hr_patch, seeds[0])
+  y0, x0 = crop_origin(tf.shape(hr), hr_patch, hr_patch, seeds[0])
+  hr = hr[y0:y0 + hr_patch, x0:x0 + hr_patch]
   draws = tf.random.stateless_uniform([4], seeds[1], 0, 8, dtype=tf.int32)
   hr = dihedral(hr, draws[0] % 4, draws[1] % 2 == 1)
   hr = tf.ensure_shape(hr, [hr_patch, hr_patch, 3])
   out = {'lr': imresize_tf(hr, 1.0 / scale), 'hr': hr}
   if ref is not None:
     shape = tf.shape(ref)
-    ref = random_crop(ref, tf.minimum(shape[0], hr_patch), tf.minimum(shape[1], hr_patch),
-                      seeds[2])
-    ref = symmetric_pad_to(ref, hr_patch)
-    ref = dihedral(ref, draws[2] % 4, draws[3] % 2 == 1)
+    height, width = tf.minimum(shape[0], hr_patch), tf.minimum(shape[1], hr_patch)
+    if ref_augment == 'paired':
+      y, x = tf.minimum(y0, shape[0] - height), tf.minimum(x0, shape[1] - width)
+      k, flip = draws[0] % 4, draws[1] % 2 == 1
+    else:
+      y, x = crop_origin(shape, height, width, seeds[2])
+      k, flip = draws[2] % 4, draws[3] % 2 == 1
+    ref = symmetric_pad_to(ref[y:y + height, x:x + width], hr_patch)
+    ref = dihedral(ref, k, flip)
     out['ref'] = tf.ensure_shape(ref, [hr_patch, hr_patch, 3])
   return out
 
@@ -192,7 +212,8 @@ def load_host_records(files: list[str], kind: str, hr_patch: int) -> dict[str, t
 
 def create_train_iterator(*, file_pattern: str, kind: str, hr_patch: int, scale: int,
                           local_batch_size: int, seed: int, start_step: int, process_index: int,
-                          process_count: int, num_threads: int | None = None
+                          process_count: int, ref_augment: str = 'independent',
+                          num_threads: int | None = None
                           ) -> Iterator[dict[str, np.ndarray]]:
   """Endless iterator of this host's training batches, starting at `start_step`.
 
@@ -206,6 +227,7 @@ def create_train_iterator(*, file_pattern: str, kind: str, hr_patch: int, scale:
     start_step: the first step to produce (0, or the restored step).
     process_index: this host's index (jax.process_index()).
     process_count: number of hosts (jax.process_count()).
+    ref_augment: 'independent' or 'paired' (see `augment_example`).
     num_threads: tf.data private thread pool size (None: TensorFlow's default, all cores).
 
   Returns:
@@ -238,7 +260,8 @@ def create_train_iterator(*, file_pattern: str, kind: str, hr_patch: int, scale:
     hr = tf.io.decode_png(tf.gather(records['hr'], index), channels=3)
     ref = tf.io.decode_png(tf.gather(records['ref'], index), channels=3) if 'ref' in records \
         else None
-    out = augment_example(hr, ref, ex_seed, hr_patch=hr_patch, scale=scale)
+    out = augment_example(hr, ref, ex_seed, hr_patch=hr_patch, scale=scale,
+                          ref_augment=ref_augment)
     return {k: tf.cast(v, tf.float32) / 255.0 for k, v in out.items()}
 
   ds = tf.data.Dataset.range(start_step * batch, np.iinfo(np.int64).max)

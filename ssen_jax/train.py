@@ -126,7 +126,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       file_pattern=paths['train_pattern'], kind=config.data.kind, hr_patch=config.data.hr_patch,
       scale=config.model.scale, local_batch_size=config.batch_size // jax.process_count(),
       seed=config.seed, start_step=start, process_index=jax.process_index(),
-      process_count=jax.process_count())
+      process_count=jax.process_count(), ref_augment=config.data.ref_augment)
   progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
                                              every_steps=config.log_every_steps)
   pending: Optional[tuple] = None  # (step, metrics) checked while the next step runs.

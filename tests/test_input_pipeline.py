@@ -154,3 +154,15 @@ def test_augment_example_same_eagerly_and_inside_tf_data():
   # The reference keeps only pixel values of the original (crop + reflect + dihedral).
   ref_values = {tuple(p) for p in ref.numpy().reshape(-1, 3)}
   assert {tuple(p) for p in eager[0]['ref'].numpy().reshape(-1, 3)} <= ref_values
+
+
+def test_paired_reference_follows_the_hr_crop_and_rotation():
+  img = tf.constant(skimage.data.astronaut()[:60, :52])
+  seeds = [tf.constant([s, 7], tf.int64) for s in range(6)]
+  for s in seeds:
+    paired = ip.augment_example(img, img, s, hr_patch=32, scale=4, ref_augment='paired')
+    np.testing.assert_array_equal(paired['ref'].numpy(), paired['hr'].numpy())
+  independent = [ip.augment_example(img, img, s, hr_patch=32, scale=4) for s in seeds]
+  assert any(not np.array_equal(o['ref'].numpy(), o['hr'].numpy()) for o in independent)
+  with pytest.raises(ValueError, match='ref_augment'):
+    ip.augment_example(img, img, seeds[0], hr_patch=32, scale=4, ref_augment='bogus')

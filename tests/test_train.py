@@ -61,7 +61,7 @@ def test_refsr_then_gan_stage(demo_dir, tmp_path):
   out_json = tmp_path / 'eval.json'
   evaluated = subprocess.run(
       [sys.executable, '-m', 'ssen_jax.evaluate', f'--workdir={tmp_path / "rec"}',
-       '--dataset=cufed5', f'--dataset_dir={pathlib.Path(demo_dir) / "ssen_demo_v1/eval"}',
+       '--dataset=cufed5', f'--dataset_dir={pathlib.Path(demo_dir) / "ssen_demo_v2/eval"}',
        f'--output_json={out_json}'], env=_env(), cwd=REPO, capture_output=True, text=True)
   assert evaluated.returncode == 0, evaluated.stderr[-2000:]
   assert '| method | XH | H | M | L | XL | mean |' in evaluated.stdout
@@ -86,7 +86,7 @@ def test_refsr_then_gan_stage(demo_dir, tmp_path):
 def test_selfsim_on_benchmark_folder(demo_dir, tmp_path, set5_dir):
   config = tiny_config(demo_dir, module=selfsim)
   config.data.demo = False
-  config.data.train_pattern = str(pathlib.Path(demo_dir) / 'ssen_demo_v1/train/*.tfrecord')
+  config.data.train_pattern = str(pathlib.Path(demo_dir) / 'ssen_demo_v2/train/*.tfrecord')
   config.data.eval_dir = str(set5_dir)
   config.data.eval_max_images = 1
   results = train.train_and_evaluate(config, str(tmp_path / 'selfsim'))
