@@ -206,6 +206,8 @@ def define_flags() -> None:
 
 
 def main(argv: Sequence[str]) -> None:
+  from absl import logging  # pylint: disable=import-outside-toplevel
+  logging.set_verbosity(logging.ERROR)  # Orbax's INFO lines would bury the result.
   if len(argv) != 2:
     print('error: usage: python -m ssen_jax.convert_torch IN.pth --config FILE[:variant] '
           '--out DIR [--overwrite]', file=sys.stderr)

@@ -369,6 +369,8 @@ class Upscaler:
     if tile is None:
       max_bytes = default_memory_bytes() if max_bytes is None else max_bytes
       need = self.estimate_bytes(h, w)
+      self.log(f'memory: LR {h}x{w} needs {need / 2**30:.3g} GB of a {max_bytes / 2**30:.3g} GB '
+               'budget (XLA memory analysis)')
       if need <= max_bytes:
         return None
       per_px = max(need - self._param_bytes, 1) / (h * w)
@@ -379,6 +381,7 @@ class Upscaler:
         size_y, _ = axis_tiles(h, tile, overlap)
         size_x, _ = axis_tiles(w, tile, overlap)
         need = self.estimate_bytes(size_y, size_x)
+        self.log(f'memory: an LR {size_y}x{size_x} tile needs {need / 2**30:.3g} GB')
         if need <= max_bytes:
           break
         if tile == smallest:

@@ -79,19 +79,24 @@ def run_cli(module, *args, cache_dir=None, timeout=240):
                         env=env)
 
 
-def run_many(module, arg_lists, parallel=4, timeout=240):
-  """Runs several commands `parallel` at a time (bad-input runs spend their time starting up)."""
+def run_parallel(commands, parallel=4, timeout=240, cache_dir=None):
+  """Runs [(module, args), ...] `parallel` at a time (bad-input runs mostly start up)."""
   results = []
-  for i in range(0, len(arg_lists), parallel):
+  for i in range(0, len(commands), parallel):
     procs = []
-    for args in arg_lists[i:i + parallel]:
-      cmd, env = _command(module, args)
+    for module, args in commands[i:i + parallel]:
+      cmd, env = _command(module, args, cache_dir)
       procs.append(subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, text=True,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     for proc in procs:
       out, err = proc.communicate(timeout=timeout)
       results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
   return results
+
+
+def run_many(module, arg_lists, parallel=4, timeout=240, cache_dir=None):
+  """`run_parallel` for one module."""
+  return run_parallel([(module, args) for args in arg_lists], parallel, timeout, cache_dir)
 
 
 def assert_error(proc, *words):

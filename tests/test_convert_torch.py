@@ -1,0 +1,138 @@
+"""`python -m ssen_jax.convert_torch`: a PyTorch .pth becomes a workdir that `infer` and
+`evaluate` accept, with the same output as the JAX model holding the same parameters; `infer`
+also reads the .pth directly; architecture mismatches are reported in full, bad input in one line.
+"""
+import json
+
+import jax
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+
+from configs import refsr
+from ssen_jax import convert
+from ssen_jax import convert_torch
+from ssen_jax import imresize as imresize_lib
+from ssen_jax import inference
+from ssen_jax import models
+from ssen_jax import torch_reference as tr
+from test_infer import assert_error, run_cli, run_many, run_parallel
+
+CONFIG = 'configs/refsr.py:tiny'
+LR_SIZE = (20, 26)
+
+
+def torch_model(config, seed=0):
+  """The PyTorch reference network of `config`'s architecture, every weight random."""
+  m = config.model
+  model = tr.build(m.variant, features=m.features, num_extract_blocks=m.num_extract_blocks,
+                   num_recon_blocks=m.num_recon_blocks, num_dcn_layers=m.num_dcn_layers,
+                   use_nonlocal=m.use_nonlocal, offset_groups=m.offset_groups, scale=m.scale)
+  return tr.randomize_(model, seed=seed)
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+  d = tmp_path_factory.mktemp('convert')
+  config = refsr.get_config('tiny')
+  state = torch_model(config).state_dict()
+  torch.save(state, d / 'model.pth')
+  bad = dict(state)  # One of each problem: a missing, an unexpected and a mis-shaped key.
+  del bad['conv_lr.weight']
+  bad['extra.weight'] = torch.zeros(3)
+  bad['fuse.bias'] = torch.zeros(5)
+  torch.save(bad, d / 'bad.pth')
+  (d / 'junk.pth').write_bytes(b'not a torch file')
+  hr = skimage.data.astronaut()[:4 * LR_SIZE[0], 200:200 + 4 * LR_SIZE[1]]
+  Image.fromarray(imresize_lib.imresize(hr, 0.25)).save(d / 'lr.png')
+  Image.fromarray(skimage.data.chelsea()[:90, :110]).save(d / 'ref.png')
+  (d / 'bench').mkdir()
+  Image.fromarray(hr).save(d / 'bench' / 'astronaut.png')
+  return d
+
+
+def jax_output(files):
+  """What the flax model computes with the .pth's parameters (state_dict_to_params), in uint8."""
+  config = refsr.get_config('tiny')
+  model = models.create_model(config.model)
+  lr = inference.read_image(files / 'lr.png')
+  ref = inference.prepare_reference(inference.read_image(files / 'ref.png').rgb, lr.rgb, 4)
+  template = jax.eval_shape(model.init, jax.random.key(0), lr.rgb[None], ref[None])['params']
+  params = convert.state_dict_to_params(convert_torch.read_state_dict(files / 'model.pth'),
+                                        template)
+  gen = inference.Generator(config, model, params, 0)
+  return np.asarray(inference.to_pil(inference.Upscaler(gen)(lr.rgb, ref), lr)).astype(int)
+
+
+def test_convert_then_infer_and_evaluate(files, tmp_path):
+  out = tmp_path / 'wd'
+  proc = run_cli('convert_torch', files / 'model.pth', '--config', CONFIG, '--out', out)
+  assert proc.returncode == 0, proc.stderr
+  assert 'wrote' in proc.stdout and 'step 0' in proc.stdout
+  assert json.loads((out / 'config.json').read_text())['model']['features'] == 8
+  assert inference.checkpoint_steps(out) == [0]
+  # infer from the converted workdir (as --workdir, and as --checkpoint), and from the .pth.
+  sr_wd, sr_dir, sr_pth = tmp_path / 'wd.png', tmp_path / 'dir.png', tmp_path / 'pth.png'
+  common = ['--lr', files / 'lr.png', '--ref', files / 'ref.png']
+  cache = tmp_path / 'jax_cache'  # The first run compiles, the other two reuse it.
+  runs = [run_cli('infer', *common, '--workdir', out, '--out', sr_wd, cache_dir=cache)]
+  runs += run_many('infer', [common + ['--checkpoint', out, '--out', sr_dir],
+                             common + ['--checkpoint', files / 'model.pth', '--config', CONFIG,
+                                       '--out', sr_pth]], parallel=2, cache_dir=cache)
+  for proc in runs:
+    assert proc.returncode == 0, proc.stderr
+  expected = jax_output(files)
+  for path in (sr_wd, sr_dir, sr_pth):
+    got = np.asarray(Image.open(path)).astype(int)
+    assert got.shape == expected.shape == (4 * LR_SIZE[0], 4 * LR_SIZE[1], 3)
+    assert np.abs(got - expected).max() <= 1 and (got == expected).mean() > 0.999
+  # evaluate accepts the converted workdir.
+  proc = run_cli('evaluate', '--workdir', out, '--dataset_dir', files / 'bench')
+  assert proc.returncode == 0, proc.stderr
+  assert 'ssen (step 0)' in proc.stdout and 'Bicubic' in proc.stdout
+
+
+def test_overwrite_and_bad_input(files, tmp_path):
+  full = tmp_path / 'full'
+  full.mkdir()
+  (full / 'keep.txt').write_text('x')
+  (full / 'config.json').write_text('{}')
+  ok = [files / 'model.pth', '--config', CONFIG, '--out', full]
+  cases = [
+      ([files / 'nope.pth', '--config', CONFIG, '--out', tmp_path / 'a'], ['does not exist']),
+      ([files, '--config', CONFIG, '--out', tmp_path / 'a'], ['is not a file']),
+      ([files / 'junk.pth', '--config', CONFIG, '--out', tmp_path / 'a'],
+       ['cannot read PyTorch checkpoint', 'junk.pth']),
+      ([files / 'model.pth', '--config', 'configs/nope.py', '--out', tmp_path / 'a'],
+       ['config file configs/nope.py does not exist']),
+      ([files / 'model.pth', '--config', 'configs/refsr.py:huge', '--out', tmp_path / 'a'],
+       ['unknown variant']),
+      (ok, ['is not empty', '--overwrite']),
+      ([files / 'model.pth', '--out', tmp_path / 'a'], []),  # --config is required.
+  ]
+  procs = run_many('convert_torch', [args for args, _ in cases])
+  for proc, (_, words) in zip(procs[:-1], cases[:-1]):
+    assert_error(proc, *words)
+  assert procs[-1].returncode != 0 and 'config' in procs[-1].stderr
+  assert not (tmp_path / 'a').exists()
+  # A mismatched state_dict: every problem listed, nothing written; infer says it in one line.
+  # (Run together with the --overwrite conversion checked below.)
+  bad, infer_bad, replaced = run_parallel([
+      ('convert_torch', [files / 'bad.pth', '--config', CONFIG, '--out', tmp_path / 'a']),
+      ('infer', ['--checkpoint', files / 'bad.pth', '--config', CONFIG, '--lr', files / 'lr.png',
+                 '--out', tmp_path / 'o.png']),
+      ('convert_torch', ok + ['--overwrite'])], parallel=3)
+  assert bad.returncode != 0 and bad.stderr.startswith('error: ') and 'Traceback' not in bad.stderr
+  for words in ['missing (1)', 'conv_lr.weight', 'unexpected (1)', 'extra.weight',
+                'shape mismatch (1)', 'fuse.bias: got (5,), model expects (8,)']:
+    assert words in bad.stderr, bad.stderr
+  assert not (tmp_path / 'a').exists()
+  assert_error(infer_bad, 'missing (1)', 'unexpected (1)', 'shape mismatch (1)', 'convert_torch')
+  # --overwrite replaces config.json and checkpoints/ only.
+  assert replaced.returncode == 0, replaced.stderr
+  assert (full / 'keep.txt').read_text() == 'x'
+  assert json.loads((full / 'config.json').read_text())['model']['variant'] == 'ssen'
+  assert inference.checkpoint_steps(full) == [0]
+  assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.')] == []  # No temp dirs.
