@@ -22,7 +22,10 @@ overlap of two tiles, the first `overlap * 3 // 8` pixels from a cut edge are di
 the zero padding of the cut) and the rest is blended with a linear ramp (feathering). Only cut edges
 are treated so: image borders are borders in both runs. Exactness limits: non-local blocks (global
 attention) and RCAN's channel attention (global pooling) see only their tile, so trained models
-with them differ slightly from untiled runs; everything else is local.
+with them differ slightly from untiled runs; everything else is local. Measured: a random tiny
+model without non-local blocks matches its untiled output within 0.4/255 at overlap 32 (the test);
+the trained demo model (non-local blocks) on a 125x185 LR input differs by at most 5/255 (mean
+0.1/255) with 64-pixel tiles and 0.7/255 with 128-pixel tiles, whatever the overlap beyond 32.
 
 Memory model: XLA's own accounting of one compiled model call, `memory_analysis()` (arguments incl.
 parameters + outputs + temporaries - aliased). The whole image is compiled first; if it fits the

@@ -208,7 +208,8 @@ def test_image_kinds(images, tmp_path):
   np.testing.assert_allclose(gray16.rgb[..., 1], raw / 65535, atol=1e-7)
   rgba = inference.read_image(images / 'rgba.png')
   assert rgba.alpha.shape == LR_SIZE and rgba.alpha[0, -1] == 1.0
-  assert inference.read_image(images / 'gray.png').gray
+  gray = inference.read_image(images / 'gray.png')
+  assert gray.gray and gray.bits == 8 and gray.alpha is None
   jpeg = inference.read_image(images / 'lr.jpg')
   assert jpeg.rgb.shape == LR_SIZE + (3,) and np.abs(jpeg.rgb - rgb.rgb).mean() < 0.03
   # Output follows the input: modes and exact values.
@@ -218,6 +219,8 @@ def test_image_kinds(images, tmp_path):
   assert out16.mode == 'I;16'
   np.testing.assert_array_equal(np.asarray(out16), np.floor(sr.mean(-1) * 65535 + 0.5))
   assert inference.to_pil(sr, rgba, alpha=np.ones((8, 12))).mode == 'RGBA'
+  assert inference.to_pil(sr, gray).mode == 'L'
+  assert inference.to_pil(sr, gray, alpha=np.ones((8, 12))).mode == 'LA'
   path = tmp_path / 'x.png'
   inference.save_png_atomic(out16, path)
   np.testing.assert_array_equal(np.asarray(Image.open(path)), np.asarray(out16))
