@@ -24,8 +24,11 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 import numpy as np
+from absl import app
+from absl import flags
+from absl import logging
 
-FLAGS = None  # Set by define_flags() when run as a script.
+FLAGS = flags.FLAGS
 
 
 class ConversionError(ValueError):
@@ -101,8 +104,8 @@ def summarize(error: ConversionError) -> str:
   lines = str(error).splitlines()
   if len(lines) <= 1:
     return str(error)
-  counts = [l.strip().split(',')[0] for l in lines[1:] if l.startswith('  ') and
-            not l.startswith('    ')]
+  counts = [l.strip().split(',')[0].rstrip(':') for l in lines[1:]
+            if l.startswith('  ') and not l.startswith('    ')]
   first = next((l.strip() for l in lines[1:] if l.startswith('    ')), '')
   return f'{lines[0].rstrip(":")}: {"; ".join(counts)} (first: {first})'
 
@@ -196,17 +199,14 @@ def _leaves(tree):
 
 def define_flags() -> None:
   """Command-line flags, defined only when run as a script."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  global FLAGS
   flags.DEFINE_string('config', None, 'Config giving the architecture: FILE[:variant].')
   flags.DEFINE_string('out', None, 'Output workdir.')
-  flags.DEFINE_bool('overwrite', False, 'Replace config.json and checkpoints/ in a non-empty --out.')
+  flags.DEFINE_bool('overwrite', False,
+                    'Replace config.json and checkpoints/ in a non-empty --out.')
   flags.mark_flags_as_required(['config', 'out'])
-  FLAGS = flags.FLAGS
 
 
 def main(argv: Sequence[str]) -> None:
-  from absl import logging  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.ERROR)  # Orbax's INFO lines would bury the result.
   if len(argv) != 2:
     print('error: usage: python -m ssen_jax.convert_torch IN.pth --config FILE[:variant] '
@@ -220,6 +220,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
   define_flags()
   app.run(main)

@@ -114,6 +114,7 @@ def load_model(workdir: str | None, checkpoint: str | None, config: str | None,
     return convert_torch.generator_from_pth(path, cfg)
   except convert_torch.ConversionError as e:
     raise convert_torch.ConversionError(
+        f'{checkpoint} does not fit the architecture of {config or workdir}: '
         f'{convert_torch.summarize(e)}; python -m ssen_jax.convert_torch lists every '
         'problem') from None
 
