@@ -1,6 +1,7 @@
 """`ssen_jax.ops.deform_conv2d` against `torchvision.ops.deform_conv2d`: forward and gradients."""
 import dataclasses
 import functools
+import re
 from typing import Optional, Tuple
 
 import chex
@@ -12,6 +13,7 @@ import torch
 import torchvision
 
 from ssen_jax import ops
+from ssen_jax.ops import deform_conv
 
 FWD_TOL = 1e-5  # max |jax - torch| <= FWD_TOL * (1 + max |torch|), float32.
 GRAD_TOL = 1e-5
@@ -162,6 +164,48 @@ def test_matches_torchvision(case):
       worst[k] = max(worst.get(k, 0.0), err)
   print(f'\n[deform_conv2d {case.name}] max abs error: '
         + ', '.join(f'{k} {v:.2e}' for k, v in worst.items()))
+
+
+FORMULATION_CASES = [c for c in CASES if c.name in ('basic', 'groups2', 'stride2', 'boundary')]
+FORMULATION_CASES.append(Case('groups2_narrow_out', n=2, c=8, h=6, w=7, o=3, groups=2))
+
+
+@pytest.mark.parametrize('transform_first', [True, False], ids=['transform_first', 'im2col'])
+@pytest.mark.parametrize('case', FORMULATION_CASES, ids=lambda c: c.name)
+def test_formulations_and_blocks_match_torchvision(case, transform_first, monkeypatch):
+  """Both formulations, with the backward pass (and the im2col forward) split into many blocks."""
+  monkeypatch.setattr(deform_conv, '_transform_first', lambda *_: transform_first)
+  monkeypatch.setattr(deform_conv, 'BACKWARD_BLOCK', 7)  # Positions are not a multiple of 7.
+  monkeypatch.setattr(deform_conv, 'FORWARD_MAX_BYTES', 1000)
+  data = _make_inputs(case, 0)
+  out_t, grads_t = _torch_reference(case, *data)
+  out_j, grads_j = _jax(case, *data)
+  assert _err(out_j, out_t) <= FWD_TOL * (1 + np.abs(out_t).max())
+  for k, g_t in grads_t.items():
+    assert _err(grads_j[k], g_t) <= GRAD_TOL * (1 + np.abs(g_t).max()), k
+
+
+def _fused_computations(hlo: str):
+  """The bodies of the fused computations of an optimised HLO module, by name."""
+  return dict(re.findall(r'^(%fused_computation[\w.]*) .*?\{\n(.*?)\n\}', hlo, re.M | re.S))
+
+
+@pytest.mark.parametrize('transform_first', [True, False], ids=['transform_first', 'im2col'])
+def test_sampling_is_not_recomputed_per_channel(transform_first, monkeypatch):
+  """No gather shares a fusion with the sampling arithmetic (which it would redo per channel)."""
+  monkeypatch.setattr(deform_conv, '_transform_first', lambda *_: transform_first)
+  case = Case('perf', n=2, c=16, h=12, w=10, o=16)
+  x, offsets, mask, kernel, bias, cot = _make_inputs(case, 0)
+
+  def forward_backward(*a):
+    out, vjp = jax.vjp(ops.deform_conv2d, *a)
+    return out, vjp(cot)
+
+  hlo = jax.jit(forward_backward).lower(x, offsets, mask, kernel, bias).compile().as_text()
+  bodies = [b for b in _fused_computations(hlo).values() if ' gather(' in b]
+  assert bodies
+  for body in bodies:
+    assert ' floor(' not in body and ' clamp(' not in body
 
 
 def test_samples_leave_the_image():
