@@ -1,0 +1,107 @@
+"""`python -m ssen_jax.benchmark`: the tables and JSON it writes, and its handling of torch.
+
+The sizes are tiny (`--tiny`, one repetition): these tests check structure, never speed.
+"""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# Runs the benchmark as `python -m` would, with torch made unimportable.
+WITHOUT_TORCH = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = ['benchmark'] + "
+                 "sys.argv[1:]; runpy.run_module('ssen_jax.benchmark', run_name='__main__')")
+
+
+def _run(*args, without_torch=False, check=True):
+  cmd = ([sys.executable, '-c', WITHOUT_TORCH] if without_torch
+         else [sys.executable, '-m', 'ssen_jax.benchmark'])
+  env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS='')
+  proc = subprocess.run(cmd + list(args), cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=600)
+  if check:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
+
+
+def _table(markdown: str, header: str):
+  """Rows (lists of cells) of the Markdown table whose header row starts with `header`."""
+  lines = markdown.splitlines()
+  start = next(i for i, line in enumerate(lines) if line.startswith(f'| {header} |'))
+  assert set(lines[start + 1]) <= set('|-: ')
+  rows = []
+  for line in lines[start + 2:]:
+    if not line.startswith('|'):
+      break
+    rows.append([cell.strip() for cell in line.strip('|').split('|')])
+  return rows
+
+
+def test_op_table_and_json(tmp_path):
+  out = tmp_path / 'op.json'
+  proc = _run('--what', 'op', '--repeats', '1', '--tiny', f'--json={out}', without_torch=True)
+  result = json.loads(out.read_text())
+  assert result['what'] == 'op' and result['tiny'] and result['repeats'] == 1
+  machine = result['machine']
+  assert {'cpu', 'cpus', 'usable_cpus', 'jax', 'jaxlib', 'backend'} <= set(machine)
+  assert 'torch' not in machine  # Nothing imported torch.
+  assert {r['name'] for r in result['timings']} == {
+      'deform_conv2d forward', 'deform_conv2d forward+backward', 'conv 3x3 forward',
+      'conv 3x3 forward+backward'}
+  for row in result['timings']:
+    assert row['framework'] == 'jax' and row['repeats'] == 1
+    assert 0 < row['min_ms'] <= row['median_ms']
+  ratios = {r['name']: r for r in result['ratios']}
+  assert ratios['deform_conv2d forward / conv forward']['target'] == '<= 2'
+  assert ratios['deform_conv2d fwd+bwd / conv fwd+bwd']['target'] == '<= 3'
+  for r in ratios.values():
+    assert r['value'] > 0 and isinstance(r['met'], bool)
+
+  md = proc.stdout
+  assert md.startswith('## ssen_jax benchmark: op')
+  assert f"jax {machine['jax']}" in md and machine['cpu'] in md
+  timings = _table(md, 'case')
+  assert [row[0] for row in timings] == [r['name'] for r in result['timings']]
+  assert all(float(row[2]) > 0 and row[4] == '1' for row in timings)
+  figures = _table(md, 'figure')
+  assert [row[0] for row in figures] == list(ratios)
+  assert all(row[3] in ('yes', '**no**') for row in figures)
+
+
+def test_compare_torch_without_torch_fails_in_one_line():
+  proc = _run('--what', 'op', '--repeats', '1', '--tiny', '--compare', 'torch',
+              without_torch=True, check=False)
+  assert proc.returncode != 0
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1 and 'needs torch' in lines[0], proc.stderr
+  assert 'Traceback' not in proc.stderr
+
+
+def test_compare_torch_adds_the_peers(tmp_path):
+  pytest.importorskip('torch')
+  pytest.importorskip('torchvision')
+  out = tmp_path / 'op.json'
+  _run('--what', 'op', '--repeats', '1', '--tiny', '--compare', 'torch', f'--json={out}')
+  result = json.loads(out.read_text())
+  assert 'torch' in result['machine'] and result['machine']['torch_threads'] >= 1
+  frameworks = {r['name']: r['framework'] for r in result['timings']}
+  assert frameworks['torchvision deform_conv2d forward+backward'] == 'torch'
+  ratios = {r['name']: r for r in result['ratios']}
+  assert ratios['torchvision fwd+bwd / deform_conv2d fwd+bwd']['target'] == '>= 6'
+  assert any('max |deform_conv2d - torchvision|' in note for note in result['notes'])
+
+
+def test_memory_runs_children_and_reports_peak_rss(tmp_path):
+  out = tmp_path / 'memory.json'
+  proc = _run('--what', 'memory', '--tiny', f'--json={out}', without_torch=True)
+  result = json.loads(out.read_text())
+  assert [r['lr'] for r in result['memory']] == ['64x64', '32x32']
+  for row in result['memory']:
+    assert row['output'] == 'x'.join(str(4 * int(v)) for v in row['lr'].split('x'))
+    assert 0.05 < row['peak_rss_gb'] < 16 and row['finite']
+    assert row['rss_source'] in ('/usr/bin/time -v', 'wait4 ru_maxrss')
+  assert result['ratios'][0]['target'] == '<= 16' and result['ratios'][0]['met']
+  assert len(_table(proc.stdout, 'LR input')) == 2
