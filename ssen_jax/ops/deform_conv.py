@@ -25,12 +25,12 @@ silently; nothing here relies on it.) Then one of two equivalent formulations, c
 Either way the gathered corners (K·G·4 vectors per position) are never written to memory. The
 VJP is written by hand (`_deform_conv`): autodiff of the gather would materialise the corners and
 their cotangents. The backward pass runs over blocks of output positions (`lax.scan`), so that what
-a block gathers and scatters stays in cache: per block it gathers the corners again and reduces them
-against the sample cotangent (the gradient of the four weights, from which those of the offsets and
-mask follow in closed form) and scatter-adds weight x sample cotangent into the gradient of X_pad
-(or of Z, which two matmuls then turn into the gradients of the input and the kernel). Gradients
-match torchvision's hand-written kernels (tested, including samples exactly on integer and boundary
-coordinates).
+a block gathers and scatters stays in cache: per block it gathers the windows of X_pad again and
+reduces them against the column cotangents (out_grad · W_kᵀ) to the gradient of the four weights,
+from which those of the offsets and mask follow in closed form; it scatter-adds weight x column
+cotangent into the gradient of X_pad and accumulates columnsᵀ · out_grad into the kernel's.
+Gradients match torchvision's hand-written kernels (tested, including samples exactly on integer and
+boundary coordinates).
 """
 from __future__ import annotations
 
@@ -191,21 +191,6 @@ def _transform(padded: jax.Array, kernel: jax.Array) -> jax.Array:
   return jnp.einsum('rgc,kgco->rkgo', padded, kernel)
 
 
-def _transform_vjp(padded: jax.Array, kernel: jax.Array, z_grad: jax.Array):
-  """Gradients of X_pad (rows, G, C/G) and W (K, G, C/G, O) from that of Z (rows, K, G, O)."""
-  rows, g, cg = padded.shape
-  k, _, _, o = kernel.shape
-  if g == 1:
-    w = jnp.transpose(kernel.reshape(k, cg, o), (1, 0, 2)).reshape(cg, k * o)
-    z_grad = z_grad.reshape(rows, k * o)
-    padded_grad = jnp.dot(z_grad, w.T.astype(z_grad.dtype)).reshape(rows, 1, cg)
-    kernel_grad = jnp.dot(padded.reshape(rows, cg).T.astype(z_grad.dtype), z_grad)
-    return padded_grad, jnp.transpose(kernel_grad.reshape(cg, k, o), (1, 0, 2)).reshape(
-        kernel.shape)
-  return (jnp.einsum('rkgo,kgco->rgc', z_grad, kernel.astype(z_grad.dtype)),
-          jnp.einsum('rgc,rkgo->kgco', padded.astype(z_grad.dtype), z_grad))
-
-
 def _materialized(x: jax.Array) -> jax.Array:
   """x, computed in an XLA fusion of its own (exactly: its bits plus zero).
 
@@ -229,10 +214,7 @@ def _pad_positions(x: jax.Array, total: int) -> jax.Array:
 
 
 def _forward(geom: _Geometry, padded, index, weights, kernel):
-  """Outputs (P, O), and the transformed input Z (transform first) or None.
-
-  padded (rows, G, C/G), index and weights (P, K·G, 4), kernel (K, G, C/G, O).
-  """
+  """Outputs (P, O) from padded (rows, G, C/G), index and weights (P, K·G, 4), kernel (K, G, C/G, O)."""
   rows, g, cg = padded.shape
   kg = index.shape[1]
   operand_shape = (rows // (geom.w + 2), geom.w + 2)
@@ -241,7 +223,7 @@ def _forward(geom: _Geometry, padded, index, weights, kernel):
     operand = z.reshape(operand_shape + z.shape[1:])
     # One fusion: every (tap, group) window is gathered and added straight into the output.
     out = sum(_combine(_windows(operand, index[:, j]), weights[:, j]) for j in range(kg))
-    return _materialized(out), z
+    return _materialized(out)
   operand = padded.reshape(operand_shape + (1, g, cg))
   kernel = kernel.reshape(-1, kernel.shape[-1])
 
@@ -253,21 +235,19 @@ def _forward(geom: _Geometry, padded, index, weights, kernel):
   positions = index.shape[0]
   size = positions * kernel.shape[0] * padded.dtype.itemsize
   if size <= FORWARD_MAX_BYTES:
-    return block(index, weights), None
+    return block(index, weights)
   num = -(-size // FORWARD_MAX_BYTES)
   length = -(-positions // num)
   total = num * length
   out = lax.map(lambda a: block(*a), (_blocks(_pad_positions(index, total), length),
                                       _blocks(_pad_positions(weights, total), length)))
-  return out.reshape(total, -1)[:positions], None
+  return out.reshape(total, -1)[:positions]
 
 
 def _backward(geom: _Geometry, padded, index, weights, kernel, out_grad):
   """Gradients of padded (rows, G, C/G), the corner weights (P, K·G, 4) and kernel (K, G, C/G, O).
 
-  Scans blocks of output positions. A block gathers its windows of X_pad and its column
-  cotangents out_grad · W_kᵀ, reduces the two to the weight gradient, scatter-adds weight x column
-  cotangent into the gradient of X_pad and accumulates columsᵀ · out_grad into the kernel's.
+  Scans blocks of output positions (see the module docstring); out_grad is (P, O).
   """
   rows, g, cg = padded.shape
   positions, kg, _ = index.shape
@@ -275,7 +255,7 @@ def _backward(geom: _Geometry, padded, index, weights, kernel, out_grad):
   acc = jnp.promote_types(jnp.float32, out_grad.dtype)  # Accumulate in float32 at least.
   operand = padded.reshape(rows // (geom.w + 2), geom.w + 2, 1, g, cg)
   kernel_2d = kernel.reshape(-1, out_ch)
-  # Block index and weights with a tap index of 0 (the operand has a single "tap").
+  # The padded input is an operand with a single tap: zero the tap of transform-first indices.
   index = index * jnp.array([1, 1, 0, 1], index.dtype)
 
   def block(carry, inputs):
@@ -326,21 +306,21 @@ def _deform_conv(inputs, offsets, mask, kernel, geom: _Geometry):
 
 def _deform_conv_fwd(inputs, offsets, mask, kernel, geom: _Geometry):
   padded, kernel_r, index, weights = _prepare(geom, inputs, offsets, mask, kernel)
-  out, z = _forward(geom, padded, index, weights, kernel_r)
+  out = _forward(geom, padded, index, weights, kernel_r)
   out = out.reshape(inputs.shape[0], geom.ho, geom.wo, -1)
-  return out, (inputs, offsets, mask, kernel, padded, index, weights)
+  return out, (offsets, mask, kernel, padded, index, weights)
 
 
 def _deform_conv_bwd(geom: _Geometry, residuals, out_grad):
-  inputs, offsets, mask, kernel, padded, index, weights = residuals
-  n, h, w, c = inputs.shape
-  kernel_r = kernel.astype(inputs.dtype).reshape(geom.kh * geom.kw, geom.groups,
+  offsets, mask, kernel, padded, index, weights = residuals
+  n, (h, w), c = offsets.shape[0], (geom.h, geom.w), kernel.shape[2]
+  kernel_r = kernel.astype(padded.dtype).reshape(geom.kh * geom.kw, geom.groups,
                                                  c // geom.groups, kernel.shape[-1])
   padded_grad, weights_grad, kernel_grad = _backward(
       geom, padded, index, weights, kernel_r, out_grad.reshape(-1, out_grad.shape[-1]))
   inputs_grad = padded_grad.reshape(n, h + 2, w + 2, c)[:, 1:-1, 1:-1]
   offsets_grad, mask_grad = _sampling_vjp(geom, offsets, mask, weights_grad)
-  return (inputs_grad.astype(inputs.dtype), offsets_grad, mask_grad,
+  return (inputs_grad.astype(padded.dtype), offsets_grad, mask_grad,
           kernel_grad.reshape(kernel.shape).astype(kernel.dtype))
 
 
