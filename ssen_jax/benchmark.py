@@ -114,6 +114,7 @@ def machine_info(torch_module=None) -> Dict[str, Any]:
   except OSError:
     pass
   info = dict(cpu=cpu, cpus=os.cpu_count(), usable_cpus=len(os.sched_getaffinity(0)),
+              load_average=round(os.getloadavg()[0], 2),
               os=platform.platform(terse=True), python=platform.python_version(),
               jax=jax.__version__, jaxlib=jaxlib.__version__, backend=jax.default_backend(),
               devices=f'{jax.device_count()} x {jax.devices()[0].device_kind}')
@@ -132,7 +133,9 @@ def to_markdown(result: Mapping[str, Any]) -> str:
            f"jax {m['jax']} ({m['backend']}, {m['devices']})"
            + (f", torch {m['torch']} ({m['torch_threads']} threads), torchvision "
               f"{m['torchvision']}" if 'torch' in m else '') + '.',
-           f"Settings: {result['settings']}", '']
+           f"Settings: {result['settings']}",
+           f"Load average (1 min; other processes on these CPUs) before / after: "
+           f"{m['load_average']:.2f} / {result['load_average_after']:.2f}.", '']
   if result.get('timings'):
     lines += ['| case | framework | median ms | min ms | runs |', '|---|---|---:|---:|---:|']
     lines += [f"| {r['name']} | {r['framework']} | {r['median_ms']:.2f} | {r['min_ms']:.2f} | "
@@ -524,6 +527,7 @@ def main(argv: Sequence[str]) -> None:
   result = dict(what=FLAGS.what, tiny=FLAGS.tiny, repeats=repeats,
                 compare=FLAGS.compare, machine=machine_info(torch),
                 **fn(repeats, FLAGS.tiny, torch))
+  result['load_average_after'] = round(os.getloadavg()[0], 2)
   print(to_markdown(result))
   if FLAGS.json:
     pathlib.Path(FLAGS.json).write_text(json.dumps(result, indent=2) + '\n')
