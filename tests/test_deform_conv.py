@@ -208,6 +208,25 @@ def test_sampling_is_not_recomputed_per_channel(transform_first, monkeypatch):
     assert ' floor(' not in body and ' clamp(' not in body
 
 
+def test_batch_sharded_over_devices_needs_no_gathers():
+  """Data parallelism: each device samples its own images (no all-gather, no permutes)."""
+  if jax.device_count() < 2:
+    pytest.skip('needs several devices (conftest simulates 8)')
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
+  batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  case = Case('sharded', n=jax.device_count(), c=8, h=12, w=10, o=8)
+  x, offsets, mask, kernel, bias, _ = _make_inputs(case, 0)
+
+  def loss(x, offsets, mask, kernel):
+    return jnp.sum(ops.deform_conv2d(x, offsets, mask, kernel) ** 2)
+
+  step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)),
+                 in_shardings=(batch, batch, batch, replicated))
+  hlo = step.lower(x, offsets, mask, kernel).compile().as_text()
+  assert 'all-gather' not in hlo and 'collective-permute' not in hlo and 'all-to-all' not in hlo
+
+
 def test_samples_leave_the_image():
   """The random cases really exercise outside and partially outside samples."""
   case = CASES[0]

@@ -31,6 +31,9 @@ from which those of the offsets and mask follow in closed form; it scatter-adds 
 cotangent into the gradient of X_pad and accumulates columnsᵀ · out_grad into the kernel's.
 Gradients match torchvision's hand-written kernels (tested, including samples exactly on integer and
 boundary coordinates).
+
+Every image is processed on its own (`jax.vmap` over the batch), so that a batch sharded over
+devices needs no collectives but the final sum of the kernel gradient.
 """
 from __future__ import annotations
 
@@ -121,15 +124,17 @@ def _sample_coordinates(geom: _Geometry, offsets, mask):
 
 
 def _sampling(geom: _Geometry, offsets, mask):
-  """Window index (P, K·G, 4) int32 and corner weights (P, K·G, 4) float32 of every sample."""
+  """Window index (N, Ho·Wo, K·G, 4) int32 and corner weights (N, Ho·Wo, K·G, 4) float32.
+
+  The index is (row, column, tap, group) into one image's padded input (or its Z).
+  """
   n = offsets.shape[0]
   y0, x0, ly, lx, _, scale = _sample_coordinates(geom, offsets, mask)
   hy, hx = 1 - ly, 1 - lx
   weights = jnp.stack([hy * hx * scale, hy * lx * scale, ly * hx * scale, ly * lx * scale], -1)
   # Inside the box y0 is in [-1, H-1], i.e. row y0 + 1 of the padded input; outside it the
   # clamped window is harmless (weight 0).
-  row = (jnp.arange(n, dtype=jnp.int32) * (geom.h + 2))[:, None, None, None, None] + (
-      jnp.clip(y0, -1, geom.h - 1).astype(jnp.int32) + 1)
+  row = jnp.clip(y0, -1, geom.h - 1).astype(jnp.int32) + 1
   col = jnp.clip(x0, -1, geom.w - 1).astype(jnp.int32) + 1
   shape = row.shape
   taps = geom.kh * geom.kw
@@ -138,16 +143,16 @@ def _sampling(geom: _Geometry, offsets, mask):
     tap = jnp.zeros_like(tap)
   group = jnp.broadcast_to(jnp.arange(geom.groups, dtype=jnp.int32), shape[3:])
   index = jnp.stack([row, col, jnp.broadcast_to(tap, shape), jnp.broadcast_to(group, shape)], -1)
-  positions = n * geom.ho * geom.wo
+  positions = geom.ho * geom.wo
   kg = taps * geom.groups
   # Both are stacks (concatenations) of their parts, which XLA computes in fusions of their own
   # rather than in the gathers that read them once per channel (where the floor/clip/bilinear
   # arithmetic would be recomputed C/G times; `test_sampling_is_not_recomputed` checks this).
-  return index.reshape(positions, kg, 4), weights.reshape(positions, kg, 4)
+  return index.reshape(n, positions, kg, 4), weights.reshape(n, positions, kg, 4)
 
 
 def _sampling_vjp(geom: _Geometry, offsets, mask, weights_grad):
-  """Gradients of offsets and mask from that of the corner weights (P, K·G, 4), in closed form."""
+  """Gradients of offsets and mask from that of the corner weights (N, Ho·Wo, K·G, 4)."""
   n = offsets.shape[0]
   g, taps = geom.groups, geom.kh * geom.kw
   _, _, ly, lx, inside, scale = _sample_coordinates(geom, offsets, mask)
@@ -213,52 +218,52 @@ def _pad_positions(x: jax.Array, total: int) -> jax.Array:
   return jnp.pad(x, ((0, total - x.shape[0]),) + ((0, 0),) * (x.ndim - 1))
 
 
-def _forward(geom: _Geometry, padded, index, weights, kernel):
-  """Outputs (P, O) from padded (rows, G, C/G), index and weights (P, K·G, 4), kernel (K, G, C/G, O)."""
-  rows, g, cg = padded.shape
+def _forward_image(geom: _Geometry, padded, index, weights, kernel, block: int):
+  """Outputs (Ho·Wo, O) of one image.
+
+  padded (H+2, W+2, G, C/G), index and weights (Ho·Wo, K·G, 4), kernel (K, G, C/G, O); `block`
+  is the number of positions per block of the im2col pass (0: one block).
+  """
+  h2, w2, g, cg = padded.shape
   kg = index.shape[1]
-  operand_shape = (rows // (geom.w + 2), geom.w + 2)
   if geom.transform_first:
-    z = _transform(padded, kernel)
-    operand = z.reshape(operand_shape + z.shape[1:])
+    z = _transform(padded.reshape(h2 * w2, g, cg), kernel)
+    operand = z.reshape((h2, w2) + z.shape[1:])
     # One fusion: every (tap, group) window is gathered and added straight into the output.
     out = sum(_combine(_windows(operand, index[:, j]), weights[:, j]) for j in range(kg))
     return _materialized(out)
-  operand = padded.reshape(operand_shape + (1, g, cg))
+  operand = padded.reshape(h2, w2, 1, g, cg)
   kernel = kernel.reshape(-1, kernel.shape[-1])
 
-  def block(index, weights):
+  def columns_matmul(index, weights):
     b = index.shape[0]
     cols = _combine(_windows(operand, index.reshape(-1, 4)), weights.reshape(-1, 4))
     return jnp.dot(cols.reshape(b, -1), kernel)
 
   positions = index.shape[0]
-  size = positions * kernel.shape[0] * padded.dtype.itemsize
-  if size <= FORWARD_MAX_BYTES:
-    return block(index, weights)
-  num = -(-size // FORWARD_MAX_BYTES)
-  length = -(-positions // num)
-  total = num * length
-  out = lax.map(lambda a: block(*a), (_blocks(_pad_positions(index, total), length),
-                                      _blocks(_pad_positions(weights, total), length)))
+  if not block or block >= positions:
+    return columns_matmul(index, weights)
+  total = -(-positions // block) * block
+  out = lax.map(lambda a: columns_matmul(*a), (_blocks(_pad_positions(index, total), block),
+                                               _blocks(_pad_positions(weights, total), block)))
   return out.reshape(total, -1)[:positions]
 
 
-def _backward(geom: _Geometry, padded, index, weights, kernel, out_grad):
-  """Gradients of padded (rows, G, C/G), the corner weights (P, K·G, 4) and kernel (K, G, C/G, O).
-
-  Scans blocks of output positions (see the module docstring); out_grad is (P, O).
+def _backward_image(geom: _Geometry, padded, index, weights, kernel, out_grad, block: int):
+  """Gradients of one image's padded (H+2, W+2, G, C/G) and weights (Ho·Wo, K·G, 4), and its
+  contribution to the kernel's (K, G, C/G, O), scanning blocks of `block` output positions (see
+  the module docstring); out_grad is (Ho·Wo, O).
   """
-  rows, g, cg = padded.shape
+  h2, w2, g, cg = padded.shape
   positions, kg, _ = index.shape
   k, out_ch = kernel.shape[0], kernel.shape[-1]
   acc = jnp.promote_types(jnp.float32, out_grad.dtype)  # Accumulate in float32 at least.
-  operand = padded.reshape(rows // (geom.w + 2), geom.w + 2, 1, g, cg)
+  operand = padded.reshape(h2, w2, 1, g, cg)
   kernel_2d = kernel.reshape(-1, out_ch)
   # The padded input is an operand with a single tap: zero the tap of transform-first indices.
   index = index * jnp.array([1, 1, 0, 1], index.dtype)
 
-  def block(carry, inputs):
+  def step(carry, inputs):
     grad_operand, kernel_grad = carry
     index, weights, out_grad = inputs
     b = index.shape[0]
@@ -278,14 +283,33 @@ def _backward(geom: _Geometry, padded, index, weights, kernel, out_grad):
         grad_operand.dtype), _SCATTER_DIMS, mode=_IN_BOUNDS)
     return (grad_operand, kernel_grad), weights_grad
 
-  size = min(BACKWARD_BLOCK, positions)
+  size = min(block, positions) if block else positions
   total = -(-positions // size) * size
   init = (jnp.zeros(operand.shape, acc), jnp.zeros((k * g * cg, out_ch), acc))
   (grad_operand, kernel_grad), weights_grad = lax.scan(
-      block, init, tuple(_blocks(_pad_positions(a, total), size)
-                         for a in (index, weights, out_grad)))
+      step, init, tuple(_blocks(_pad_positions(a, total), size)
+                        for a in (index, weights, out_grad)))
   weights_grad = weights_grad.reshape(total, kg, 4)[:positions]
   return grad_operand.reshape(padded.shape), weights_grad, kernel_grad.reshape(kernel.shape)
+
+
+def _block_sizes(geom: _Geometry, n: int, channels: int, out_channels: int, itemsize: int):
+  """Output positions per image in one block of the (im2col) forward and the backward pass.
+
+  The blocks of the backward pass hold BACKWARD_BLOCK positions of the whole batch on CPU (cache);
+  elsewhere as many as the memory budget allows. The im2col forward pass is blocked only above the
+  budget. 0 means one block.
+  """
+  positions = geom.ho * geom.wo
+  taps = geom.kh * geom.kw
+  forward = 0
+  if not geom.transform_first and n * positions * taps * channels * itemsize > FORWARD_MAX_BYTES:
+    forward = max(1, FORWARD_MAX_BYTES // (n * taps * channels * itemsize))
+  if jax.default_backend() == 'cpu':
+    backward = max(8, -(-BACKWARD_BLOCK // n))
+  else:  # Gathered windows and scattered updates: 2 x 4 x K x C/G values per sample.
+    backward = max(8, FORWARD_MAX_BYTES // (n * 8 * taps * channels * itemsize))
+  return forward, (0 if backward >= positions else backward)
 
 
 # -- The operation ----------------------------------------------------------------------------------
@@ -294,8 +318,7 @@ def _backward(geom: _Geometry, padded, index, weights, kernel, out_grad):
 def _prepare(geom: _Geometry, inputs, offsets, mask, kernel):
   n, h, w, c = inputs.shape
   g = geom.groups
-  padded = jnp.pad(inputs, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(n * (h + 2) * (w + 2), g,
-                                                                      c // g)
+  padded = jnp.pad(inputs, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(n, h + 2, w + 2, g, c // g)
   kernel = kernel.astype(inputs.dtype).reshape(geom.kh * geom.kw, g, c // g, kernel.shape[-1])
   index, weights = _sampling(geom, offsets, mask)
   return padded, kernel, index, weights
@@ -307,24 +330,32 @@ def _deform_conv(inputs, offsets, mask, kernel, geom: _Geometry):
   return _deform_conv_fwd(inputs, offsets, mask, kernel, geom)[0]
 
 
+# Each image is processed on its own (vmap), so that under data parallelism every device works on
+# its own images: a gather or scan across the flattened batch would need collectives (all-gathers
+# and permutes in every block of the backward pass).
 def _deform_conv_fwd(inputs, offsets, mask, kernel, geom: _Geometry):
   padded, kernel_r, index, weights = _prepare(geom, inputs, offsets, mask, kernel)
-  out = _forward(geom, padded, index, weights, kernel_r)
+  block, _ = _block_sizes(geom, inputs.shape[0], inputs.shape[-1], kernel.shape[-1],
+                          inputs.dtype.itemsize)
+  out = jax.vmap(lambda p, i, w: _forward_image(geom, p, i, w, kernel_r, block))(
+      padded, index, weights)
   out = out.reshape(inputs.shape[0], geom.ho, geom.wo, -1)
   return out, (offsets, mask, kernel, padded, index, weights)
 
 
 def _deform_conv_bwd(geom: _Geometry, residuals, out_grad):
   offsets, mask, kernel, padded, index, weights = residuals
-  n, (h, w), c = offsets.shape[0], (geom.h, geom.w), kernel.shape[2]
+  n, c, out_ch = offsets.shape[0], kernel.shape[2], kernel.shape[-1]
   kernel_r = kernel.astype(padded.dtype).reshape(geom.kh * geom.kw, geom.groups,
-                                                 c // geom.groups, kernel.shape[-1])
-  padded_grad, weights_grad, kernel_grad = _backward(
-      geom, padded, index, weights, kernel_r, out_grad.reshape(-1, out_grad.shape[-1]))
-  inputs_grad = padded_grad.reshape(n, h + 2, w + 2, c)[:, 1:-1, 1:-1]
+                                                 c // geom.groups, out_ch)
+  _, block = _block_sizes(geom, n, c, out_ch, padded.dtype.itemsize)
+  padded_grad, weights_grad, kernel_grad = jax.vmap(
+      lambda p, i, w, g: _backward_image(geom, p, i, w, kernel_r, g, block))(
+          padded, index, weights, out_grad.reshape(n, -1, out_ch))
+  inputs_grad = padded_grad.reshape(n, geom.h + 2, geom.w + 2, c)[:, 1:-1, 1:-1]
   offsets_grad, mask_grad = _sampling_vjp(geom, offsets, mask, weights_grad)
   return (inputs_grad.astype(padded.dtype), offsets_grad, mask_grad,
-          kernel_grad.reshape(kernel.shape).astype(kernel.dtype))
+          kernel_grad.sum(axis=0).reshape(kernel.shape).astype(kernel.dtype))
 
 
 _deform_conv.defvjp(_deform_conv_fwd, _deform_conv_bwd)
