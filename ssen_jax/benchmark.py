@@ -38,7 +38,7 @@ from absl import flags
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
 
-# Targets of the performance issue: (ratio name, comparison, bound).
+# Sizes of the performance issue's figures.
 OP_SHAPE = dict(n=4, c=64, h=40, w=40, offset_std=3.0)
 TINY_OP_SHAPE = dict(n=1, c=8, h=12, w=12, offset_std=3.0)
 INFER_LR = (80, 137)
@@ -462,7 +462,6 @@ def infer_once(size: str, tiny: bool) -> Dict[str, Any]:
   config = load_config('tiny' if tiny else '')
   model, params = _model_and_params(config, (1, h, w, 3))
   lr, ref, _ = _images(np.random.default_rng(1), 1, h, w, config.model.scale)
-  del _
   sr_fn = jax.jit(lambda p, lr, ref: model.apply({'params': p}, lr, ref))
   start = time.perf_counter()
   compiled = sr_fn.lower(params, lr, ref).compile()
