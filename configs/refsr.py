@@ -103,13 +103,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.num_recon_blocks = 4
     d.hr_patch = 96
     config.batch_size = 8
-    config.num_train_steps = 2_000
+    config.num_train_steps = 1_600
     o.learning_rate = 4e-4
-    o.cycle_steps = 2_000
+    o.cycle_steps = 1_600
     o.warmup_steps = 50
     config.log_every_steps = 50
-    config.eval_every_steps = 1_000
-    config.checkpoint_every_steps = 500
+    config.eval_every_steps = 800
+    config.checkpoint_every_steps = 400
   if 'tiny' in variants:
     m.features = 8
     m.num_extract_blocks = 1
