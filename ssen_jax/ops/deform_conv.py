@@ -218,11 +218,12 @@ def _pad_positions(x: jax.Array, total: int) -> jax.Array:
   return jnp.pad(x, ((0, total - x.shape[0]),) + ((0, 0),) * (x.ndim - 1))
 
 
-def _forward_image(geom: _Geometry, padded, index, weights, kernel, block: int):
+def _forward_image(geom: _Geometry, padded, index, weights, kernel, block: int, own_fusion: bool):
   """Outputs (Ho·Wo, O) of one image.
 
   padded (H+2, W+2, G, C/G), index and weights (Ho·Wo, K·G, 4), kernel (K, G, C/G, O); `block`
-  is the number of positions per block of the im2col pass (0: one block).
+  is the number of positions per block of the im2col pass (0: one block); `own_fusion` keeps the
+  gathering sum out of the consumers' fusions (see `_materialized`; needed in training steps).
   """
   h2, w2, g, cg = padded.shape
   kg = index.shape[1]
@@ -231,7 +232,7 @@ def _forward_image(geom: _Geometry, padded, index, weights, kernel, block: int):
     operand = z.reshape((h2, w2) + z.shape[1:])
     # One fusion: every (tap, group) window is gathered and added straight into the output.
     out = sum(_combine(_windows(operand, index[:, j]), weights[:, j]) for j in range(kg))
-    return _materialized(out)
+    return _materialized(out) if own_fusion else out
   operand = padded.reshape(h2, w2, 1, g, cg)
   kernel = kernel.reshape(-1, kernel.shape[-1])
 
@@ -324,23 +325,29 @@ def _prepare(geom: _Geometry, inputs, offsets, mask, kernel):
   return padded, kernel, index, weights
 
 
+def _outputs(geom: _Geometry, inputs, offsets, mask, kernel, own_fusion: bool):
+  padded, kernel_r, index, weights = _prepare(geom, inputs, offsets, mask, kernel)
+  block, _ = _block_sizes(geom, inputs.shape[0], inputs.shape[-1], kernel.shape[-1],
+                          inputs.dtype.itemsize)
+  out = jax.vmap(lambda p, i, w: _forward_image(geom, p, i, w, kernel_r, block, own_fusion))(
+      padded, index, weights)
+  out = out.reshape(inputs.shape[0], geom.ho, geom.wo, -1)
+  return out, (offsets, mask, kernel, padded, index, weights)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _deform_conv(inputs, offsets, mask, kernel, geom: _Geometry):
   """deform_conv2d without bias: (N, Ho, Wo, O)."""
-  return _deform_conv_fwd(inputs, offsets, mask, kernel, geom)[0]
+  # Without differentiation the output usually has one consumer, into which XLA may fuse the sum.
+  return _outputs(geom, inputs, offsets, mask, kernel, own_fusion=False)[0]
 
 
 # Each image is processed on its own (vmap), so that under data parallelism every device works on
 # its own images: a gather or scan across the flattened batch would need collectives (all-gathers
 # and permutes in every block of the backward pass).
 def _deform_conv_fwd(inputs, offsets, mask, kernel, geom: _Geometry):
-  padded, kernel_r, index, weights = _prepare(geom, inputs, offsets, mask, kernel)
-  block, _ = _block_sizes(geom, inputs.shape[0], inputs.shape[-1], kernel.shape[-1],
-                          inputs.dtype.itemsize)
-  out = jax.vmap(lambda p, i, w: _forward_image(geom, p, i, w, kernel_r, block))(
-      padded, index, weights)
-  out = out.reshape(inputs.shape[0], geom.ho, geom.wo, -1)
-  return out, (offsets, mask, kernel, padded, index, weights)
+  # In a training step the output also feeds the activations' derivatives.
+  return _outputs(geom, inputs, offsets, mask, kernel, own_fusion=True)
 
 
 def _deform_conv_bwd(geom: _Geometry, residuals, out_grad):
