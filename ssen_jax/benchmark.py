@@ -55,6 +55,7 @@ def define_flags() -> None:
   flags.DEFINE_string('json', None, 'Optional path for the results as JSON.')
   flags.DEFINE_integer('repeats', None, 'Interleaved repetitions per case (default per --what).')
   flags.DEFINE_bool('tiny', False, 'Shrink every size (tests; the ratios mean nothing then).')
+  flags.DEFINE_float('pause', 0.05, 'Seconds between two timed calls (see `interleaved`).')
   flags.DEFINE_integer('torch_threads', None, 'torch threads (default: the CPUs this process may '
                        'use, as XLA does).')
   flags.DEFINE_string('infer_once', None, 'Internal (memory child): run one inference of an HxW '
@@ -64,14 +65,17 @@ def define_flags() -> None:
 # -- Timing and reporting ---------------------------------------------------------------------------
 
 
-def interleaved(cases: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1
-                ) -> Dict[str, List[float]]:
+def interleaved(cases: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1,
+                pause: float = 0.0) -> Dict[str, List[float]]:
   """Runs each case `warmup` times, then `repeats` rounds of every case in turn.
 
   Args:
     cases: name -> a callable that returns only when its work is done (blocks on JAX arrays).
     repeats: timed rounds.
     warmup: untimed calls per case first (compilation, allocator and cache warm-up).
+    pause: seconds slept (untimed) after every call, so that the worker threads of one case have
+      gone idle before the next starts: torch's OpenMP threads keep spinning after an operation and
+      slowed the JAX case after them by up to 1.7x here.
 
   Returns:
     name -> seconds of each timed call.
@@ -85,7 +89,13 @@ def interleaved(cases: Mapping[str, Callable[[], Any]], repeats: int, warmup: in
       start = time.perf_counter()
       fn()
       times[name].append(time.perf_counter() - start)
+      if pause:
+        time.sleep(pause)
   return times
+
+
+def _rounds(repeats: int, pause: float) -> str:
+  return f'{repeats} interleaved repetitions ({1e3 * pause:g} ms apart), median'
 
 
 def _timing_rows(times: Mapping[str, List[float]], frameworks: Mapping[str, str]) -> List[dict]:
@@ -247,7 +257,7 @@ def _nchw(torch, x):
 # -- The figures ----------------------------------------------------------------------------------
 
 
-def bench_op(repeats: int, tiny: bool, torch=None) -> Dict[str, Any]:
+def bench_op(repeats: int, tiny: bool, torch=None, pause: float = 0.0) -> Dict[str, Any]:
   """deform_conv2d against a plain 3x3 convolution of the same shape and torchvision's op."""
   import jax
   import jax.numpy as jnp
@@ -312,7 +322,7 @@ def bench_op(repeats: int, tiny: bool, torch=None) -> Dict[str, Any]:
       err = np.abs(np.transpose(tv(*t).numpy(), (0, 2, 3, 1)) - np.asarray(dcn_fwd(*args))).max()
     notes.append(f'max |deform_conv2d - torchvision| = {err:.1e} (forward)')
 
-  times = interleaved(cases, repeats)
+  times = interleaved(cases, repeats, pause=pause)
   med = {k: float(np.median(v)) for k, v in times.items()}
   ratios = [
       _ratio('deform_conv2d forward / conv forward',
@@ -328,13 +338,12 @@ def bench_op(repeats: int, tiny: bool, torch=None) -> Dict[str, Any]:
                             / med['deform_conv2d forward']))
   settings = (f"deform_conv2d N={n}, C={c}->{c}, {h}x{w}, 3x3, offsets ~ N(0, {s['offset_std']:g}) "
               f"px, mask ~ U(0, 1), bias; backward = VJP w.r.t. every input; plain conv = "
-              f"lax.conv_general_dilated NHWC (+ bias); float32; {repeats} interleaved "
-              'repetitions, median.')
+              f"lax.conv_general_dilated NHWC (+ bias); float32; {_rounds(repeats, pause)}.")
   return dict(settings=settings, timings=_timing_rows(times, frameworks), ratios=ratios,
               notes=notes)
 
 
-def bench_infer(repeats: int, tiny: bool, torch=None) -> Dict[str, Any]:
+def bench_infer(repeats: int, tiny: bool, torch=None, pause: float = 0.0) -> Dict[str, Any]:
   """Whole-model inference (batch 1) of the `ssen` model."""
   import jax
   config = load_config('tiny' if tiny else '')
@@ -362,7 +371,7 @@ def bench_infer(repeats: int, tiny: bool, torch=None) -> Dict[str, Any]:
     frameworks['ssen inference (PyTorch, eager, inference_mode)'] = 'torch'
     err = np.abs(np.transpose(torch_infer().numpy(), (0, 2, 3, 1)) - np.asarray(sr)).max()
     notes.append(f'max |SR_jax - SR_torch| = {err:.1e} (same weights)')
-  times = interleaved(cases, repeats)
+  times = interleaved(cases, repeats, pause=pause)
   ratios = []
   if torch is not None:
     ratios.append(_ratio('PyTorch inference / JAX inference',
@@ -370,7 +379,7 @@ def bench_infer(repeats: int, tiny: bool, torch=None) -> Dict[str, Any]:
                          / np.median(times['ssen inference']), '>= 3'))
   settings = (f"configs/refsr.py{':tiny' if tiny else ''} model (ssen), LR {h}x{w} -> "
               f'{scale * h}x{scale * w}, batch 1, random weights (offsets of a few pixels); '
-              f'float32; {repeats} interleaved repetitions, median.')
+              f'float32; {_rounds(repeats, pause)}.')
   return dict(settings=settings, timings=_timing_rows(times, frameworks), ratios=ratios,
               notes=notes)
 
@@ -399,7 +408,7 @@ def _jax_trainer(config, seed=0):
   return trainer, step, time.perf_counter() - start, (lr, ref, hr), params
 
 
-def bench_train(repeats: int, tiny: bool, torch=None) -> Dict[str, Any]:
+def bench_train(repeats: int, tiny: bool, torch=None, pause: float = 0.0) -> Dict[str, Any]:
   """One training step (Charbonnier loss, Adam) of `ssen` and `baseline`, and its compilation."""
   base = load_config('tiny' if tiny else '')
   batch, patch = (2, 32) if tiny else (TRAIN_BATCH, TRAIN_HR)
@@ -430,7 +439,7 @@ def bench_train(repeats: int, tiny: bool, torch=None) -> Dict[str, Any]:
 
     cases['ssen train step (PyTorch, eager)'] = torch_step
     frameworks['ssen train step (PyTorch, eager)'] = 'torch'
-  times = interleaved(cases, repeats)
+  times = interleaved(cases, repeats, pause=pause)
   med = {k: float(np.median(v)) for k, v in times.items()}
   compiles = {v: first[v] - med[f'{v} train step'] for v in first}
   recompiled = {v: t.train_step._cache_size() - 1 for v, t in trainers.items()}
@@ -449,8 +458,7 @@ def bench_train(repeats: int, tiny: bool, torch=None) -> Dict[str, Any]:
   settings = (f"configs/refsr.py{':tiny' if tiny else ''} models, batch {batch}, HR/reference "
               f'{patch}x{patch} (LR {patch // base.model.scale}x{patch // base.model.scale}), '
               'Charbonnier loss, Adam (config optimiser: Adam + cosine schedule; PyTorch: '
-              f'torch.optim.Adam), random weights, one device; float32; {repeats} interleaved '
-              'repetitions, median.')
+              f'torch.optim.Adam), random weights, one device; float32; {_rounds(repeats, pause)}.')
   return dict(settings=settings, timings=_timing_rows(times, frameworks), ratios=ratios,
               notes=notes)
 
@@ -492,9 +500,9 @@ def _peak_rss_run(cmd: Sequence[str]) -> Dict[str, Any]:
   return dict(result, peak_rss_gb=rss_kb * 1024 / 1e9, rss_source=source, wall_s=wall)
 
 
-def bench_memory(repeats: int, tiny: bool, torch=None) -> Dict[str, Any]:
+def bench_memory(repeats: int, tiny: bool, torch=None, pause: float = 0.0) -> Dict[str, Any]:
   """Peak RSS of one inference of large LR inputs, each in a fresh process."""
-  del repeats, torch
+  del repeats, torch, pause
   sizes = TINY_MEMORY_SIZES if tiny else MEMORY_SIZES
   rows, ratios = [], []
   for h, w in sizes:
@@ -525,7 +533,7 @@ def main(argv: Sequence[str]) -> None:
   repeats = FLAGS.repeats or default_repeats
   result = dict(what=FLAGS.what, tiny=FLAGS.tiny, repeats=repeats,
                 compare=FLAGS.compare, machine=machine_info(torch),
-                **fn(repeats, FLAGS.tiny, torch))
+                pause_s=FLAGS.pause, **fn(repeats, FLAGS.tiny, torch, FLAGS.pause))
   result['load_average_after'] = round(os.getloadavg()[0], 2)
   print(to_markdown(result))
   if FLAGS.json:
