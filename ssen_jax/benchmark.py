@@ -62,7 +62,7 @@ def define_flags() -> None:
                       'LR input and print its timings as JSON.')
 
 
-# -- Timing and reporting ---------------------------------------------------------------------------
+# -- Timing and reporting --------------------------------------------------------------------------
 
 
 def interleaved(cases: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1,
@@ -168,7 +168,7 @@ def to_markdown(result: Mapping[str, Any]) -> str:
   return '\n'.join(lines).rstrip() + '\n'
 
 
-# -- Models, weights and the PyTorch reference ------------------------------------------------------
+# -- Models, weights and the PyTorch reference -----------------------------------------------------
 
 
 def import_torch(threads: Optional[int] = None):
