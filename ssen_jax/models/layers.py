@@ -35,6 +35,46 @@ def conv(features: int, kernel: int = 3, stride: int = 1, *, name: Optional[str]
                  param_dtype=jnp.float32, name=name, **kwargs)
 
 
+class SplitConv(nn.Module):
+  """conv(concat(xs, axis=-1)) without the concatenation, optionally with padded output channels.
+
+  Holds the same `kernel` (k, k, sum of input channels, features) and `bias` as the `conv` it
+  replaces, so checkpoints and the PyTorch converter see no difference. Two speed-ups for XLA:CPU,
+  both exact up to float rounding of the sum order:
+    - a convolution of concatenated inputs is the sum of one convolution per input with its slice of
+      the kernel: no concatenated copy, and the 64-channel convolutions run faster than one with
+      128 input channels (-23% for the estimators' conv_in at 80x137);
+    - `pad_features_to`: the output channels are zero-padded up to a multiple (and cut off after),
+      since an odd count such as the offset predictor's 27 leaves SIMD lanes idle (27 -> 32 is
+      -27% for the offset convolution at 80x137);
+    - `fast_kernel_grad`: the kernel gradient as per-tap matrix products (`ops.conv2d`), which
+      XLA:CPU computes 2.4x faster than its own for the upsampler's C -> 4C convolutions.
+  Stride 1 and an odd kernel size only.
+  """
+  features: int
+  kernel_size: int = 3
+  zero_init: bool = False
+  pad_features_to: int = 1
+  fast_kernel_grad: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, *xs: jax.Array) -> jax.Array:
+    k = self.kernel_size
+    init = nn.initializers.zeros if self.zero_init else nn.initializers.lecun_normal()
+    channels = [x.shape[-1] for x in xs]
+    kernel = self.param('kernel', init, (k, k, sum(channels), self.features), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+    extra = -self.features % self.pad_features_to
+    kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, 0), (0, extra))).astype(self.dtype)
+    y, start = None, 0
+    for x, c in zip(xs, channels):
+      part = ops.conv2d(x.astype(self.dtype), kernel[:, :, start:start + c],
+                        fast_kernel_grad=self.fast_kernel_grad)
+      y, start = part if y is None else y + part, start + c
+    return y[..., :self.features] + bias.astype(self.dtype)
+
+
 def leaky_relu(x: jax.Array) -> jax.Array:
   return nn.leaky_relu(x, negative_slope=0.1)
 
@@ -99,7 +139,8 @@ class ModulatedDeformConv(nn.Module):
     """
     k, g = self.kernel_size, self.offset_groups
     taps = k * k
-    om = conv(g * taps * 3, 3, name='offset_conv', dtype=self.dtype, zero_init=True)(cond)
+    om = SplitConv(g * taps * 3, 3, zero_init=True, pad_features_to=16, dtype=self.dtype,
+                   name='offset_conv')(cond)
     om = om.astype(jnp.float32)
     offsets, mask = om[..., :2 * g * taps], jax.nn.sigmoid(om[..., 2 * g * taps:])
     c = x.shape[-1]

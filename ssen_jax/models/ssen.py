@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from ssen_jax import ops
 from ssen_jax.models.layers import (DEFAULT_CHUNK, DEFAULT_DENSE_MAX, ModulatedDeformConv,
-                                    NonLocalBlock, conv, leaky_relu)
+                                    NonLocalBlock, SplitConv, conv, leaky_relu)
 
 Dtype = Any
 
@@ -36,10 +36,10 @@ class DynamicOffsetEstimator(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """(N, H, W, 2C) -> (N, H, W, C)."""
+  def __call__(self, f_lr: jax.Array, r: jax.Array) -> jax.Array:
+    """conv_in(concat(F_lr, R)) (N, H, W, 2C) -> ... -> (N, H, W, C)."""
     c = self.features
-    skips = [leaky_relu(conv(c, name='conv_in', dtype=self.dtype)(x))]
+    skips = [leaky_relu(SplitConv(c, dtype=self.dtype, name='conv_in')(f_lr, r))]
     for i in range(3):
       skips.append(leaky_relu(conv(c, 3, 2, name=f'down_{i}', dtype=self.dtype)(skips[-1])))
     y = skips.pop()  # 1/8 scale.
@@ -82,7 +82,7 @@ class SSEN(nn.Module):
     for l in range(self.num_dcn_layers):
       cond = DynamicOffsetEstimator(self.features, self.use_nonlocal, self.nonlocal_chunk,
                                     self.nonlocal_dense_max, self.dtype,
-                                    name=f'doe_{l}')(jnp.concatenate([f_lr, r], axis=-1))
+                                    name=f'doe_{l}')(f_lr, r)
       r, off, mask = ModulatedDeformConv(self.features, self.offset_groups, dtype=self.dtype,
                                          name=f'dcn_{l}')(r, cond, return_offsets=True)
       offsets.append(off)

@@ -1,0 +1,65 @@
+"""ops.conv2d: the per-tap kernel gradient equals XLA's, and the layer built on it keeps its params."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssen_jax import ops
+from ssen_jax.models.layers import SplitConv, conv
+
+
+def _reference_conv(x, kernel):
+  k = kernel.shape[0]
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((k // 2, k // 2),) * 2,
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                      precision=jax.lax.Precision.HIGHEST)
+
+
+@pytest.mark.parametrize('n, h, w, c, o, k', [
+    (2, 6, 5, 4, 16, 3),   # even H: positions split in two halves per image.
+    (1, 7, 3, 3, 5, 3),    # odd H: one product per image.
+    (3, 4, 4, 8, 2, 1),    # 1x1 kernel.
+    (1, 1, 1, 2, 3, 3),    # a single pixel: every tap but the centre sees padding.
+    (2, 5, 6, 3, 4, 5),    # 5x5 kernel.
+])
+def test_conv2d_values_and_gradients_match_xla(n, h, w, c, o, k):
+  rng = np.random.default_rng(n * 100 + h * 10 + w)
+  x = jnp.asarray(rng.standard_normal((n, h, w, c)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((k, k, c, o)), jnp.float32)
+  cot = jnp.asarray(rng.standard_normal((n, h, w, o)), jnp.float32)
+
+  def loss(fn):
+    return lambda x, kernel: jnp.sum(fn(x, kernel) * cot)
+
+  fast = jax.jit(lambda x, kernel: ops.conv2d(x, kernel, fast_kernel_grad=True))
+  np.testing.assert_allclose(fast(x, kernel), _reference_conv(x, kernel), atol=1e-4)
+  g_ref = jax.grad(loss(_reference_conv), argnums=(0, 1))(x, kernel)
+  g_fast = jax.jit(jax.grad(loss(fast), argnums=(0, 1)))(x, kernel)
+  for got, want in zip(g_fast, g_ref):
+    scale = np.abs(want).max()
+    assert scale > 0
+    np.testing.assert_allclose(got, want, atol=1e-5 * scale)
+  # Compared with float64 numpy as well, so that both are not wrong the same way.
+  xp = np.pad(np.asarray(x, np.float64), ((0, 0), (k // 2,) * 2, (k // 2,) * 2, (0, 0)))
+  dk = np.stack([np.einsum('nhwc,nhwo->co', xp[:, i:i + h, j:j + w], np.asarray(cot, np.float64))
+                 for i in range(k) for j in range(k)]).reshape(k, k, c, o)
+  np.testing.assert_allclose(g_fast[1], dk, atol=1e-5 * np.abs(dk).max())
+
+
+def test_split_conv_equals_conv_of_concatenation():
+  """Same params as `conv` (so checkpoints and the converter are unaffected), same values."""
+  rng = np.random.default_rng(0)
+  a = jnp.asarray(rng.standard_normal((2, 9, 7, 5)), jnp.float32)
+  b = jnp.asarray(rng.standard_normal((2, 9, 7, 3)), jnp.float32)
+  plain = conv(27)
+  params = plain.init(jax.random.key(0), jnp.concatenate([a, b], -1))
+  params = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
+  want = plain.apply(params, jnp.concatenate([a, b], -1))
+  for layer in (SplitConv(27, pad_features_to=16), SplitConv(27, fast_kernel_grad=True)):
+    shapes = jax.tree.map(jnp.shape, layer.init(jax.random.key(0), a, b))
+    assert shapes == jax.tree.map(jnp.shape, params)
+    np.testing.assert_allclose(layer.apply(params, a, b), want, atol=1e-4)
+  zero = SplitConv(27, zero_init=True).init(jax.random.key(0), a, b)
+  assert all(not np.any(p) for p in jax.tree.leaves(zero))
+  assert isinstance(plain, nn.Conv)
