@@ -5,6 +5,10 @@ r"""Speed and memory figures of ssen_jax, optionally against the PyTorch referen
   python -m ssen_jax.benchmark --what train --compare torch   # train step, batch 4, 160x160 HR
   python -m ssen_jax.benchmark --what memory                  # 1024x1024 and 512x512 LR, peak RSS
   python -m ssen_jax.benchmark --what op --repeats 1 --tiny --json /tmp/op.json   # smoke test
+  launch/gpu_benchmark.sh --out DIR   # on a GPU: op, infer, train at batch 32; torch on the GPU too
+
+`--infer_lr HxW` and `--train_batch N` change the sizes; `--torch_device` (default: the chip JAX
+runs on) says where the PyTorch peers run, which are synchronised before each timing stops.
 
 Speed is quoted as ratios measured in one run on one machine, since absolute times drift: every
 case is run once per repetition, the cases interleaved, and the median of the repetitions is
@@ -58,6 +62,11 @@ def define_flags() -> None:
   flags.DEFINE_float('pause', 0.05, 'Seconds between two timed calls (see `interleaved`).')
   flags.DEFINE_integer('torch_threads', None, 'torch threads (default: the CPUs this process may '
                        'use, as XLA does).')
+  flags.DEFINE_enum('torch_device', 'auto', ['auto', 'cpu', 'cuda'], 'Where the PyTorch peers '
+                    'run; auto: cuda when JAX runs on a GPU (the same chip for both), else cpu.')
+  flags.DEFINE_string('infer_lr', None, f'--what infer: LR size HxW (default '
+                      f'{INFER_LR[0]}x{INFER_LR[1]}).')
+  flags.DEFINE_integer('train_batch', None, f'--what train: batch (default {TRAIN_BATCH}).')
   flags.DEFINE_string('infer_once', None, 'Internal (memory child): run one inference of an HxW '
                       'LR input and print its timings as JSON.')
 
@@ -112,7 +121,7 @@ def _ratio(name: str, value: float, target: Optional[str] = None) -> dict:
   return dict(name=name, value=float(value), target=target, met=met)
 
 
-def machine_info(torch_module=None) -> Dict[str, Any]:
+def machine_info(torch_module=None, torch_device: str = 'cpu') -> Dict[str, Any]:
   """CPU model, core counts and library versions of this run."""
   import jax
   import jaxlib
@@ -131,7 +140,9 @@ def machine_info(torch_module=None) -> Dict[str, Any]:
   if torch_module is not None:
     import torchvision
     info.update(torch=torch_module.__version__, torchvision=torchvision.__version__,
-                torch_threads=torch_module.get_num_threads())
+                torch_threads=torch_module.get_num_threads(), torch_device=torch_device)
+    if torch_device == 'cuda':
+      info['torch_device'] = f'cuda ({torch_module.cuda.get_device_name()})'
   return info
 
 
@@ -142,7 +153,8 @@ def to_markdown(result: Mapping[str, Any]) -> str:
            f"Machine: {m['cpu']}, {m['cpus']} CPUs ({m['usable_cpus']} usable), {m['os']}; "
            f"jax {m['jax']} ({m['backend']}, {m['devices']})"
            + (f", torch {m['torch']} ({m['torch_threads']} threads), torchvision "
-              f"{m['torchvision']}" if 'torch' in m else '') + '.',
+              f"{m['torchvision']}, torch on {m.get('torch_device', 'cpu')}" if 'torch' in m
+              else '') + '.',
            f"Settings: {result['settings']}",
            f"Load average (1 min; other processes on these CPUs) before / after: "
            f"{m['load_average']:.2f} / {result['load_average_after']:.2f}.", '']
@@ -250,14 +262,31 @@ def _images(rng, n, h, w, scale):
   return lr, ref, hr
 
 
-def _nchw(torch, x):
-  return torch.from_numpy(np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2))))
+def _nchw(torch, x, device='cpu'):
+  return torch.from_numpy(np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2)))).to(device)
+
+
+def _torch_sync(torch, device):
+  """Waits for the queued GPU work (torch calls return before a CUDA kernel has run)."""
+  if device == 'cuda':
+    torch.cuda.synchronize()
+
+
+def resolve_torch_device(torch, requested: str) -> str:
+  """'cpu' or 'cuda'; 'auto' follows JAX's backend, so both frameworks use the same chip."""
+  import jax
+  if requested == 'auto':
+    requested = 'cuda' if jax.default_backend() == 'gpu' else 'cpu'
+  if requested == 'cuda' and not torch.cuda.is_available():
+    sys.exit('error: --torch_device cuda, but torch sees no CUDA device.')
+  return requested
 
 
 # -- The figures ----------------------------------------------------------------------------------
 
 
-def bench_op(repeats: int, tiny: bool, torch=None, pause: float = 0.0) -> Dict[str, Any]:
+def bench_op(repeats: int, tiny: bool, torch=None, pause: float = 0.0, torch_device: str = 'cpu',
+             **unused) -> Dict[str, Any]:
   """deform_conv2d against a plain 3x3 convolution of the same shape and torchvision's op."""
   import jax
   import jax.numpy as jnp
@@ -297,11 +326,12 @@ def bench_op(repeats: int, tiny: bool, torch=None, pause: float = 0.0) -> Dict[s
   notes = []
   if torch is not None:
     import torchvision
-    t = [_nchw(torch, x), _nchw(torch, offsets), _nchw(torch, mask),
-         torch.from_numpy(np.ascontiguousarray(np.transpose(kernel, (3, 2, 0, 1)))),
-         torch.from_numpy(bias)]
+    dev = torch_device
+    t = [_nchw(torch, x, dev), _nchw(torch, offsets, dev), _nchw(torch, mask, dev),
+         torch.from_numpy(np.ascontiguousarray(np.transpose(kernel, (3, 2, 0, 1)))).to(dev),
+         torch.from_numpy(bias).to(dev)]
     t_grad = [a.clone().requires_grad_(True) for a in t]
-    t_cot = _nchw(torch, cot)
+    t_cot = _nchw(torch, cot, dev)
 
     def tv(x, off, m, k, b):
       return torchvision.ops.deform_conv2d(x, off, k, b, padding=(1, 1), mask=m)
@@ -309,17 +339,20 @@ def bench_op(repeats: int, tiny: bool, torch=None, pause: float = 0.0) -> Dict[s
     def tv_forward():
       with torch.inference_mode():
         tv(*t)
+      _torch_sync(torch, dev)
 
     def tv_forward_backward():
       for a in t_grad:
         a.grad = None
       tv(*t_grad).backward(t_cot)
+      _torch_sync(torch, dev)
 
     cases['torchvision deform_conv2d forward'] = tv_forward
     cases['torchvision deform_conv2d forward+backward'] = tv_forward_backward
     frameworks.update(dict.fromkeys(list(cases)[-2:], 'torch'))
     with torch.inference_mode():
-      err = np.abs(np.transpose(tv(*t).numpy(), (0, 2, 3, 1)) - np.asarray(dcn_fwd(*args))).max()
+      err = np.abs(np.transpose(tv(*t).cpu().numpy(), (0, 2, 3, 1))
+                   - np.asarray(dcn_fwd(*args))).max()
     notes.append(f'max |deform_conv2d - torchvision| = {err:.1e} (forward)')
 
   times = interleaved(cases, repeats, pause=pause)
@@ -343,11 +376,12 @@ def bench_op(repeats: int, tiny: bool, torch=None, pause: float = 0.0) -> Dict[s
               notes=notes)
 
 
-def bench_infer(repeats: int, tiny: bool, torch=None, pause: float = 0.0) -> Dict[str, Any]:
+def bench_infer(repeats: int, tiny: bool, torch=None, pause: float = 0.0, torch_device: str = 'cpu',
+                lr_size: Optional[Sequence[int]] = None, **unused) -> Dict[str, Any]:
   """Whole-model inference (batch 1) of the `ssen` model."""
   import jax
   config = load_config('tiny' if tiny else '')
-  h, w = (12, 20) if tiny else INFER_LR
+  h, w = lr_size or ((12, 20) if tiny else INFER_LR)
   scale = config.model.scale
   model, params = _model_and_params(config, (1, h, w, 3))
   lr, ref, _ = _images(np.random.default_rng(1), 1, h, w, scale)
@@ -360,16 +394,18 @@ def bench_infer(repeats: int, tiny: bool, torch=None, pause: float = 0.0) -> Dic
   frameworks = {'ssen inference': 'jax'}
   notes = [f'first JAX call (trace + compile + run): {first_call:.1f} s']
   if torch is not None:
-    net = _torch_model(torch, config, params).eval()
-    lr_t, ref_t = _nchw(torch, lr), _nchw(torch, ref)
+    net = _torch_model(torch, config, params).eval().to(torch_device)
+    lr_t, ref_t = _nchw(torch, lr, torch_device), _nchw(torch, ref, torch_device)
 
     def torch_infer():
       with torch.inference_mode():
-        return net(lr_t, ref_t)
+        out = net(lr_t, ref_t)
+      _torch_sync(torch, torch_device)
+      return out
 
     cases['ssen inference (PyTorch, eager, inference_mode)'] = torch_infer
     frameworks['ssen inference (PyTorch, eager, inference_mode)'] = 'torch'
-    err = np.abs(np.transpose(torch_infer().numpy(), (0, 2, 3, 1)) - np.asarray(sr)).max()
+    err = np.abs(np.transpose(torch_infer().cpu().numpy(), (0, 2, 3, 1)) - np.asarray(sr)).max()
     notes.append(f'max |SR_jax - SR_torch| = {err:.1e} (same weights)')
   times = interleaved(cases, repeats, pause=pause)
   ratios = []
@@ -408,10 +444,12 @@ def _jax_trainer(config, seed=0):
   return trainer, step, time.perf_counter() - start, (lr, ref, hr), params
 
 
-def bench_train(repeats: int, tiny: bool, torch=None, pause: float = 0.0) -> Dict[str, Any]:
+def bench_train(repeats: int, tiny: bool, torch=None, pause: float = 0.0, torch_device: str = 'cpu',
+                batch: Optional[int] = None, **unused) -> Dict[str, Any]:
   """One training step (Charbonnier loss, Adam) of `ssen` and `baseline`, and its compilation."""
   base = load_config('tiny' if tiny else '')
-  batch, patch = (2, 32) if tiny else (TRAIN_BATCH, TRAIN_HR)
+  patch = 32 if tiny else TRAIN_HR
+  batch = batch or (2 if tiny else TRAIN_BATCH)
   cases, frameworks, first, notes = {}, {}, {}, []
   trainers = {}
   for variant in ('ssen', 'baseline'):
@@ -425,10 +463,10 @@ def bench_train(repeats: int, tiny: bool, torch=None, pause: float = 0.0) -> Dic
     if variant == 'ssen':
       ssen_config, ssen_data, ssen_params = config, data, params
   if torch is not None:
-    net = _torch_model(torch, ssen_config, ssen_params).train()
+    net = _torch_model(torch, ssen_config, ssen_params).train().to(torch_device)
     opt = torch.optim.Adam(net.parameters(), lr=base.optim.learning_rate,
                            betas=(base.optim.b1, base.optim.b2))
-    lr_t, ref_t, hr_t = (_nchw(torch, a) for a in ssen_data)
+    lr_t, ref_t, hr_t = (_nchw(torch, a, torch_device) for a in ssen_data)
     eps = base.loss.charbonnier_eps
 
     def torch_step():
@@ -436,6 +474,7 @@ def bench_train(repeats: int, tiny: bool, torch=None, pause: float = 0.0) -> Dic
       loss = torch.sqrt((net(lr_t, ref_t) - hr_t) ** 2 + eps ** 2).mean()
       loss.backward()
       opt.step()
+      _torch_sync(torch, torch_device)
 
     cases['ssen train step (PyTorch, eager)'] = torch_step
     frameworks['ssen train step (PyTorch, eager)'] = 'torch'
@@ -453,6 +492,7 @@ def bench_train(repeats: int, tiny: bool, torch=None, pause: float = 0.0) -> Dic
       _ratio('ssen train step compile s (first call - median step)', compiles['ssen'], '<= 60'),
       _ratio('baseline train step compile s', compiles['baseline']),
       _ratio('recompilations over all ssen steps', recompiled['ssen'], '<= 0')]
+  notes.append('steps/s: ' + ', '.join(f'{k} {1 / v:.3g}' for k, v in med.items()) + '.')
   notes.append('compile = first call (trace + compile + one step) minus the median step; '
                f'recompilations counted from jit cache sizes: {recompiled}.')
   settings = (f"configs/refsr.py{':tiny' if tiny else ''} models, batch {batch}, HR/reference "
@@ -500,9 +540,10 @@ def _peak_rss_run(cmd: Sequence[str]) -> Dict[str, Any]:
   return dict(result, peak_rss_gb=rss_kb * 1024 / 1e9, rss_source=source, wall_s=wall)
 
 
-def bench_memory(repeats: int, tiny: bool, torch=None, pause: float = 0.0) -> Dict[str, Any]:
+def bench_memory(repeats: int, tiny: bool, torch=None, pause: float = 0.0,
+                 **unused) -> Dict[str, Any]:
   """Peak RSS of one inference of large LR inputs, each in a fresh process."""
-  del repeats, torch, pause
+  del repeats, torch, pause, unused
   sizes = TINY_MEMORY_SIZES if tiny else MEMORY_SIZES
   rows, ratios = [], []
   for h, w in sizes:
@@ -528,12 +569,23 @@ def main(argv: Sequence[str]) -> None:
   if FLAGS.infer_once:
     print(json.dumps(infer_once(FLAGS.infer_once, FLAGS.tiny)))
     return
+  lr_size = None
+  if FLAGS.infer_lr:
+    match = re.fullmatch(r'(\d+)x(\d+)', FLAGS.infer_lr)
+    if not match or min(int(v) for v in match.groups()) < 1:
+      sys.exit(f'error: --infer_lr must look like 80x137, got {FLAGS.infer_lr!r}.')
+    lr_size = tuple(int(v) for v in match.groups())
+  if FLAGS.train_batch is not None and FLAGS.train_batch < 1:
+    sys.exit(f'error: --train_batch must be at least 1, got {FLAGS.train_batch}.')
   torch = import_torch(FLAGS.torch_threads) if FLAGS.compare == 'torch' else None
+  torch_device = resolve_torch_device(torch, FLAGS.torch_device) if torch else 'cpu'
   fn, default_repeats = BENCHMARKS[FLAGS.what]
   repeats = FLAGS.repeats or default_repeats
   result = dict(what=FLAGS.what, tiny=FLAGS.tiny, repeats=repeats,
-                compare=FLAGS.compare, machine=machine_info(torch),
-                pause_s=FLAGS.pause, **fn(repeats, FLAGS.tiny, torch, FLAGS.pause))
+                compare=FLAGS.compare, machine=machine_info(torch, torch_device),
+                pause_s=FLAGS.pause, **fn(repeats, FLAGS.tiny, torch, FLAGS.pause,
+                                          torch_device=torch_device, lr_size=lr_size,
+                                          batch=FLAGS.train_batch))
   result['load_average_after'] = round(os.getloadavg()[0], 2)
   print(to_markdown(result))
   if FLAGS.json:

@@ -105,3 +105,41 @@ def test_memory_runs_children_and_reports_peak_rss(tmp_path):
     assert row['rss_source'] in ('/usr/bin/time -v', 'wait4 ru_maxrss')
   assert result['ratios'][0]['target'] == '<= 16' and result['ratios'][0]['met']
   assert len(_table(proc.stdout, 'LR input')) == 2
+
+
+def test_infer_and_train_with_sizes_and_torch(tmp_path):
+  """--infer_lr / --train_batch reach the models, and the PyTorch peers agree with JAX."""
+  pytest.importorskip('torch')
+  pytest.importorskip('torchvision')
+  out = tmp_path / 'infer.json'
+  _run('--what', 'infer', '--tiny', '--repeats', '1', '--infer_lr', '9x11', '--compare', 'torch',
+       f'--json={out}')
+  result = json.loads(out.read_text())
+  assert result['machine']['torch_device'] == 'cpu'  # auto follows JAX's backend: the CPU here.
+  assert 'LR 9x11 -> 36x44' in result['settings']
+  assert {r['framework'] for r in result['timings']} == {'jax', 'torch'}
+  err = [float(n.split('= ')[1].split()[0]) for n in result['notes'] if 'SR_torch' in n]
+  assert len(err) == 1 and err[0] < 1e-4
+  assert result['ratios'][0]['target'] == '>= 3'
+
+  out = tmp_path / 'train.json'
+  _run('--what', 'train', '--tiny', '--repeats', '1', '--train_batch', '3', '--compare', 'torch',
+       f'--json={out}')
+  result = json.loads(out.read_text())
+  assert 'batch 3,' in result['settings']
+  assert {r['name'] for r in result['timings']} == {
+      'ssen train step', 'baseline train step', 'ssen train step (PyTorch, eager)'}
+  ratios = {r['name']: r for r in result['ratios']}
+  assert ratios['recompilations over all ssen steps']['value'] == 0
+  assert any(n.startswith('steps/s: ssen train step ') for n in result['notes'])
+
+
+@pytest.mark.parametrize('flag, message', [
+    (('--what', 'infer', '--infer_lr', '9by11'), '--infer_lr must look like 80x137'),
+    (('--what', 'train', '--train_batch', '0'), '--train_batch must be at least 1'),
+])
+def test_bad_sizes_fail_in_one_line(flag, message):
+  proc = _run(*flag, '--tiny', '--repeats', '1', without_torch=True, check=False)
+  assert proc.returncode != 0
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1 and message in lines[0], proc.stderr

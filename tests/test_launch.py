@@ -20,7 +20,8 @@ import pytest
 from conftest import REPO_ROOT
 
 LAUNCH = REPO_ROOT / 'launch'
-SCRIPTS = ['tpu_vm.sh', 'gpu_host.sh', 'slurm_submit.sh', 'lib.sh', 'slurm.sbatch']
+SCRIPTS = ['tpu_vm.sh', 'gpu_host.sh', 'slurm_submit.sh', 'lib.sh', 'slurm.sbatch',
+           'gpu_benchmark.sh']
 TPU = ['--name', 'ssen-test', '--zone', 'us-central2-b']
 SPACED = '--config.data.train_pattern=gs://b/my data/*.tfrecord'  # A space and a glob.
 QUOTED = "--config.data.eval_dir=/data/it's here"  # A single quote.
@@ -183,7 +184,8 @@ def test_shellcheck_clean():
   assert proc.returncode == 0, proc.stdout
 
 
-@pytest.mark.parametrize('script', ['tpu_vm.sh', 'gpu_host.sh', 'slurm_submit.sh'])
+@pytest.mark.parametrize('script', ['tpu_vm.sh', 'gpu_host.sh', 'slurm_submit.sh',
+                                    'gpu_benchmark.sh'])
 def test_help(script, env):
   proc = ok(script, '--help', env=env)
   assert proc.stdout.startswith('Usage: launch/') and '--dry_run' in proc.stdout
@@ -615,3 +617,48 @@ def test_readme_commands_are_valid(env):
                           env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, (line, proc.stderr)
   assert not calls(env)
+
+
+# --- The GPU benchmark table ------------------------------------------------------------------------
+
+def test_gpu_benchmark_runs_every_figure(env, tmp_path, fake_python):
+  out = tmp_path / 'tables'
+  proc = ok('gpu_benchmark.sh', '--python', fake_python, '--out', out, '--batch', '16', env=env)
+  assert [f.name for f in sorted(out.iterdir())] == ['infer.md', 'op.md', 'train.md']
+  assert recorded(tmp_path)[0] == ['-m', 'ssen_jax.benchmark', '--what', 'train', '--train_batch',
+                                   '16', '--compare', 'torch', '--json', f'{out}/train.json']
+  assert 'figure infer' in proc.stderr
+  dry = commands(ok('gpu_benchmark.sh', '--out', 'rel', '--dry_run', env=env,
+                    cwd=tmp_path).stdout)
+  assert dry[:2] == [['cd', str(REPO_ROOT)], ['mkdir', '-p', f'{tmp_path}/rel']]
+  assert dry[2][0] == 'nvidia-smi'
+  assert all(c[:4] == ['timeout', '200', 'env', 'PYTHONUNBUFFERED=1'] for c in dry[3:])
+  assert [c[4:] for c in dry[3:]] == [
+      ['python3', '-m', 'ssen_jax.benchmark', '--what', 'op', '--compare', 'torch', '--json',
+       f'{tmp_path}/rel/op.json'],
+      ['python3', '-m', 'ssen_jax.benchmark', '--what', 'infer', '--infer_lr', '80x137',
+       '--compare', 'torch', '--json', f'{tmp_path}/rel/infer.json'],
+      ['python3', '-m', 'ssen_jax.benchmark', '--what', 'train', '--train_batch', '32',
+       '--compare', 'torch', '--json', f'{tmp_path}/rel/train.json']]
+
+
+def test_gpu_benchmark_keeps_going_after_a_failed_figure(env, tmp_path):
+  failing = tmp_path / 'failing_python'
+  failing.write_text('#!/bin/bash\necho "$@"\n[[ $* != *infer* ]]\n')
+  failing.chmod(0o755)
+  out = tmp_path / 'tables'
+  proc = run('gpu_benchmark.sh', '--python', failing, '--out', out, env=env)
+  assert proc.returncode == 1
+  assert 'figure infer failed (exit 1); the others still run' in proc.stderr
+  assert '--what train' in (out / 'train.md').read_text()
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--lr', '80'], "--lr must look like 80x137, got '80'"),
+    (['--batch', 'x'], "--batch must be a positive integer, got 'x'"),
+    (['--limit', '1m'], "--limit must be a whole number of seconds, got '1m'"),
+    (['--bogus'], 'unknown flag --bogus'),
+])
+def test_gpu_benchmark_bad_flags(args, message, env):
+  proc = run('gpu_benchmark.sh', *args, env=env)
+  assert proc.returncode == 2 and proc.stderr.count('\n') == 1 and message in proc.stderr
