@@ -63,3 +63,18 @@ def test_split_conv_equals_conv_of_concatenation():
   zero = SplitConv(27, zero_init=True).init(jax.random.key(0), a, b)
   assert all(not np.any(p) for p in jax.tree.leaves(zero))
   assert isinstance(plain, nn.Conv)
+
+
+def test_fast_kernel_grad_only_on_cpu(monkeypatch):
+  """The product form is a CPU measurement: on other backends XLA's own gradient is traced."""
+  x = jnp.ones((1, 4, 4, 2), jnp.float32)
+  kernel = jnp.ones((3, 3, 2, 8), jnp.float32)
+
+  def traced(backend):
+    monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+    fn = lambda x, k: jnp.sum(ops.conv2d(x, k, fast_kernel_grad=True))
+    return str(jax.make_jaxpr(jax.grad(fn, argnums=1))(x, kernel))
+
+  # The per-tap form differentiates the kernel with dot_general; XLA's with a convolution.
+  assert traced('cpu').count('dot_general') == 9
+  assert 'dot_general' not in traced('gpu') and 'dot_general' not in traced('tpu')

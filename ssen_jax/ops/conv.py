@@ -80,12 +80,14 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, fast_kernel_grad: bool = False) -
   Args:
     x: (N, H, W, C_in).
     kernel: (kh, kw, C_in, C_out).
-    fast_kernel_grad: differentiate the kernel by per-tap matrix products (see the module
-      docstring) instead of XLA's convolution; the values are equal up to float rounding.
+    fast_kernel_grad: on the CPU backend, differentiate the kernel by per-tap matrix products (see
+      the module docstring) instead of XLA's convolution; the values are equal up to float
+      rounding. Elsewhere XLA's own gradient is kept (cuDNN / TPU convolutions): the product form
+      has been measured on XLA:CPU only.
 
   Returns:
     (N, H, W, C_out).
   """
-  if fast_kernel_grad:
+  if fast_kernel_grad and jax.default_backend() == 'cpu':
     return _conv_taps_grad(x, kernel)
   return _conv(x, kernel)
