@@ -1,4 +1,4 @@
-"""ops.conv2d: the per-tap kernel gradient equals XLA's, and the layer built on it keeps its params."""
+"""ops.conv2d: its matrix-product kernel gradients equal XLA's; SplitConv keeps conv's params."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -22,6 +22,9 @@ def _reference_conv(x, kernel):
     (3, 4, 4, 8, 2, 1),    # 1x1 kernel.
     (1, 1, 1, 2, 3, 3),    # a single pixel: every tap but the centre sees padding.
     (2, 5, 6, 3, 4, 5),    # 5x5 kernel.
+    (2, 6, 5, 8, 3, 3),    # C_out < C_in: the shifted output gradient, one product.
+    (1, 5, 7, 6, 2, 5),    # ... with a 5x5 kernel and odd H.
+    (1, 1, 1, 4, 1, 3),    # ... at a single pixel.
 ])
 def test_conv2d_values_and_gradients_match_xla(n, h, w, c, o, k):
   rng = np.random.default_rng(n * 100 + h * 10 + w)
@@ -70,11 +73,18 @@ def test_fast_kernel_grad_only_on_cpu(monkeypatch):
   x = jnp.ones((1, 4, 4, 2), jnp.float32)
   kernel = jnp.ones((3, 3, 2, 8), jnp.float32)
 
-  def traced(backend):
+  def traced(backend, kernel=kernel):
     monkeypatch.setattr(jax, 'default_backend', lambda: backend)
     fn = lambda x, k: jnp.sum(ops.conv2d(x, k, fast_kernel_grad=True))
     return str(jax.make_jaxpr(jax.grad(fn, argnums=1))(x, kernel))
 
-  # The per-tap form differentiates the kernel with dot_general; XLA's with a convolution.
+  # The product forms differentiate the kernel with dot_general (one per tap when C_out >= C_in,
+  # a single one when C_out < C_in); XLA's own gradient is a convolution.
   assert traced('cpu').count('dot_general') == 9
+  assert traced('cpu', jnp.ones((3, 3, 2, 1), jnp.float32)).count('dot_general') == 1
   assert 'dot_general' not in traced('gpu') and 'dot_general' not in traced('tpu')
+
+
+def test_even_kernels_are_refused():
+  with pytest.raises(ValueError, match='odd kernel sizes'):
+    ops.conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((2, 2, 2, 3)))

@@ -619,7 +619,7 @@ def test_readme_commands_are_valid(env):
   assert not calls(env)
 
 
-# --- The GPU benchmark table ------------------------------------------------------------------------
+# --- The GPU benchmark table ---------------------------------------------------------------------
 
 def test_gpu_benchmark_runs_every_figure(env, tmp_path, fake_python):
   out = tmp_path / 'tables'

@@ -41,11 +41,12 @@ class Upsampler(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     for i in range(_log2_scale(self.scale)):
-      # C -> 4C: XLA:CPU's own kernel gradient is slow for this shape (see `ops.conv2d`).
+      # C -> 4C and C -> 3: XLA:CPU's own kernel gradients are slow for these (`ops.conv2d`).
       x = SplitConv(4 * self.features, fast_kernel_grad=True, dtype=self.dtype,
                     name=f'conv_{i}')(x)
       x = ops.pixel_shuffle(x, 2)
-    return conv(3, name='conv_out', dtype=self.dtype, zero_init=True)(x)
+    return SplitConv(3, zero_init=True, fast_kernel_grad=True, dtype=self.dtype,
+                     name='conv_out')(x)
 
 
 class RefSRNet(nn.Module):

@@ -1,17 +1,21 @@
-"""A stride-1 'same' 2-D convolution whose kernel gradient is computed as per-tap matrix products.
+"""A stride-1 'same' 2-D convolution whose kernel gradient is computed as matrix products.
 
 XLA:CPU differentiates a convolution's kernel as another convolution, with the output gradient as
-its (large) window. For the wide convolutions of the sub-pixel upsampler (C -> 4C channels, e.g.
-64 -> 256 at 80x80, batch 4) that kernel gradient took 4x the forward pass here (153 ms against
-37 ms). Written as what it is, one matrix product per kernel tap,
+its (large) window. For the sub-pixel upsampler's convolutions that was the slowest part of a train
+step: 64 -> 256 at 80x80, batch 4, took 153 ms against a 37 ms forward pass, and 64 -> 3 at
+160x160 took 65 ms. Written as what it is,
 
-    dK[i, j] = sum over positions p of x_pad[p + (i, j)]ᵀ · dy[p]        (C_in x C_out)
+    dK[i, j] = sum over positions p of x_pad[p + (i, j)]ᵀ · dy[p]        (C_in x C_out per tap),
 
-and with the position sum split in two halves per image (a batch of products, so both cores get
-work), the same gradient took 63 ms. For C -> C convolutions XLA's own gradient was as fast (9 ms
-both at 64 -> 64, 40x40, batch 4) and for a few output channels it was faster, so `conv2d` with
-`fast_kernel_grad=False` is just `lax.conv_general_dilated`; the models enable the product form only
-for the upsampler (measured with `python -m ssen_jax.benchmark --what train`).
+the gradient is a few large matrix products. Whichever of x and dy has fewer channels is shifted:
+  - C_out >= C_in: one product per tap of the shifted x with dy (64 -> 256: 63 ms);
+  - C_out < C_in: the nine shifted copies of the thin dy side by side, (P, 9 C_out), and a single
+    product with x, since sum_p x_pad[p + t] dy[p] = sum_q x[q] dy_pad[q - t + pad]
+    (64 -> 3: 23 ms).
+Each image's positions are split in two halves (a batch of products, so both cores get work). For
+C -> C convolutions XLA's own gradient was as fast or faster (9 ms at 64 -> 64, 40x40, batch 4), so
+the models enable the product form for the upsampler only (`python -m ssen_jax.benchmark --what
+train` measures the effect).
 
 Only jax is imported here.
 """
@@ -35,27 +39,35 @@ def _conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
                                       dimension_numbers=_DIMS)
 
 
-def _kernel_grad_by_taps(x: jax.Array, dy: jax.Array, kernel_shape) -> jax.Array:
+def _kernel_grad_by_products(x: jax.Array, dy: jax.Array, kernel_shape) -> jax.Array:
   """sum_p x_pad[p + tap]ᵀ dy[p] for every tap, as (kh, kw, C_in, C_out) in x's dtype."""
   kh, kw, c, o = kernel_shape
   n, h, w, _ = x.shape
   (top, bottom), (left, right) = _same_padding(kernel_shape)
-  xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
   # Each image's positions in two halves where the row count allows: the product batch is then
   # 2N, enough independent work for two cores even at batch 1.
   split = 2 if h % 2 == 0 else 1
-  g = dy.reshape(n * split, (h // split) * w, o)
-  taps = []
-  for i in range(kh):
-    for j in range(kw):
-      xs = xp[:, i:i + h, j:j + w, :].reshape(n * split, (h // split) * w, c)
-      taps.append(jax.lax.dot_general(xs, g, (((1,), (1,)), ((0,), (0,))),
-                                      preferred_element_type=jnp.float32).sum(axis=0))
-  return jnp.stack(taps).reshape(kh, kw, c, o).astype(x.dtype)
+  rows = n * split, (h // split) * w
+
+  def product(a, b):  # sum over positions of aᵀ b, batched over the image halves.
+    return jax.lax.dot_general(a.reshape(*rows, -1), b.reshape(*rows, -1),
+                               (((1,), (1,)), ((0,), (0,))),
+                               preferred_element_type=jnp.float32).sum(axis=0)
+
+  if o < c:  # Shift the thin dy: one product with x, (C_in, taps * C_out).
+    dyp = jnp.pad(dy, ((0, 0), (bottom, top), (right, left), (0, 0)))
+    shifted = jnp.concatenate([dyp[:, kh - 1 - i:kh - 1 - i + h, kw - 1 - j:kw - 1 - j + w]
+                               for i in range(kh) for j in range(kw)], axis=-1)
+    grad = product(x, shifted).reshape(c, kh, kw, o).transpose(1, 2, 0, 3)
+  else:  # Shift x: one product per tap with dy.
+    xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    grad = jnp.stack([product(xp[:, i:i + h, j:j + w], dy)
+                      for i in range(kh) for j in range(kw)]).reshape(kh, kw, c, o)
+  return grad.astype(x.dtype)
 
 
 @jax.custom_vjp
-def _conv_taps_grad(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def _conv_product_grad(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return _conv(x, kernel)
 
 
@@ -67,10 +79,10 @@ def _bwd(res, dy):
   x, kernel = res
   _, input_vjp = jax.vjp(lambda x: _conv(x, kernel), x)
   (dx,) = input_vjp(dy)
-  return dx, _kernel_grad_by_taps(x, dy, kernel.shape).astype(kernel.dtype)
+  return dx, _kernel_grad_by_products(x, dy, kernel.shape).astype(kernel.dtype)
 
 
-_conv_taps_grad.defvjp(_fwd, _bwd)
+_conv_product_grad.defvjp(_fwd, _bwd)
 
 
 @functools.partial(jax.named_call, name='conv2d')
@@ -80,7 +92,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, fast_kernel_grad: bool = False) -
   Args:
     x: (N, H, W, C_in).
     kernel: (kh, kw, C_in, C_out).
-    fast_kernel_grad: on the CPU backend, differentiate the kernel by per-tap matrix products (see
+    fast_kernel_grad: on the CPU backend, differentiate the kernel by matrix products (see
       the module docstring) instead of XLA's convolution; the values are equal up to float
       rounding. Elsewhere XLA's own gradient is kept (cuDNN / TPU convolutions): the product form
       has been measured on XLA:CPU only.
@@ -88,6 +100,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, fast_kernel_grad: bool = False) -
   Returns:
     (N, H, W, C_out).
   """
+  if kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0:
+    raise ValueError(f'conv2d takes odd kernel sizes, got {kernel.shape[:2]}')
   if fast_kernel_grad and jax.default_backend() == 'cpu':
-    return _conv_taps_grad(x, kernel)
+    return _conv_product_grad(x, kernel)
   return _conv(x, kernel)
