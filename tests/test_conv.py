@@ -55,17 +55,24 @@ def test_split_conv_equals_conv_of_concatenation():
   rng = np.random.default_rng(0)
   a = jnp.asarray(rng.standard_normal((2, 9, 7, 5)), jnp.float32)
   b = jnp.asarray(rng.standard_normal((2, 9, 7, 3)), jnp.float32)
-  plain = conv(27)
+  plain = nn.Conv(27, (3, 3), padding=((1, 1), (1, 1)))
   params = plain.init(jax.random.key(0), jnp.concatenate([a, b], -1))
   params = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
   want = plain.apply(params, jnp.concatenate([a, b], -1))
-  for layer in (SplitConv(27, pad_features_to=16), SplitConv(27, fast_kernel_grad=True)):
+  for layer in (SplitConv(27, pad_features_to=16), SplitConv(27, fast_kernel_grad=False)):
     shapes = jax.tree.map(jnp.shape, layer.init(jax.random.key(0), a, b))
     assert shapes == jax.tree.map(jnp.shape, params)
     np.testing.assert_allclose(layer.apply(params, a, b), want, atol=1e-4)
   zero = SplitConv(27, zero_init=True).init(jax.random.key(0), a, b)
   assert all(not np.any(p) for p in jax.tree.leaves(zero))
-  assert isinstance(plain, nn.Conv)
+
+
+def test_conv_factory_uses_the_fast_gradient_for_stride_1():
+  """Every stride-1 convolution of the models differentiates its kernel by products (on CPU)."""
+  assert isinstance(conv(64), SplitConv) and conv(64).fast_kernel_grad
+  assert isinstance(conv(64, 1), SplitConv)
+  assert isinstance(conv(64, 3, 2), nn.Conv)  # Stride 2 (the reference and DOE downsampling).
+  assert isinstance(conv(64, use_bias=False), nn.Conv)
 
 
 def test_fast_kernel_grad_only_on_cpu(monkeypatch):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from ssen_jax import ops
 from ssen_jax.models.layers import (DEFAULT_CHUNK, DEFAULT_DENSE_MAX, ResBlock, ResidualGroup,
-                                    SplitConv, conv, leaky_relu)
+                                    conv, leaky_relu)
 from ssen_jax.models.ssen import SSEN
 
 Dtype = Any
@@ -41,12 +41,8 @@ class Upsampler(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     for i in range(_log2_scale(self.scale)):
-      # C -> 4C and C -> 3: XLA:CPU's own kernel gradients are slow for these (`ops.conv2d`).
-      x = SplitConv(4 * self.features, fast_kernel_grad=True, dtype=self.dtype,
-                    name=f'conv_{i}')(x)
-      x = ops.pixel_shuffle(x, 2)
-    return SplitConv(3, zero_init=True, fast_kernel_grad=True, dtype=self.dtype,
-                     name='conv_out')(x)
+      x = ops.pixel_shuffle(conv(4 * self.features, name=f'conv_{i}', dtype=self.dtype)(x), 2)
+    return conv(3, name='conv_out', dtype=self.dtype, zero_init=True)(x)
 
 
 class RefSRNet(nn.Module):
