@@ -25,6 +25,7 @@ def _reference_conv(x, kernel):
     (2, 6, 5, 8, 3, 3),    # C_out < C_in: the shifted output gradient, one product.
     (1, 5, 7, 6, 2, 5),    # ... with a 5x5 kernel and odd H.
     (1, 1, 1, 4, 1, 3),    # ... at a single pixel.
+    (8, 4, 3, 5, 5, 3),    # C_out == C_in at MIN_BATCH_SQUARE images: per-tap products.
 ])
 def test_conv2d_values_and_gradients_match_xla(n, h, w, c, o, k):
   rng = np.random.default_rng(n * 100 + h * 10 + w)
@@ -90,6 +91,11 @@ def test_fast_kernel_grad_only_on_cpu(monkeypatch):
   assert traced('cpu').count('dot_general') == 9
   assert traced('cpu', jnp.ones((3, 3, 2, 1), jnp.float32)).count('dot_general') == 1
   assert 'dot_general' not in traced('gpu') and 'dot_general' not in traced('tpu')
+  # C -> C: XLA's gradient below MIN_BATCH_SQUARE images, the products from there on.
+  square = jnp.ones((3, 3, 2, 2), jnp.float32)
+  assert 'dot_general' not in traced('cpu', square)
+  x = jnp.ones((ops.conv.MIN_BATCH_SQUARE, 4, 4, 2), jnp.float32)
+  assert traced('cpu', square).count('dot_general') == 9
 
 
 def test_even_kernels_are_refused():

@@ -13,10 +13,13 @@ the gradient is a few large matrix products. Whichever of x and dy has fewer cha
     product with x, since sum_p x_pad[p + t] dy[p] = sum_q x[q] dy_pad[q - t + pad]
     (64 -> 3: 23 ms).
 Each image's positions are split in two halves (a batch of products, so both cores get work). For
-C -> C convolutions the gain grows with the batch: XLA's kernel gradient of a 64 -> 64 convolution
-at 40x40 took 9.2 / 29 / 59 ms at batch 4 / 8 / 16 (superlinear), the products 8.0 / 15.7 / 38.7 ms.
-The models therefore use it for every stride-1 convolution (`ssen_jax.models.layers.conv`): the
-`ssen` train step at batch 8, 160x160, went from 3.67 to 3.17 s (same process, interleaved).
+C -> C convolutions the gain depends on the batch: XLA's kernel gradient of a 64 -> 64 convolution
+at 40x40 took 9.2 / 29 / 59 ms at batch 4 / 8 / 16 (superlinear), the products 8.0 / 15.7 / 38.7 ms;
+at batch 4 whole train steps were within the machine's noise either way. So `fast_kernel_grad`
+takes the products when C_out != C_in or the batch is at least `MIN_BATCH_SQUARE` (8), and XLA's
+gradient otherwise. The models ask for it on every stride-1 convolution
+(`ssen_jax.models.layers.conv`): the `ssen` train step at batch 8, 160x160, went from 3.67 to
+3.17 s (same process, interleaved).
 
 Only jax is imported here.
 """
@@ -28,6 +31,8 @@ import jax
 import jax.numpy as jnp
 
 _DIMS = ('NHWC', 'HWIO', 'NHWC')
+# Smallest batch at which a C -> C convolution's kernel gradient is taken as products (see above).
+MIN_BATCH_SQUARE = 8
 
 
 def _same_padding(kernel_shape):
@@ -94,7 +99,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, fast_kernel_grad: bool = False) -
     x: (N, H, W, C_in).
     kernel: (kh, kw, C_in, C_out).
     fast_kernel_grad: on the CPU backend, differentiate the kernel by matrix products (see
-      the module docstring) instead of XLA's convolution; the values are equal up to float
+      the module docstring) instead of XLA's convolution where that was measured faster
+      (C_out != C_in, or a batch of at least MIN_BATCH_SQUARE); the values are equal up to float
       rounding. Elsewhere XLA's own gradient is kept (cuDNN / TPU convolutions): the product form
       has been measured on XLA:CPU only.
 
@@ -103,6 +109,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, fast_kernel_grad: bool = False) -
   """
   if kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0:
     raise ValueError(f'conv2d takes odd kernel sizes, got {kernel.shape[:2]}')
-  if fast_kernel_grad and jax.default_backend() == 'cpu':
+  wins = kernel.shape[2] != kernel.shape[3] or x.shape[0] >= MIN_BATCH_SQUARE
+  if fast_kernel_grad and wins and jax.default_backend() == 'cpu':
     return _conv_product_grad(x, kernel)
   return _conv(x, kernel)
