@@ -35,13 +35,9 @@ _DIMS = ('NHWC', 'HWIO', 'NHWC')
 MIN_BATCH_SQUARE = 8
 
 
-def _same_padding(kernel_shape):
-  kh, kw = kernel_shape[:2]
-  return ((kh // 2, (kh - 1) // 2), (kw // 2, (kw - 1) // 2))
-
-
 def _conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), _same_padding(kernel.shape),
+  kh, kw = kernel.shape[:2]  # Odd (conv2d checks): padding k // 2 on both sides.
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((kh // 2,) * 2, (kw // 2,) * 2),
                                       dimension_numbers=_DIMS)
 
 
@@ -49,7 +45,7 @@ def _kernel_grad_by_products(x: jax.Array, dy: jax.Array, kernel_shape) -> jax.A
   """sum_p x_pad[p + tap]ᵀ dy[p] for every tap, as (kh, kw, C_in, C_out) in x's dtype."""
   kh, kw, c, o = kernel_shape
   n, h, w, _ = x.shape
-  (top, bottom), (left, right) = _same_padding(kernel_shape)
+  pad = ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0))
   # Each image's positions in two halves where the row count allows: the product batch is then
   # 2N, enough independent work for two cores even at batch 1.
   split = 2 if h % 2 == 0 else 1
@@ -61,12 +57,12 @@ def _kernel_grad_by_products(x: jax.Array, dy: jax.Array, kernel_shape) -> jax.A
                                preferred_element_type=jnp.float32).sum(axis=0)
 
   if o < c:  # Shift the thin dy: one product with x, (C_in, taps * C_out).
-    dyp = jnp.pad(dy, ((0, 0), (bottom, top), (right, left), (0, 0)))
+    dyp = jnp.pad(dy, pad)
     shifted = jnp.concatenate([dyp[:, kh - 1 - i:kh - 1 - i + h, kw - 1 - j:kw - 1 - j + w]
                                for i in range(kh) for j in range(kw)], axis=-1)
     grad = product(x, shifted).reshape(c, kh, kw, o).transpose(1, 2, 0, 3)
   else:  # Shift x: one product per tap with dy.
-    xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    xp = jnp.pad(x, pad)
     grad = jnp.stack([product(xp[:, i:i + h, j:j + w], dy)
                       for i in range(kh) for j in range(kw)]).reshape(kh, kw, c, o)
   return grad.astype(x.dtype)
@@ -83,8 +79,8 @@ def _fwd(x, kernel):
 
 def _bwd(res, dy):
   x, kernel = res
-  _, input_vjp = jax.vjp(lambda x: _conv(x, kernel), x)
-  (dx,) = input_vjp(dy)
+  # The input gradient is XLA's transposed convolution (no forward pass traced again).
+  (dx,) = jax.linear_transpose(lambda x: _conv(x, kernel), x)(dy)
   return dx, _kernel_grad_by_products(x, dy, kernel.shape).astype(kernel.dtype)
 
 
