@@ -48,8 +48,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   d.train_pattern = ''  # Glob of training TFRecords (data_prep output).
   d.hr_patch = 160  # HR crop side; CUFED pairs are 160x160.
   # 'independent': the reference gets its own crop, 90-degree rotation and flip (robustness to
-  # unaligned references); 'paired': crop position and rotation shared with the HR.
+  # unaligned references); 'paired': crop position and rotation shared with the HR; 'mixed':
+  # independent with probability ref_independent_prob, else paired.
   d.ref_augment = 'independent'
+  d.ref_independent_prob = 0.5
+  # Other reference sources (ssen_jax.input_pipeline.RefMix): shifted views of the HR image itself
+  # with a misalignment curriculum, and unrelated references (another example's image).
+  d.ref_mix = ml_collections.ConfigDict()
+  d.ref_mix.shifted_prob = 0.0
+  d.ref_mix.unrelated_prob = 0.0
+  d.ref_mix.shift_ramp_start = 0  # Shifted views are aligned until this step, then their ...
+  d.ref_mix.shift_max = 8.0  # ... largest |shift| per axis (HR pixels) grows linearly to this ...
+  d.ref_mix.shift_ramp_steps = 0  # ... over these steps (0: at once).
+  d.ref_mix.shift_quantum = 1  # Shifts are multiples of this (HR pixels; 4 = whole LR pixels).
+  d.ref_mix.photometric = 0.0  # Reference gain jitter 1 +- p, offset +- 100 p levels.
   d.eval_dataset = 'cufed5'  # 'cufed5' (per-level table) or 'folder' (benchmark folder).
   d.eval_dir = ''  # CUFED5-style folder (XXX_0.png HR, XXX_1..5.png refs) or HR folder.
   d.eval_max_images = 0  # Evaluate only the first N groups/images during training (0: all).
@@ -98,6 +110,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The demo pairs are mildly transformed views: keeping them paired lets a small model learn
     # to transfer reference detail within its few minutes of training.
     d.ref_augment = 'paired'
+    d.ref_mix.shifted_prob = 0.5
+    d.ref_mix.unrelated_prob = 0.2
+    d.ref_mix.shift_ramp_start = 0
+    d.ref_mix.shift_max = 12.0
+    d.ref_mix.shift_ramp_steps = 800
+    d.ref_mix.photometric = 0.1
     m.features = 32
     m.num_extract_blocks = 2
     m.num_recon_blocks = 4

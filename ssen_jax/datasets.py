@@ -57,6 +57,24 @@ def pil_to_rgb(img: Image.Image) -> np.ndarray:
   return np.asarray(img.convert('RGB'), np.uint8)
 
 
+# PIL modes of single-channel files (with or without alpha): MATLAB's imread gives them one
+# channel, so the published protocol scores them on their own values, not on BT.601 Y.
+_GRAY_MODES = frozenset({'1', 'L', 'LA', 'La', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'})
+
+
+def is_gray_file(path: str | os.PathLike) -> bool:
+  """Whether an image file stores a single channel (palette images count as colour).
+
+  Raises:
+    DatasetError: the file is missing or not an image.
+  """
+  try:
+    with Image.open(path) as img:  # Reads the header only.
+      return img.mode in _GRAY_MODES
+  except (OSError, ValueError, Image.DecompressionBombError) as e:
+    raise DatasetError(f'cannot read image {path}: {e}') from None
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
   """Reads an image file as RGB uint8.
 
@@ -111,10 +129,16 @@ def fit_reference(ref: np.ndarray, height: int, width: int) -> np.ndarray:
   return np.pad(ref, pad, mode='symmetric') if any(p[1] for p in pad) else ref
 
 
-def make_example(name: str, hr: np.ndarray, scale: int, refs: Sequence[np.ndarray] = ()) -> dict:
-  """An evaluation example: HR cropped to a multiple of `scale`, LR by MATLAB bicubic (uint8)."""
+def make_example(name: str, hr: np.ndarray, scale: int, refs: Sequence[np.ndarray] = (),
+                 gray: bool = False) -> dict:
+  """An evaluation example: HR cropped to a multiple of `scale`, LR by MATLAB bicubic (uint8).
+
+  `gray` records that the HR file has a single channel (scored on its own values, see
+  `ssen_jax.metrics`); the arrays are RGB either way.
+  """
   hr = crop_to_multiple(hr, scale)
-  return {'name': name, 'hr': hr, 'lr': imresize_lib.imresize(hr, 1.0 / scale), 'refs': list(refs)}
+  return {'name': name, 'hr': hr, 'lr': imresize_lib.imresize(hr, 1.0 / scale), 'refs': list(refs),
+          'gray': bool(gray)}
 
 
 def _check_dir(directory: str | os.PathLike) -> pathlib.Path:
@@ -144,12 +168,13 @@ def load_folder(directory: str | os.PathLike, scale: int) -> list[dict]:
     scale: SR factor.
 
   Returns:
-    Examples `{name (file stem), hr, lr, refs=[]}` sorted by file name.
+    Examples `{name (file stem), hr, lr, refs=[], gray}` sorted by file name.
 
   Raises:
     DatasetError: missing/empty folder or an unreadable image.
   """
-  return [make_example(p.stem, read_image(p), scale) for p in list_images(directory)]
+  return [make_example(p.stem, read_image(p), scale, gray=is_gray_file(p))
+          for p in list_images(directory)]
 
 
 def cufed5_groups(directory: str | os.PathLike) -> dict[str, dict[int, pathlib.Path]]:
@@ -183,7 +208,8 @@ def load_cufed5(directory: str | os.PathLike, scale: int) -> list[dict]:
   Raises:
     DatasetError: missing folder, wrong layout or an unreadable image.
   """
-  return [make_example(gid, read_image(m[0]), scale, [read_image(m[i]) for i in range(1, 6)])
+  return [make_example(gid, read_image(m[0]), scale, [read_image(m[i]) for i in range(1, 6)],
+                       gray=is_gray_file(m[0]))
           for gid, m in cufed5_groups(directory).items()]
 
 

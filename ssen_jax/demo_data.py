@@ -3,25 +3,30 @@
 `build_demo_data(out_dir)` writes, deterministically, a dataset shaped like CUFED (training
 pairs) and CUFED5 (evaluation groups), small enough to train on a 2-core CPU in minutes:
 
-  OUT/ssen_demo_v2/
-    train/demo_train-0000K-of-00004.tfrecord  64 pairs, records as data_prep's CUFED output
+  OUT/ssen_demo_v3/
+    train/demo_train-0000K-of-00004.tfrecord  240 pairs, records as data_prep's CUFED output
                                                ('name', 'hr', 'ref': 160x160 RGB PNGs)
     train/demo_train.json                     manifest (counts, features, sources)
     train_raw/input/NAME.png, ref/NAME.png    the same pairs in the raw CUFED layout
-    eval/XXX_0.png .. XXX_5.png               6 CUFED5-style groups, 128x128 HR and references
+    eval/XXX_0.png .. XXX_5.png               24 CUFED5-style groups, 128x128 HR and references
     README.txt                                this layout in words
 
-Training pairs come from `astronaut`, `coffee`, `rocket`, `hubble_deep_field` and
-`immunohistochemistry`: the HR is a 160x160 crop; its reference is the same neighbourhood seen
-through a random similarity transform (rotation up to 3 degrees, scale 0.95-1.05, shift up to
-8 px, bicubic resampling) with a small gain/offset change, i.e. related but not aligned content,
-as CUFED's pairs are.
+Training pairs come from ten photos: `astronaut`, `rocket`, `hubble_deep_field`,
+`immunohistochemistry`, `camera`, `moon`, `coins` and the textures `brick`, `grass`, `gravel`
+(where a reference pays off most: the bicubic input cannot predict their fine detail). Gray
+photos become three equal channels. The HR is a 160x160 crop; its stored reference is the same
+neighbourhood seen through a random similarity transform (rotation up to 3 degrees, scale
+0.95-1.05, shift up to 8 px, bicubic resampling) with a small gain/offset change, i.e. related
+but not aligned content, as CUFED's pairs are. The demo config adds shifted views and unrelated
+references on the fly (`ssen_jax.input_pipeline.RefMix`).
 
 Evaluation groups come from other images only: the real stereo pair `motorcycle_left/right`
-(4 groups) and `chelsea` (2 groups), with `retina` for unrelated references. References go from
+(12 groups), `chelsea` (6) and `coffee` (6), with `retina` for unrelated references. Groups
+alternate between motorcycle and the two other photos, so consecutive groups never share a photo
+(the evaluation's `unrelated` control takes the next group's XH reference). References go from
 XH to XL similarity:
   _1 XH: the same region in the other stereo view (motorcycle; shift found by matching), or a
-         mild transform of it (chelsea: 3 degrees, scale 1.03, 4 px);
+         mild transform of it (chelsea, coffee: up to 3 degrees, scale 0.97-1.03, 6 px);
   _2 H:  the same region, stronger transform (10 degrees, scale 0.85, 12 px);
   _3 M:  a half-overlapping neighbouring region, slightly rotated;
   _4 L:  a distant, non-overlapping region of the same photo;
@@ -42,10 +47,12 @@ from skimage import transform
 
 from ssen_jax import datasets
 
-DEMO_NAME = 'ssen_demo_v2'
-TRAIN_SOURCES = ('astronaut.png', 'coffee.png', 'rocket.jpg', 'hubble_deep_field.jpg', 'ihc.png')
-EVAL_SOURCES = ('motorcycle_left.png', 'motorcycle_right.png', 'chelsea.png', 'retina.jpg')
-NUM_TRAIN = 64
+DEMO_NAME = 'ssen_demo_v3'
+TRAIN_SOURCES = ('astronaut.png', 'rocket.jpg', 'hubble_deep_field.jpg', 'ihc.png', 'camera.png',
+                 'moon.png', 'coins.png', 'brick.png', 'grass.png', 'gravel.png')
+EVAL_SOURCES = ('motorcycle_left.png', 'motorcycle_right.png', 'chelsea.png', 'coffee.png',
+                'retina.jpg')
+NUM_TRAIN = 240
 NUM_SHARDS = 4
 TRAIN_SIZE = 160
 EVAL_SIZE = 128
@@ -120,20 +127,26 @@ def _stereo_shift(left: np.ndarray, right: np.ndarray, top: int, col: int, size:
   return int(np.argmin(errors))
 
 
+def _grid(rows: tuple[int, ...], cols: tuple[int, ...]) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+  """[(HR top-left, distant L top-left)]: every grid cell with the diagonally opposite one."""
+  return [((r, c), (rows[-1 - i], cols[-1 - j]))
+          for i, r in enumerate(rows) for j, c in enumerate(cols)]
+
+
 def make_eval_groups() -> list[tuple[str, list[np.ndarray]]]:
   """[(group id, [HR, XH, H, M, L, XL])], all (128, 128, 3) uint8, deterministic."""
-  left, right, cat, retina = (_source(n) for n in EVAL_SOURCES)
+  left, right, cat, coffee, retina = (_source(n) for n in EVAL_SOURCES)
   s = EVAL_SIZE
   half = (s - 1) / 2
+  rng = np.random.default_rng(_SEED + 1)
+  moto = [(left, right, hr, low) for hr, low in _grid((20, 185, 350), (180, 330, 480, 610))]
+  cats = [(cat, None, hr, low) for hr, low in _grid((20, 150), (20, 170, 310))]
+  cups = [(coffee, None, hr, low) for hr, low in _grid((20, 250), (40, 240, 440))]
+  plan = []
+  for i in range(len(moto)):  # motorcycle, chelsea, motorcycle, coffee, ...
+    plan += [moto[i], (cats if i % 2 == 0 else cups)[i // 2]]
   groups = []
-  # (image, other view or None, HR top-left, distant L top-left, XL top-left in retina).
-  plan = [(left, right, (150, 330), (330, 40), (300, 300)),
-          (left, right, (260, 520), (40, 60), (600, 500)),
-          (left, right, (60, 180), (340, 560), (900, 700)),
-          (left, right, (330, 300), (60, 600), (500, 1000)),
-          (cat, None, (60, 150), (160, 10), (700, 250)),
-          (cat, None, (120, 260), (10, 10), (1000, 900))]
-  for gid, (img, other, (top, col), (l_top, l_col), (x_top, x_col)) in enumerate(plan):
+  for gid, (img, other, (top, col), (l_top, l_col)) in enumerate(plan):
     hr = _crop(img, top, col, s)
     center = (top + half, col + half)
     if other is not None:
@@ -141,10 +154,13 @@ def make_eval_groups() -> list[tuple[str, list[np.ndarray]]]:
       xh = _crop(other, top, col - d, s)
       h = _view(other, (center[0], center[1] - d), s, angle=10, zoom=0.85, shift=(12, -12))
     else:
-      xh = _view(img, center, s, angle=3, zoom=1.03, shift=(4, 4))
+      xh = _view(img, center, s, angle=rng.uniform(-3, 3), zoom=rng.uniform(0.97, 1.03),
+                 shift=tuple(rng.uniform(-6, 6, size=2)))
       h = _view(img, center, s, angle=10, zoom=0.85, shift=(12, -12))
     m = _view(img, center, s, angle=-5, shift=(s / 2, s / 2))
     low = _crop(img, l_top, l_col, s)
+    # Inside the fundus (retina's corners are black).
+    x_top, x_col = (int(v) for v in rng.integers(400, retina.shape[0] - 400 - s, size=2))
     xl = _crop(retina, x_top, x_col, s)
     groups.append((f'{gid:03d}', [hr, xh, h, m, low, xl]))
   return groups
@@ -165,7 +181,7 @@ def _paths(root: pathlib.Path, num_train: int, num_eval: int) -> DemoData:
 
 
 def build_demo_data(out_dir: str | os.PathLike) -> DemoData:
-  """Builds the demo dataset under `out_dir/ssen_demo_v2` unless a complete build is there.
+  """Builds the demo dataset under `out_dir/ssen_demo_v3` unless a complete build is there.
 
   Args:
     out_dir: parent folder (created if needed).

@@ -5,7 +5,7 @@ r"""Evaluates an SR method on a benchmark folder or CUFED5 with the published pr
       --output_json bicubic_cufed5.json
 
 Protocol: HR cropped to a multiple of the scale; LR = MATLAB bicubic imresize(hr, 1/scale) rounded
-to uint8; SR rounded to uint8; PSNR/SSIM on BT.601 Y (grayscale images: their own channel),
+to uint8; SR rounded to uint8; PSNR/SSIM on BT.601 Y for every three-channel file (single-channel files: their own channel),
 `scale` pixels shaved per border; SSIM with an 11x11 Gaussian window (sigma 1.5), no padding.
 RGB PSNR (same shave) is reported too, labelled as such.
 
@@ -49,7 +49,7 @@ def define_flags() -> None:
 def protocol_line(scale: int) -> str:
   """One sentence stating the evaluation protocol, printed with every table."""
   return (f'Protocol: x{scale}, LR = MATLAB bicubic imresize (antialiased, a=-0.5) rounded to '
-          f'uint8; SR rounded to uint8; PSNR/SSIM on Y (BT.601, grayscale: own channel), '
+          f'uint8; SR rounded to uint8; PSNR/SSIM on Y (BT.601; single-channel files: own channel), '
           f'shave = {scale} px; SSIM 11x11 Gaussian sigma 1.5, valid; PSNR-RGB same shave.')
 
 
@@ -68,7 +68,8 @@ def evaluate_examples(examples: Sequence[dict], sr_fn: SrFn, *, scale: int,
   """Runs `sr_fn` on every example and scores it.
 
   Args:
-    examples: dicts from `ssen_jax.datasets` (`name`, `hr` (H, W, 3) uint8, `lr` uint8, `refs`).
+    examples: dicts from `ssen_jax.datasets` (`name`, `hr` (H, W, 3) uint8, `lr` uint8, `refs`,
+      optional `gray`: the HR file has a single channel).
     sr_fn: `sr_fn(lr_uint8 (h, w, 3), refs) -> (H, W, 3)` uint8 or float in [0, 1].
     scale: SR factor and border shave.
     log_fn: called with one line per image (e.g. `print`), or None.
@@ -88,9 +89,10 @@ def evaluate_examples(examples: Sequence[dict], sr_fn: SrFn, *, scale: int,
     sr = np.asarray(sr_fn(ex['lr'], ex['refs']))
     if sr.shape[:2] != ex['hr'].shape[:2]:
       raise ValueError(f'{ex["name"]}: SR output {sr.shape} does not match HR {ex["hr"].shape}')
+    gray = ex.get('gray', False)
     row = {'name': ex['name'],
-           'psnr': metrics.psnr_y(sr, ex['hr'], scale),
-           'ssim': metrics.ssim_y(sr, ex['hr'], scale),
+           'psnr': metrics.psnr_y(sr, ex['hr'], scale, gray=gray),
+           'ssim': metrics.ssim_y(sr, ex['hr'], scale, gray=gray),
            'psnr_rgb': metrics.psnr_rgb(sr, ex['hr'], scale)}
     per_image.append(row)
     if log_fn:
@@ -160,6 +162,9 @@ def evaluate_workdir(examples: list[dict], *, scale: int) -> tuple[str, dict]:
              'per_image': [] if model['per_level'] else model['all']['per_image'],
              'levels': {k: {'psnr': v['psnr'], 'ssim': v['ssim'], 'per_image': v['per_image']}
                         for k, v in model['levels'].items()},
+             'controls': {k: {'psnr': v['psnr'], 'ssim': v['ssim'], 'per_image': v['per_image']}
+                          for k, v in model['controls'].items()},
+             'ref_gain': model['ref_gain'],
              'bicubic': {'psnr': bicubic['psnr'], 'ssim': bicubic['ssim']},
              'workdir': FLAGS.workdir, 'step': gen.step, 'variant': gen.config.model.variant}
   return f'{title}\n\n{table}', results

@@ -24,6 +24,7 @@ the host's shards and B, and starting at `start_step` yields exactly what an uni
 yields from that step, without saving any iterator state.
 """
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -108,11 +109,47 @@ def symmetric_pad_to(image: tf.Tensor, size: int) -> tf.Tensor:
   return tf.gather(image, fold(shape[1]), axis=1)
 
 
-REF_AUGMENTS = ('independent', 'paired')
+REF_AUGMENTS = ('independent', 'paired', 'mixed')
+
+
+class RefMix(NamedTuple):
+  """Where each training reference comes from (all probabilities per example).
+
+  With probability `shifted_prob` the reference is a view of the example's own HR image, cut
+  `shift` HR pixels away from the HR crop (each axis an integer uniform in [-m, m]; m is 0, i.e.
+  the reference is aligned, until step `shift_ramp_start`, then grows linearly to `shift_max` over
+  `shift_ramp_steps` steps: a curriculum from aligned to several LR pixels of misalignment; with
+  `shift_quantum` = q > 1 the shift is q times an integer uniform in [-floor(m / q), floor(m / q)],
+  e.g. whole LR pixels for q = scale), with a random gain and offset (`photometric`: gain in 1 +- p, offset
+  +- 100 p levels) and the HR's rotation and flip. With probability `unrelated_prob` it is a random
+  crop of another training example's HR image with its own rotation and flip (nothing to transfer:
+  the modulation mask has to learn to gate it). Otherwise it is the record's own reference, placed
+  by `ref_augment`. All-zero probabilities reproduce the plain record-reference stream bitwise.
+  """
+  shifted_prob: float = 0.0
+  unrelated_prob: float = 0.0
+  shift_ramp_start: int = 0
+  shift_max: float = 8.0
+  shift_ramp_steps: int = 0
+  shift_quantum: int = 1
+  photometric: float = 0.0
+
+  @property
+  def active(self) -> bool:
+    return self.shifted_prob > 0 or self.unrelated_prob > 0
+
+  def max_shift(self, step: tf.Tensor) -> tf.Tensor:
+    """m at `step` (float64 scalar): the curriculum's current largest shift in HR pixels."""
+    elapsed = tf.cast(step, tf.float64) - float(self.shift_ramp_start)
+    frac = tf.clip_by_value(elapsed / float(max(self.shift_ramp_steps, 1)), 0.0, 1.0)
+    if self.shift_ramp_steps <= 0:
+      frac = tf.cast(elapsed >= 0, tf.float64)
+    return self.shift_max * frac
 
 
 def augment_example(hr: tf.Tensor, ref: tf.Tensor | None, seed: tf.Tensor, *, hr_patch: int,
-                    scale: int, ref_augment: str = 'independent') -> dict[str, tf.Tensor]:
+                    scale: int, ref_augment: str = 'independent',
+                    independent_prob: float = 0.5) -> dict[str, tf.Tensor]:
   """Crops, augments and downsamples one decoded example (pure function of its inputs and seed).
 
   Args:
@@ -123,7 +160,9 @@ def augment_example(hr: tf.Tensor, ref: tf.Tensor | None, seed: tf.Tensor, *, hr
     scale: SR factor.
     ref_augment: 'independent': the reference gets its own random crop, rotation and flip;
       'paired': it is cut at the HR crop's position (clamped to its own size) and rotated/flipped
-      with the HR, so a roughly aligned pair stays roughly aligned.
+      with the HR, so a roughly aligned pair stays roughly aligned; 'mixed': independent with
+      probability `independent_prob`, else paired.
+    independent_prob: see 'mixed'.
 
   Returns:
     {'lr': (hr_patch/scale,)*2 + (3,), 'hr': (hr_patch, hr_patch, 3)[, 'ref': same]}, all uint8.
@@ -140,16 +179,64 @@ def augment_example(hr: tf.Tensor, ref: tf.Tensor | None, seed: tf.Tensor, *, hr
   if ref is not None:
     shape = tf.shape(ref)
     height, width = tf.minimum(shape[0], hr_patch), tf.minimum(shape[1], hr_patch)
-    if ref_augment == 'paired':
-      y, x = tf.minimum(y0, shape[0] - height), tf.minimum(x0, shape[1] - width)
-      k, flip = draws[0] % 4, draws[1] % 2 == 1
+    paired_y, paired_x = tf.minimum(y0, shape[0] - height), tf.minimum(x0, shape[1] - width)
+    free_y, free_x = crop_origin(shape, height, width, seeds[2])
+    if ref_augment == 'mixed':
+      independent = tf.random.stateless_uniform([], seeds[3], dtype=tf.float64) < independent_prob
     else:
-      y, x = crop_origin(shape, height, width, seeds[2])
-      k, flip = draws[2] % 4, draws[3] % 2 == 1
+      independent = tf.constant(ref_augment == 'independent')
+    y = tf.where(independent, free_y, paired_y)
+    x = tf.where(independent, free_x, paired_x)
+    k = tf.where(independent, draws[2] % 4, draws[0] % 4)
+    flip = tf.where(independent, draws[3] % 2 == 1, draws[1] % 2 == 1)
     ref = symmetric_pad_to(ref[y:y + height, x:x + width], hr_patch)
     ref = dihedral(ref, k, flip)
     out['ref'] = tf.ensure_shape(ref, [hr_patch, hr_patch, 3])
   return out
+
+
+def shifted_view_example(hr: tf.Tensor, seed: tf.Tensor, max_shift: tf.Tensor, *, hr_patch: int,
+                         scale: int, photometric: float,
+                         quantum: int = 1) -> dict[str, tf.Tensor]:
+  """An HR crop and a reference cut from the same image `shift` pixels away (see `RefMix`).
+
+  Args:
+    hr: (H, W, 3) uint8, H, W >= hr_patch; the shift on each axis is clamped to the room the
+      image leaves (H - hr_patch, W - hr_patch).
+    seed: (2,) int64 stateless seed.
+    max_shift: largest |shift| per axis in HR pixels (float scalar).
+    hr_patch, scale: as `augment_example`.
+    photometric: relative gain jitter p of the reference (offset +- 100 p levels).
+    quantum: the shift is a multiple of this many HR pixels.
+
+  Returns:
+    {'lr', 'hr', 'ref'} uint8 as `augment_example`; the reference has the HR's rotation and flip.
+  """
+  seeds = tf.random.experimental.stateless_split(seed, 4)
+  shape = tf.shape(hr)
+  room = tf.stack([shape[0] - hr_patch, shape[1] - hr_patch])
+  m = tf.cast(tf.floor(max_shift / quantum), tf.int32)
+  shift = quantum * tf.random.stateless_uniform([2], seeds[0], -m, m + 1, dtype=tf.int32)
+  shift = tf.clip_by_value(shift, -room, room)
+  # Both windows inside the image: the HR origin ranges over [max(0, -d), room - max(0, d)].
+  low = tf.maximum(0, -shift)
+  high = room - tf.maximum(0, shift)
+  u = tf.random.stateless_uniform([2], seeds[1], dtype=tf.float64)
+  origin = low + tf.cast(tf.floor(u * tf.cast(high - low + 1, tf.float64)), tf.int32)
+  origin = tf.minimum(origin, high)
+  crop = hr[origin[0]:origin[0] + hr_patch, origin[1]:origin[1] + hr_patch]
+  ref = hr[origin[0] + shift[0]:origin[0] + shift[0] + hr_patch,
+           origin[1] + shift[1]:origin[1] + shift[1] + hr_patch]
+  if photometric > 0:
+    jitter = tf.random.stateless_uniform([2], seeds[2], -photometric, photometric,
+                                         dtype=tf.float64)
+    ref = tf.cast(ref, tf.float64) * (1.0 + jitter[0]) + 100.0 * jitter[1]
+    ref = tf.cast(tf.clip_by_value(tf.floor(ref + 0.5), 0.0, 255.0), tf.uint8)
+  draws = tf.random.stateless_uniform([2], seeds[3], 0, 8, dtype=tf.int32)
+  k, flip = draws[0] % 4, draws[1] % 2 == 1
+  crop = tf.ensure_shape(dihedral(crop, k, flip), [hr_patch, hr_patch, 3])
+  ref = tf.ensure_shape(dihedral(ref, k, flip), [hr_patch, hr_patch, 3])
+  return {'lr': imresize_tf(crop, 1.0 / scale), 'hr': crop, 'ref': ref}
 
 
 def host_shards(file_pattern: str, process_index: int, process_count: int) -> list[str]:
@@ -213,6 +300,7 @@ def load_host_records(files: list[str], kind: str, hr_patch: int) -> dict[str, t
 def create_train_iterator(*, file_pattern: str, kind: str, hr_patch: int, scale: int,
                           local_batch_size: int, seed: int, start_step: int, process_index: int,
                           process_count: int, ref_augment: str = 'independent',
+                          independent_prob: float = 0.5, ref_mix: RefMix = RefMix(),
                           num_threads: int | None = None
                           ) -> Iterator[dict[str, np.ndarray]]:
   """Endless iterator of this host's training batches, starting at `start_step`.
@@ -227,7 +315,9 @@ def create_train_iterator(*, file_pattern: str, kind: str, hr_patch: int, scale:
     start_step: the first step to produce (0, or the restored step).
     process_index: this host's index (jax.process_index()).
     process_count: number of hosts (jax.process_count()).
-    ref_augment: 'independent' or 'paired' (see `augment_example`).
+    ref_augment: 'independent', 'paired' or 'mixed' (see `augment_example`).
+    independent_prob: the share of independent references with 'mixed'.
+    ref_mix: shifted-view and unrelated references (`RefMix`; kind 'refsr' only).
     num_threads: tf.data private thread pool size (None: TensorFlow's default, all cores).
 
   Returns:
@@ -240,6 +330,10 @@ def create_train_iterator(*, file_pattern: str, kind: str, hr_patch: int, scale:
     raise ValueError(f'hr_patch={hr_patch} is not a multiple of scale={scale}')
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index={process_index} not in [0, {process_count})')
+  if ref_mix.active and kind != 'refsr':
+    raise ValueError(f'ref_mix needs kind=refsr, got {kind!r}')
+  if ref_mix.shifted_prob + ref_mix.unrelated_prob > 1:
+    raise ValueError(f'ref_mix probabilities add up to more than 1: {ref_mix}')
   hide_gpus_from_tf()
   files = host_shards(file_pattern, process_index, process_count)
   records = load_host_records(files, kind, hr_patch)
@@ -260,9 +354,34 @@ def create_train_iterator(*, file_pattern: str, kind: str, hr_patch: int, scale:
     hr = tf.io.decode_png(tf.gather(records['hr'], index), channels=3)
     ref = tf.io.decode_png(tf.gather(records['ref'], index), channels=3) if 'ref' in records \
         else None
-    out = augment_example(hr, ref, ex_seed, hr_patch=hr_patch, scale=scale,
-                          ref_augment=ref_augment)
+    if ref_mix.active:
+      out = _mixed_example(hr, ref, index, step, ex_seed)
+    else:
+      out = augment_example(hr, ref, ex_seed, hr_patch=hr_patch, scale=scale,
+                            ref_augment=ref_augment, independent_prob=independent_prob)
     return {k: tf.cast(v, tf.float32) / 255.0 for k, v in out.items()}
+
+  def _mixed_example(hr, ref, index, step, ex_seed):
+    """One example whose reference source is drawn from `ref_mix` (the draw uses its own seed)."""
+    mix_seed = tf.random.experimental.stateless_fold_in(ex_seed, 1 << 20)
+    u = tf.random.stateless_uniform([], mix_seed, dtype=tf.float64)
+    def from_record():
+      return augment_example(hr, ref, ex_seed, hr_patch=hr_patch, scale=scale,
+                             ref_augment=ref_augment, independent_prob=independent_prob)
+    def shifted():
+      return shifted_view_example(hr, ex_seed, ref_mix.max_shift(step), hr_patch=hr_patch,
+                                  scale=scale, photometric=ref_mix.photometric,
+                                  quantum=ref_mix.shift_quantum)
+    def unrelated():
+      draw = tf.random.experimental.stateless_fold_in(mix_seed, 1)
+      other = (index + 1 + tf.random.stateless_uniform(
+          [], draw, 0, max(num_examples - 1, 1), dtype=tf.int64)) % num_examples
+      other_hr = tf.io.decode_png(tf.gather(records['hr'], other), channels=3)
+      return augment_example(hr, other_hr, ex_seed, hr_patch=hr_patch, scale=scale,
+                             ref_augment='independent')
+    return tf.case([(u < ref_mix.shifted_prob, shifted),
+                    (u < ref_mix.shifted_prob + ref_mix.unrelated_prob, unrelated)],
+                   default=from_record)
 
   ds = tf.data.Dataset.range(start_step * batch, np.iinfo(np.int64).max)
   ds = ds.map(make_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

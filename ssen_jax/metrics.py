@@ -6,9 +6,12 @@ Protocol (the one of RCAN/EDSR/SRNTT/SSEN's MATLAB scripts):
   zero, saturated); the HR image is uint8 (or floats in [0, 1], rounded the same way).
 * Luma is BT.601 `Y = 16 + 65.481 R + 128.553 G + 24.966 B` with R, G, B in [0, 1], so Y lies in
   [16, 235]; it is not rounded again.
-* Grayscale images use their own channel (in [0, 255]) instead of the BT.601 formula. An HR image
-  is grayscale when it is (H, W), (H, W, 1), or has three equal channels (a grayscale file loaded as
-  RGB). The SR image is then reduced to its channel mean (its single channel for a bicubic result).
+* Which images count as gray follows the file, as MATLAB's `size(im, 3) == 3` test does: every
+  three-channel image is scored on BT.601 Y, even when its channels are equal; only a
+  single-channel file is scored on its own values (in [0, 255]). The numpy functions decide from
+  the HR array ((H, W) or (H, W, 1): gray) unless told with `gray=` (the evaluation passes the
+  file's channel count, `ssen_jax.datasets.is_gray_file`, since it loads every file as RGB). The
+  SR image of a gray HR is reduced to its channel mean (its single channel for a bicubic result).
 * `scale` pixels are shaved from each border before comparing.
 * PSNR = 10 log10(255^2 / MSE). SSIM: 11x11 Gaussian window, sigma 1.5, normalised, 'valid'
   filtering (no padding), K1 = 0.01, K2 = 0.03, L = 255, mean of the SSIM map (no downsampling).
@@ -45,12 +48,10 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
   return np.clip(np.floor(img.astype(np.float64) * 255 + 0.5), 0, 255).astype(np.uint8)
 
 
-def is_grayscale(img: np.ndarray) -> bool:
-  """True for (H, W), (H, W, 1) and (H, W, 3) images whose three channels are equal."""
+def is_single_channel(img: np.ndarray) -> bool:
+  """True for (H, W) and (H, W, 1) arrays: the only images scored on their own channel."""
   img = np.asarray(img)
-  if img.ndim == 2 or img.shape[-1] == 1:
-    return True
-  return bool(np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2]))
+  return img.ndim == 2 or img.shape[-1] == 1
 
 
 def rgb_to_y(img: np.ndarray) -> np.ndarray:
@@ -67,12 +68,13 @@ def rgb_to_y(img: np.ndarray) -> np.ndarray:
   return 16.0 + rgb @ _Y_WEIGHTS
 
 
-def _luma_pair(sr: np.ndarray, hr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _luma_pair(sr: np.ndarray, hr: np.ndarray,
+               gray: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
   """(Y_sr, Y_hr) in [0, 255] float64 after uint8 rounding, following the grayscale rule."""
   sr, hr = to_uint8(sr), to_uint8(hr)
   if sr.shape[:2] != hr.shape[:2]:
     raise ValueError(f'SR {sr.shape} and HR {hr.shape} differ in size')
-  if is_grayscale(hr):
+  if is_single_channel(hr) if gray is None else gray:
     y_hr = (hr if hr.ndim == 2 else hr[..., 0]).astype(np.float64)
     y_sr = sr.astype(np.float64) if sr.ndim == 2 else sr.astype(np.float64).mean(axis=-1)
     return y_sr, y_hr
@@ -93,18 +95,20 @@ def _psnr_from_mse(mse: float) -> float:
   return float('inf') if mse == 0 else float(10 * np.log10(_L * _L / mse))
 
 
-def psnr_y(sr: np.ndarray, hr: np.ndarray, scale: int) -> float:
+def psnr_y(sr: np.ndarray, hr: np.ndarray, scale: int, *, gray: bool | None = None) -> float:
   """PSNR (dB) on BT.601 luma with `scale` pixels shaved from each border.
 
   Args:
     sr: (H, W, 3) or (H, W) SR image, uint8 or float in [0, 1] (rounded to uint8 first).
     hr: HR image of the same size, uint8 or float in [0, 1].
     scale: the SR factor, also the border shave.
+    gray: whether the HR file has a single channel (its own values are scored); None decides
+      from the HR array's shape.
 
   Returns:
     PSNR in dB (inf for identical images).
   """
-  y_sr, y_hr = _luma_pair(sr, hr)
+  y_sr, y_hr = _luma_pair(sr, hr, gray)
   diff = _shave(y_sr, scale) - _shave(y_hr, scale)
   return _psnr_from_mse(float(np.mean(diff * diff)))
 
@@ -140,14 +144,15 @@ def ssim_gray(x: np.ndarray, y: np.ndarray) -> float:
   return float(np.mean(num / den))
 
 
-def ssim_y(sr: np.ndarray, hr: np.ndarray, scale: int) -> float:
+def ssim_y(sr: np.ndarray, hr: np.ndarray, scale: int, *, gray: bool | None = None) -> float:
   """SSIM on BT.601 luma with `scale` pixels shaved. Same inputs as `psnr_y`."""
-  y_sr, y_hr = _luma_pair(sr, hr)
+  y_sr, y_hr = _luma_pair(sr, hr, gray)
   return ssim_gray(_shave(y_sr, scale), _shave(y_hr, scale))
 
 
 # ---------------------------------------------------------------------------------------------
-# jax.numpy versions: batched (N, H, W, 3) floats in [0, 1].
+# jax.numpy versions: batched (N, H, W, 3) floats in [0, 1]. `gray` is an optional (N,) bool array
+# (the single-channel files of the batch, loaded as three equal channels); None: none is gray.
 
 
 def _round_levels_jax(x: jax.Array) -> jax.Array:
@@ -155,9 +160,10 @@ def _round_levels_jax(x: jax.Array) -> jax.Array:
   return jnp.clip(jnp.floor(x.astype(jnp.float32) * 255 + 0.5), 0, 255)
 
 
-def _luma_pair_jax(sr: jax.Array, hr: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _luma_pair_jax(sr: jax.Array, hr: jax.Array,
+                   gray: jax.Array | None) -> tuple[jax.Array, jax.Array]:
   sr, hr = _round_levels_jax(sr), _round_levels_jax(hr)
-  gray = jnp.all((hr[..., 0] == hr[..., 1]) & (hr[..., 1] == hr[..., 2]), axis=(1, 2))
+  gray = jnp.zeros(hr.shape[0], bool) if gray is None else jnp.asarray(gray, bool)
   w = jnp.asarray(_Y_WEIGHTS / 255.0, jnp.float32)
   y_sr = jnp.where(gray[:, None, None], sr.mean(-1), 16.0 + sr @ w)
   y_hr = jnp.where(gray[:, None, None], hr[..., 0], 16.0 + hr @ w)
@@ -173,18 +179,20 @@ def _psnr_from_mse_jax(mse: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames='scale')
-def psnr_y_jax(sr: jax.Array, hr: jax.Array, scale: int) -> jax.Array:
+def psnr_y_jax(sr: jax.Array, hr: jax.Array, scale: int,
+               gray: jax.Array | None = None) -> jax.Array:
   """Batched `psnr_y`.
 
   Args:
     sr: (N, H, W, 3) floats in [0, 1].
     hr: (N, H, W, 3) floats in [0, 1] (uint8 levels / 255).
     scale: SR factor and border shave (static).
+    gray: (N,) bool, the examples whose HR file has a single channel; None: none.
 
   Returns:
     (N,) float32 PSNR in dB (inf where identical).
   """
-  y_sr, y_hr = _luma_pair_jax(sr, hr)
+  y_sr, y_hr = _luma_pair_jax(sr, hr, gray)
   diff = _shave_jax(y_sr - y_hr, scale)
   return _psnr_from_mse_jax(jnp.mean(diff * diff, axis=(1, 2)))
 
@@ -206,9 +214,10 @@ def _filter_valid_jax(x: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames='scale')
-def ssim_y_jax(sr: jax.Array, hr: jax.Array, scale: int) -> jax.Array:
-  """Batched `ssim_y`: (N, H, W, 3) floats in [0, 1] -> (N,) SSIM."""
-  y_sr, y_hr = _luma_pair_jax(sr, hr)
+def ssim_y_jax(sr: jax.Array, hr: jax.Array, scale: int,
+               gray: jax.Array | None = None) -> jax.Array:
+  """Batched `ssim_y`: (N, H, W, 3) floats in [0, 1] -> (N,) SSIM; `gray` as `psnr_y_jax`."""
+  y_sr, y_hr = _luma_pair_jax(sr, hr, gray)
   # Variances are shift-invariant: centring on 128 keeps float32 cancellation in
   # E[x^2] - E[x]^2 small (levels <= 128 instead of <= 255).
   x = _shave_jax(y_sr, scale) - 128.0

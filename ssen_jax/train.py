@@ -101,9 +101,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       writer.write_images(step, evaluation.summary_images(
           eval_examples, sr_jit, state['params'], scale=config.model.scale,
           uses_ref=trainer.uses_ref, count=config.num_image_summaries))
-    logging.info('Step %d eval: PSNR %.3f dB, SSIM %.4f (%s)', step, results['psnr'],
-                 results['ssim'], ', '.join(f'{k} {v["psnr"]:.2f}'
-                                            for k, v in results['levels'].items()))
+    logging.info('Step %d eval: %s', step, evaluation.describe(results))
     return results
 
   from ssen_jax import input_pipeline  # TensorFlow is imported by the input pipeline only.
@@ -126,7 +124,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       file_pattern=paths['train_pattern'], kind=config.data.kind, hr_patch=config.data.hr_patch,
       scale=config.model.scale, local_batch_size=config.batch_size // jax.process_count(),
       seed=config.seed, start_step=start, process_index=jax.process_index(),
-      process_count=jax.process_count(), ref_augment=config.data.ref_augment)
+      process_count=jax.process_count(), ref_augment=config.data.ref_augment,
+      independent_prob=config.data.ref_independent_prob,
+      ref_mix=input_pipeline.RefMix(**config.data.ref_mix.to_dict()))
   progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
                                              every_steps=config.log_every_steps)
   pending: Optional[tuple] = None  # (step, metrics) checked while the next step runs.

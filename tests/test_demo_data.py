@@ -27,10 +27,10 @@ def _records(pattern):
 
 
 def test_layout_counts_and_training_batches(demo):
-  assert demo.num_train == 64 and demo.num_eval == 6
+  assert demo.num_train == 240 and demo.num_eval == 24
   assert len(tf.io.gfile.glob(demo.train_pattern)) == demo_data.NUM_SHARDS
-  assert len(_records(demo.train_pattern)) == 64
-  assert len(list((demo.train_raw_dir / 'ref').glob('*.png'))) == 64
+  assert len(_records(demo.train_pattern)) == 240
+  assert len(list((demo.train_raw_dir / 'ref').glob('*.png'))) == 240
   it = input_pipeline.create_train_iterator(
       file_pattern=demo.train_pattern, kind='refsr', hr_patch=160, scale=4, local_batch_size=2,
       seed=0, start_step=0, process_index=1, process_count=2)
@@ -40,13 +40,27 @@ def test_layout_counts_and_training_batches(demo):
 
 def test_eval_groups_are_cufed5_with_decreasing_similarity(demo):
   groups = datasets.load_cufed5(demo.eval_dir, 4)
-  assert [g['name'] for g in groups] == [f'{i:03d}' for i in range(6)]
+  assert [g['name'] for g in groups] == [f'{i:03d}' for i in range(24)]
   for g in groups:
     assert g['hr'].shape == (128, 128, 3) and g['lr'].shape == (32, 32, 3)
     assert len(g['refs']) == 5
     err = [np.mean(np.abs(r.astype(float) - g['hr'])) for r in g['refs']]
     assert err[0] < err[4], (g['name'], err)  # XH resembles the HR more than XL does.
     assert err[0] == min(err)  # XH is the closest reference.
+
+
+def test_consecutive_eval_groups_come_from_different_photos(demo):
+  """The evaluation's `unrelated` control (next group's XH reference) must share no content."""
+  groups = datasets.load_cufed5(demo.eval_dir, 4)
+  for i, g in enumerate(groups):
+    nxt = groups[(i + 1) % len(groups)]['refs'][0].astype(float)
+    own = np.mean(np.abs(g['refs'][0].astype(float) - g['hr']))
+    assert own < 0.7 * np.mean(np.abs(nxt - g['hr'])), g['name']
+    # Even the best 16x16 match of an HR patch in the next group's XH is poor.
+    patch = g['hr'][56:72, 56:72].astype(float)
+    best = min(np.mean(np.abs(nxt[y:y + 16, x:x + 16] - patch))
+               for y in range(0, 113, 4) for x in range(0, 113, 4))
+    assert best > 4, g['name']
 
 
 def test_train_and_eval_sources_are_disjoint_and_pairs_related():

@@ -68,6 +68,24 @@ def test_grayscale_and_odd_sizes_in_folder(tmp_path):
   assert res['psnr'] == pytest.approx(10 * math.log10(255 ** 2 / np.mean(diff ** 2)))
 
 
+def test_gray_photo_stored_as_rgb_is_scored_on_y(tmp_path):
+  """The published rule: the file's channel count decides, not equal channels (MATLAB's test)."""
+  gray = skimage.data.camera()[:200, :148]
+  Image.fromarray(gray).save(tmp_path / 'a_gray.png')
+  Image.fromarray(np.repeat(gray[..., None], 3, axis=-1)).save(tmp_path / 'b_rgb.png')
+  Image.fromarray(gray).convert('LA').save(tmp_path / 'c_gray_alpha.png')
+  exs = datasets.load_folder(tmp_path, 4)
+  assert [ex['gray'] for ex in exs] == [True, False, True]
+  np.testing.assert_array_equal(exs[0]['hr'], exs[1]['hr'])  # Same pixels, different files.
+  res = evaluate.evaluate_examples(exs, evaluate.bicubic_sr_fn(4), scale=4)
+  own, y601, own_la = (r['psnr'] for r in res['per_image'])
+  sr = ir.imresize(ir.imresize(gray, 0.25), 4).astype(float)
+  diff = (sr - gray)[4:-4, 4:-4]
+  assert own == own_la == pytest.approx(10 * math.log10(255 ** 2 / np.mean(diff ** 2)))
+  # BT.601 Y of equal channels scales the error by 219/255.
+  assert y601 - own == pytest.approx(20 * math.log10(255 / 219), abs=0.05)
+
+
 def test_cufed5_loader_passes_refs_in_order(tmp_path):
   src = skimage.data.astronaut()
   for g in range(2):

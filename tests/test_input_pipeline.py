@@ -166,3 +166,100 @@ def test_paired_reference_follows_the_hr_crop_and_rotation():
   assert any(not np.array_equal(o['ref'].numpy(), o['hr'].numpy()) for o in independent)
   with pytest.raises(ValueError, match='ref_augment'):
     ip.augment_example(img, img, seeds[0], hr_patch=32, scale=4, ref_augment='bogus')
+
+
+def _dihedral_set(img):
+  out = []
+  for k in range(4):
+    r = np.rot90(img, k)
+    out += [r, r[:, ::-1]]
+  return out
+
+
+def test_mixed_reference_augment_is_paired_or_independent():
+  img = tf.constant(skimage.data.astronaut()[:60, :52])
+  for s in range(6):
+    seed = tf.constant([s, 7], tf.int64)
+    paired = ip.augment_example(img, img, seed, hr_patch=32, scale=4, ref_augment='paired')
+    indep = ip.augment_example(img, img, seed, hr_patch=32, scale=4, ref_augment='independent')
+    for p, want in [(0.0, paired), (1.0, indep)]:
+      mixed = ip.augment_example(img, img, seed, hr_patch=32, scale=4, ref_augment='mixed',
+                                 independent_prob=p)
+      for k in ('hr', 'ref'):
+        np.testing.assert_array_equal(mixed[k].numpy(), want[k].numpy())
+  halves = [ip.augment_example(img, img, tf.constant([s, 9], tf.int64), hr_patch=32, scale=4,
+                               ref_augment='mixed', independent_prob=0.5) for s in range(16)]
+  aligned = sum(np.array_equal(h['ref'].numpy(), h['hr'].numpy()) for h in halves)
+  assert 2 <= aligned <= 14  # Some paired, some independent.
+
+
+def test_shifted_view_is_the_same_image_shifted_and_rotated_with_the_hr():
+  img = skimage.data.astronaut()[100:180, 150:230]  # 80x80: room 48 for a 32 patch.
+  for s in range(8):
+    seed = tf.constant([s, 3], tf.int64)
+    ex = ip.shifted_view_example(tf.constant(img), seed, tf.constant(5.0, tf.float64),
+                                 hr_patch=32, scale=4, photometric=0.0)
+    hr, ref = ex['hr'].numpy(), ex['ref'].numpy()
+    found = []
+    for cand in range(8):  # The dihedral transform the HR crop got, and where it came from.
+      for y in range(49):
+        for x in range(49):
+          if np.array_equal(_dihedral_set(img[y:y + 32, x:x + 32])[cand], hr):
+            found.append((cand, y, x))
+    cand, y, x = found[0]
+    shifts = [(dy, dx) for dy in range(-5, 6) for dx in range(-5, 6)
+              if 0 <= y + dy <= 48 and 0 <= x + dx <= 48 and np.array_equal(
+                  _dihedral_set(img[y + dy:y + dy + 32, x + dx:x + dx + 32])[cand], ref)]
+    assert shifts, f'seed {s}: the reference is not a <= 5 px shift of the HR crop'
+    np.testing.assert_array_equal(ex['lr'].numpy(), ir.imresize(hr, 0.25))
+  aligned = ip.shifted_view_example(tf.constant(img), seed, tf.constant(0.0, tf.float64),
+                                    hr_patch=32, scale=4, photometric=0.0)
+  np.testing.assert_array_equal(aligned['ref'].numpy(), aligned['hr'].numpy())
+  jittered = ip.shifted_view_example(tf.constant(img), seed, tf.constant(0.0, tf.float64),
+                                     hr_patch=32, scale=4, photometric=0.1)
+  assert not np.array_equal(jittered['ref'].numpy(), jittered['hr'].numpy())
+
+
+def test_shift_curriculum():
+  mix = ip.RefMix(shifted_prob=1.0, shift_ramp_start=100, shift_max=12.0, shift_ramp_steps=200)
+  values = [float(mix.max_shift(tf.constant(s, tf.int64))) for s in (0, 100, 200, 300, 5000)]
+  assert values == [0.0, 0.0, 6.0, 12.0, 12.0]
+  at_once = ip.RefMix(shifted_prob=1.0, shift_ramp_start=10, shift_max=4.0)
+  assert [float(at_once.max_shift(tf.constant(s, tf.int64))) for s in (9, 10)] == [0.0, 4.0]
+
+
+def test_ref_mix_sources(tmp_path):
+  # Four distinct photos, each stored with a constant reference that gives its source away.
+  src = skimage.data.astronaut()
+  pairs = [(src[i * 100:i * 100 + 64, i * 90:i * 90 + 64].copy(),
+            np.full((64, 64, 3), 50 * i, np.uint8)) for i in range(4)]
+  pattern = _write(tmp_path, pairs, num_shards=2, prefix='mix')
+  plain = _take(_iter(pattern), 3)
+  zero_mix = _take(_iter(pattern, ref_mix=ip.RefMix(shift_max=3.0)), 3)
+  for a, b in zip(plain, zero_mix):  # Inactive mixing: the plain stream, bitwise.
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+
+  def source_of(patch):
+    """Index of the photo a 32x32 patch (any dihedral transform) was cut from, else None."""
+    for i, (hr, _) in enumerate(pairs):
+      for y in range(33):
+        for x in range(33):
+          if any(np.array_equal(d, patch) for d in _dihedral_set(hr[y:y + 32, x:x + 32])):
+            return i
+    return None
+
+  unrelated = _take(_iter(pattern, local_batch_size=2, ref_mix=ip.RefMix(unrelated_prob=1.0)), 2)
+  shifted = _take(_iter(pattern, local_batch_size=2, ref_mix=ip.RefMix(shifted_prob=1.0,
+                                                                       shift_max=0.0)), 2)
+  for batch in unrelated:
+    for hr, ref in zip(batch['hr'], batch['ref']):
+      hr_src = source_of(np.round(hr * 255).astype(np.uint8))
+      ref_src = source_of(np.round(ref * 255).astype(np.uint8))
+      assert None not in (hr_src, ref_src) and hr_src != ref_src
+  for batch in shifted:
+    np.testing.assert_array_equal(batch['ref'], batch['hr'])  # Aligned before the ramp.
+  with pytest.raises(ValueError, match='more than 1'):
+    _iter(pattern, ref_mix=ip.RefMix(shifted_prob=0.7, unrelated_prob=0.5))
+  with pytest.raises(ValueError, match='kind=refsr'):
+    _iter(pattern, kind='sisr', ref_mix=ip.RefMix(unrelated_prob=0.5))

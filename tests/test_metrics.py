@@ -52,18 +52,25 @@ def test_ssim_matches_scikit_image_gaussian_ssim():
   assert metrics.ssim_y(hr, hr, 4) == pytest.approx(1.0)
 
 
-def test_grayscale_uses_its_own_channel():
+def test_gray_follows_the_channel_count_not_the_content():
   gray = skimage.data.camera()[100:160, 100:160]
   rng = np.random.default_rng(1)
   sr = np.clip(gray + rng.normal(0, 5, gray.shape), 0, 255).astype(np.uint8)
   diff = (sr.astype(float) - gray)[4:-4, 4:-4]
-  expected = 10 * math.log10(255 ** 2 / np.mean(diff ** 2))
-  assert metrics.psnr_y(sr, gray, 4) == pytest.approx(expected)
+  own = 10 * math.log10(255 ** 2 / np.mean(diff ** 2))
+  # BT.601 Y of equal channels is 16 + 219/255 x: errors shrink by 219/255.
+  bt601 = 10 * math.log10(255 ** 2 / np.mean((diff * 219 / 255) ** 2))
+  assert metrics.psnr_y(sr, gray, 4) == pytest.approx(own)
+  assert metrics.psnr_y(sr[..., None], gray[..., None], 4) == pytest.approx(own)
   rep = lambda x: np.repeat(x[..., None], 3, axis=-1)
-  # A grayscale file loaded as RGB is recognised; BT.601 would shrink errors by 219/255.
-  assert metrics.psnr_y(rep(sr), rep(gray), 4) == pytest.approx(expected)
-  assert metrics.ssim_y(rep(sr), rep(gray), 4) == pytest.approx(metrics.ssim_y(sr, gray, 4))
-  assert metrics.psnr_y(sr[..., None], gray[..., None], 4) == pytest.approx(expected)
+  # A three-channel image is scored on Y even when its channels are equal (MATLAB's rule) ...
+  assert metrics.psnr_y(rep(sr), rep(gray), 4) == pytest.approx(bt601)
+  assert bt601 - own == pytest.approx(20 * math.log10(255 / 219))
+  # ... unless the caller says its file had one channel.
+  assert metrics.psnr_y(rep(sr), rep(gray), 4, gray=True) == pytest.approx(own)
+  assert metrics.ssim_y(rep(sr), rep(gray), 4, gray=True) == pytest.approx(
+      metrics.ssim_y(sr, gray, 4))
+  assert metrics.ssim_y(rep(sr), rep(gray), 4) != pytest.approx(metrics.ssim_y(sr, gray, 4))
 
 
 def test_jax_versions_agree_with_numpy():
@@ -73,13 +80,20 @@ def test_jax_versions_agree_with_numpy():
   pairs.append((np.repeat(gray_sr[..., None], 3, -1), np.repeat(gray[..., None], 3, -1)))
   sr = np.stack([p[0] for p in pairs]).astype(np.float32)
   hr = np.stack([p[1] for p in pairs]).astype(np.float32) / 255
+  gray_flags = jnp.asarray([False, False, True])
   psnr = np.asarray(metrics.psnr_y_jax(jnp.asarray(sr), jnp.asarray(hr), scale=4))
   ssim = np.asarray(metrics.ssim_y_jax(jnp.asarray(sr), jnp.asarray(hr), scale=4))
+  psnr_g = np.asarray(metrics.psnr_y_jax(jnp.asarray(sr), jnp.asarray(hr), 4, gray_flags))
+  ssim_g = np.asarray(metrics.ssim_y_jax(jnp.asarray(sr), jnp.asarray(hr), 4, gray_flags))
   psnr_rgb = np.asarray(metrics.psnr_rgb_jax(jnp.asarray(sr), jnp.asarray(hr), scale=4))
   for i, (s, h) in enumerate(pairs):
     assert psnr[i] == pytest.approx(metrics.psnr_y(s, h, 4), abs=1e-4)
     assert ssim[i] == pytest.approx(metrics.ssim_y(s, h, 4), abs=1e-5)
     assert psnr_rgb[i] == pytest.approx(metrics.psnr_rgb(s, h, 4), abs=1e-4)
+    g = bool(gray_flags[i])
+    assert psnr_g[i] == pytest.approx(metrics.psnr_y(s, h, 4, gray=g), abs=1e-4)
+    assert ssim_g[i] == pytest.approx(metrics.ssim_y(s, h, 4, gray=g), abs=1e-5)
+  assert psnr_g[2] != pytest.approx(psnr[2], abs=0.5)  # The flag changes the gray example.
   assert psnr[0] > psnr[1]  # Less noise, higher PSNR: the values are not all the same.
 
 

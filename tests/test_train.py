@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from configs import refsr, refsr_gan, selfsim
-from ssen_jax import checkpointing, steps, train
+from ssen_jax import checkpointing, demo_data, steps, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -62,13 +62,15 @@ def test_refsr_then_gan_stage(demo_dir, tmp_path):
   out_json = tmp_path / 'eval.json'
   evaluated = subprocess.run(
       [sys.executable, '-m', 'ssen_jax.evaluate', f'--workdir={tmp_path / "rec"}',
-       '--dataset=cufed5', f'--dataset_dir={pathlib.Path(demo_dir) / "ssen_demo_v2/eval"}',
+       '--dataset=cufed5', f'--dataset_dir={pathlib.Path(demo_dir) / demo_data.DEMO_NAME / "eval"}',
        f'--output_json={out_json}'], env=_env(), cwd=REPO, capture_output=True, text=True)
   assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-  assert '| method | XH | H | M | L | XL | mean |' in evaluated.stdout
+  assert '| method | XH | H | M | L | XL | mean | oracle | unrelated | ref_gain |' in evaluated.stdout
   assert '| Bicubic |' in evaluated.stdout and f'| ssen (step {step}) |' in evaluated.stdout
   report = json.loads(out_json.read_text())
   assert set(report['levels']) == {'XH', 'H', 'M', 'L', 'XL'} and report['step'] == step
+  assert set(report['controls']) == {'oracle', 'unrelated'}
+  assert report['ref_gain'] == report['levels']['XH']['psnr'] - report['controls']['unrelated']['psnr']
   assert np.isclose(report['psnr'], np.mean([v['psnr'] for v in report['levels'].values()]))
 
   gan = tiny_config(demo_dir, module=refsr_gan)
@@ -87,7 +89,7 @@ def test_refsr_then_gan_stage(demo_dir, tmp_path):
 def test_selfsim_on_benchmark_folder(demo_dir, tmp_path, set5_dir):
   config = tiny_config(demo_dir, module=selfsim)
   config.data.demo = False
-  config.data.train_pattern = str(pathlib.Path(demo_dir) / 'ssen_demo_v2/train/*.tfrecord')
+  config.data.train_pattern = str(pathlib.Path(demo_dir) / demo_data.DEMO_NAME / 'train/*.tfrecord')
   config.data.eval_dir = str(set5_dir)
   config.data.eval_max_images = 1
   results = train.train_and_evaluate(config, str(tmp_path / 'selfsim'))
