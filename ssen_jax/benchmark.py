@@ -197,7 +197,7 @@ def import_torch(threads: Optional[int] = None):
 
 def torch_reference():
   """The PyTorch reference networks (`ssen_jax.torch_reference`; needs torch)."""
-  from ssen_jax import torch_reference as module  # pylint: disable=import-outside-toplevel
+  from ssen_jax.interop import torch_reference as module  # pylint: disable=import-outside-toplevel
   return module
 
 
@@ -244,7 +244,7 @@ def _model_and_params(config, lr_shape, seed=0):
 
 def _torch_model(torch, config, params):
   """The reference network of config.model holding `params` (converted by ssen_jax.convert)."""
-  from ssen_jax import convert
+  from ssen_jax.interop import convert
   m = config.model
   net = torch_reference().build(
       m.variant, features=m.features, num_extract_blocks=m.num_extract_blocks,
@@ -423,7 +423,7 @@ def bench_infer(repeats: int, tiny: bool, torch=None, pause: float = 0.0, torch_
 def _jax_trainer(config, seed=0):
   """A Trainer on one device with randomized parameters, and its first-call (compile) time."""
   import jax
-  from ssen_jax import steps
+  from ssen_jax.training import steps
   trainer = steps.Trainer(config, steps.create_mesh(jax.devices()[:1]))
   state = trainer.init_state(jax.random.key(seed))
   p = config.data.hr_patch

@@ -68,7 +68,7 @@ def read_state_dict(path: str | pathlib.Path) -> dict:
     ConversionError: not a file, not a torch checkpoint, or no state_dict in it.
     ImportError: torch is not installed.
   """
-  from ssen_jax import convert  # pylint: disable=import-outside-toplevel
+  from ssen_jax.interop import convert  # pylint: disable=import-outside-toplevel
   path = pathlib.Path(path)
   if not path.exists():
     raise ConversionError(f'{path} does not exist')
@@ -90,7 +90,8 @@ def params_from_state_dict(state_dict: Mapping[str, Any], config: ml_collections
     ConversionError: the architecture check of `convert.state_dict_to_params` (every problem).
   """
   import jax  # pylint: disable=import-outside-toplevel
-  from ssen_jax import convert, steps  # pylint: disable=import-outside-toplevel
+  from ssen_jax.interop import convert  # pylint: disable=import-outside-toplevel
+  from ssen_jax.training import steps  # pylint: disable=import-outside-toplevel
   trainer = steps.Trainer(config, steps.create_mesh(jax.local_devices()[:1]))
   template = trainer.abstract_state()['params']
   try:
@@ -113,7 +114,8 @@ def summarize(error: ConversionError) -> str:
 def generator_from_pth(path: str | pathlib.Path, config: ml_collections.ConfigDict):
   """An `inference.Generator` from a .pth and the config giving its architecture (step 0)."""
   import jax  # pylint: disable=import-outside-toplevel
-  from ssen_jax import inference, models  # pylint: disable=import-outside-toplevel
+  from ssen_jax import models  # pylint: disable=import-outside-toplevel
+  from ssen_jax.inference import tiling as inference  # pylint: disable=import-outside-toplevel
   params = params_from_state_dict(read_state_dict(path), config)
   params = jax.device_put(params, jax.local_devices()[0])
   return inference.Generator(config=config, model=models.create_model(config.model, config.dtype),
@@ -131,7 +133,8 @@ def write_workdir(workdir: str | pathlib.Path, config: ml_collections.ConfigDict
     step: the checkpoint step.
   """
   import jax  # pylint: disable=import-outside-toplevel
-  from ssen_jax import checkpointing, steps  # pylint: disable=import-outside-toplevel
+  from ssen_jax.core import checkpointing  # pylint: disable=import-outside-toplevel
+  from ssen_jax.training import steps  # pylint: disable=import-outside-toplevel
   trainer = steps.Trainer(config, steps.create_mesh(jax.local_devices()[:1]))
   abstract = trainer.abstract_state()
   state = {'step': np.asarray(step, np.int32), 'params': params,

@@ -21,9 +21,9 @@ import numpy as np
 from absl import app
 from absl import flags
 
-from ssen_jax import datasets
-from ssen_jax import imresize as imresize_lib
-from ssen_jax import metrics
+from ssen_jax.data import datasets
+from ssen_jax.data import imresize as imresize_lib
+from ssen_jax.eval import metrics
 
 SrFn = Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray]
 
@@ -137,8 +137,8 @@ def _write_json(path: str, results: dict) -> None:
 
 def evaluate_workdir(examples: list[dict], *, scale: int) -> tuple[str, dict]:
   """Scores the model of --workdir; returns a paper-style table and the JSON results."""
-  from ssen_jax import evaluation  # Imports JAX and the models: only for model evaluation.
-  from ssen_jax import inference
+  from ssen_jax.eval import protocol as evaluation  # Imports JAX and the models: only for model evaluation.
+  from ssen_jax.inference import tiling as inference
   try:
     gen = inference.load_generator(FLAGS.workdir, FLAGS.checkpoint_step, FLAGS.best)
   except (FileNotFoundError, ValueError) as e:

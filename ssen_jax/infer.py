@@ -35,8 +35,8 @@ from absl import flags
 from absl import logging
 
 from ssen_jax import convert_torch
-from ssen_jax import datasets
-from ssen_jax import inference
+from ssen_jax.data import datasets
+from ssen_jax.inference import tiling as inference
 
 FLAGS = flags.FLAGS
 
@@ -105,7 +105,7 @@ def load_model(workdir: str | None, checkpoint: str | None, config: str | None,
   if config:
     cfg = convert_torch.load_config_file(config)
   elif workdir:
-    from ssen_jax import checkpointing  # pylint: disable=import-outside-toplevel
+    from ssen_jax.core import checkpointing  # pylint: disable=import-outside-toplevel
     cfg = checkpointing.read_config(workdir)
   else:
     raise ValueError(f'--checkpoint {checkpoint} needs --config FILE[:variant] (or a --workdir '

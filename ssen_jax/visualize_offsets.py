@@ -35,9 +35,9 @@ from absl import flags
 from PIL import Image, ImageDraw
 
 from ssen_jax import convert_torch
-from ssen_jax import datasets
+from ssen_jax.data import datasets
 from ssen_jax import infer
-from ssen_jax import inference
+from ssen_jax.inference import tiling as inference
 
 FLAGS = flags.FLAGS
 # Tableau-10: distinguishable colours for up to ten points (then they repeat).

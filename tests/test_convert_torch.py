@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 
 from configs import refsr
-from ssen_jax import convert
+from ssen_jax.interop import convert
 from ssen_jax import convert_torch
-from ssen_jax import imresize as imresize_lib
-from ssen_jax import inference
+from ssen_jax.data import imresize as imresize_lib
+from ssen_jax.inference import tiling as inference
 from ssen_jax import models
-from ssen_jax import torch_reference as tr
+from ssen_jax.interop import torch_reference as tr
 from test_infer import assert_error, run_cli, run_many, run_parallel
 
 CONFIG = 'configs/refsr.py:tiny'

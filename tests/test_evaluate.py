@@ -10,10 +10,10 @@ import skimage.data
 from PIL import Image
 
 from conftest import REPO_ROOT
-from ssen_jax import datasets
+from ssen_jax.data import datasets
 from ssen_jax import evaluate
-from ssen_jax import imresize as ir
-from ssen_jax import metrics
+from ssen_jax.data import imresize as ir
+from ssen_jax.eval import metrics
 
 
 def _run(*args):
@@ -120,7 +120,7 @@ def test_evaluate_examples_checks_output_size():
 def test_importing_defines_no_flags():
   # A trainer importing evaluate (and data_prep) must stay free to define its own flags.
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from data_prep import convert  # pylint: disable=g-import-not-at-top,unused-import
+  from ssen_jax.data_prep import convert  # pylint: disable=g-import-not-at-top,unused-import
   assert 'dataset_dir' not in flags.FLAGS and 'dataset' not in flags.FLAGS
 
 

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import skimage.data
 
-from ssen_jax import datasets
-from ssen_jax import evaluation
-from ssen_jax import imresize as ir
+from ssen_jax.data import datasets
+from ssen_jax.eval import protocol as evaluation
+from ssen_jax.data import imresize as ir
 
 
 def _groups(n=3):

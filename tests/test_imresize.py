@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import skimage.data
 
-from ssen_jax import imresize as ir
+from ssen_jax.data import imresize as ir
 
 
 def _matlab_contributions(in_len, out_len, scale):

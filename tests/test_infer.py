@@ -20,10 +20,10 @@ from PIL import Image
 from configs import refsr
 from conftest import REPO_ROOT
 from ssen_jax import convert_torch
-from ssen_jax import datasets
-from ssen_jax import imresize as imresize_lib
-from ssen_jax import inference
-from ssen_jax import steps
+from ssen_jax.data import datasets
+from ssen_jax.data import imresize as imresize_lib
+from ssen_jax.inference import tiling as inference
+from ssen_jax.training import steps
 
 LR_SIZE = (61, 75)  # Odd, not multiples of the tile alignment.
 

@@ -4,9 +4,9 @@ import pytest
 import skimage.data
 import tensorflow as tf
 
-from ssen_jax import datasets
-from ssen_jax import imresize as ir
-from ssen_jax import input_pipeline as ip
+from ssen_jax.data import datasets
+from ssen_jax.data import imresize as ir
+from ssen_jax.data import input_pipeline as ip
 
 
 def _write(tmp_path, pairs, num_shards, prefix='t'):

@@ -7,7 +7,7 @@ import pytest
 import skimage.data
 import skimage.metrics
 
-from ssen_jax import metrics
+from ssen_jax.eval import metrics
 
 
 def _pair(seed=0, size=48, noise=6.0):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssen_jax import torch_reference as tm
+from ssen_jax.interop import torch_reference as tm
 from ssen_jax import ops
 from ssen_jax.models import RCAN, PatchDiscriminator, RefSRNet
 

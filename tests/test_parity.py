@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from ssen_jax import torch_reference as tm
-from ssen_jax import convert
+from ssen_jax.interop import torch_reference as tm
+from ssen_jax.interop import convert
 from ssen_jax.models import RCAN, PatchDiscriminator, RefSRNet
 
 FWD_TOL = 1e-4  # max abs, outputs of order 1.

@@ -15,14 +15,17 @@ import numpy as np
 import pytest
 
 from configs import refsr, refsr_gan, selfsim
-from ssen_jax import checkpointing, demo_data, steps, train
+from ssen_jax.core import checkpointing
+from ssen_jax.data import demo_data
+from ssen_jax.training import loop as train
+from ssen_jax.training import steps
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
 def demo_dir(tmp_path_factory):
-  from ssen_jax import demo_data
+  from ssen_jax.data import demo_data
   root = tmp_path_factory.mktemp('demo')
   demo_data.build_demo_data(root)
   return str(root)

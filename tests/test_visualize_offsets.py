@@ -9,8 +9,8 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from ssen_jax import imresize as imresize_lib
-from ssen_jax import inference
+from ssen_jax.data import imresize as imresize_lib
+from ssen_jax.inference import tiling as inference
 from ssen_jax import visualize_offsets as vo
 from test_infer import assert_error, make_workdir, run_cli, run_many
 

@@ -18,8 +18,8 @@ import jax
 import numpy as np
 
 from ssen_jax import evaluate as evaluate_lib
-from ssen_jax import imresize as imresize_lib
-from ssen_jax.datasets import fit_reference
+from ssen_jax.data import imresize as imresize_lib
+from ssen_jax.data.datasets import fit_reference
 
 LEVELS = ('XH', 'H', 'M', 'L', 'XL')
 CONTROLS = ('oracle', 'unrelated')

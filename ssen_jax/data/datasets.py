@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from ssen_jax import imresize as imresize_lib
+from ssen_jax.data import imresize as imresize_lib
 
 FEATURE_NAME = 'name'
 FEATURE_HR = 'hr'

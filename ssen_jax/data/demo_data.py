@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image
 from skimage import transform
 
-from ssen_jax import datasets
+from ssen_jax.data import datasets
 
 DEMO_NAME = 'ssen_demo_v3'
 TRAIN_SOURCES = ('astronaut.png', 'rocket.jpg', 'hubble_deep_field.jpg', 'ihc.png', 'camera.png',

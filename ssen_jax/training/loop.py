@@ -16,10 +16,10 @@ from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
 
-from ssen_jax import checkpointing
-from ssen_jax import datasets
-from ssen_jax import evaluation
-from ssen_jax import steps
+from ssen_jax.core import checkpointing
+from ssen_jax.data import datasets
+from ssen_jax.eval import protocol as evaluation
+from ssen_jax.training import steps
 
 
 class NonFiniteLossError(RuntimeError):
@@ -29,7 +29,7 @@ class NonFiniteLossError(RuntimeError):
 def resolve_data_paths(config: ml_collections.ConfigDict) -> Dict[str, str]:
   """Training file pattern and evaluation folder, building the demo data when asked for."""
   if config.data.demo:
-    from ssen_jax import demo_data  # Built on first use from scikit-image's files; no download.
+    from ssen_jax.data import demo_data  # Built on first use from scikit-image's files; no download.
     root = config.data.demo_dir or os.path.join(
         os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'ssen_jax')
     demo = demo_data.build_demo_data(root)
@@ -104,7 +104,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     logging.info('Step %d eval: %s', step, evaluation.describe(results))
     return results
 
-  from ssen_jax import input_pipeline  # TensorFlow is imported by the input pipeline only.
+  from ssen_jax.data import input_pipeline  # TensorFlow is imported by the input pipeline only.
 
   manager = checkpointing.create_manager(workdir, save_every=config.checkpoint_every_steps,
                                          keep=config.keep_checkpoints)

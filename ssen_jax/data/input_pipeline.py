@@ -29,8 +29,8 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from ssen_jax import datasets
-from ssen_jax import imresize as imresize_lib
+from ssen_jax.data import datasets
+from ssen_jax.data import imresize as imresize_lib
 
 
 def hide_gpus_from_tf() -> None:

@@ -16,7 +16,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ssen_jax import models
-from ssen_jax import optim
+from ssen_jax.training import optim
 
 State = Dict[str, Any]
 Batch = Mapping[str, jax.Array]

@@ -1,8 +1,8 @@
 r"""Converts raw SR datasets to sharded TFRecord files of PNG-encoded images.
 
-  python -m data_prep.convert --dataset cufed --input_dir CUFED --output_dir data/cufed \
+  python -m ssen_jax.data_prep.convert --dataset cufed --input_dir CUFED --output_dir data/cufed \
       --num_shards 64
-  python -m data_prep.convert --dataset div2k --input_dir DIV2K_train_HR --output_dir data/div2k \
+  python -m ssen_jax.data_prep.convert --dataset div2k --input_dir DIV2K_train_HR --output_dir data/div2k \
       --num_shards 64
 
 Expected input layouts (see data_prep/README.md for where to download each):
@@ -49,8 +49,8 @@ from collections.abc import Sequence
 from absl import app
 from absl import flags
 
-from data_prep import layouts
-from ssen_jax import datasets
+from ssen_jax.data_prep import layouts
+from ssen_jax.data import datasets
 
 FLAGS = flags.FLAGS
 

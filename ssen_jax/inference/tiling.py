@@ -49,8 +49,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 from PIL import Image
 
-from ssen_jax import datasets
-from ssen_jax import imresize as imresize_lib
+from ssen_jax.data import datasets
+from ssen_jax.data import imresize as imresize_lib
 
 # JAX, Orbax and the models are imported where first needed: the command-line tools check their
 # inputs (files, images, output path) first and answer a bad one within a second.
@@ -82,7 +82,7 @@ class Generator:
 
 def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
   """Steps saved under `{workdir}/checkpoints` (sorted), read from the folder names."""
-  from ssen_jax import checkpointing  # pylint: disable=import-outside-toplevel
+  from ssen_jax.core import checkpointing  # pylint: disable=import-outside-toplevel
   ckpt = checkpointing.checkpoint_dir(workdir)
   if not ckpt.is_dir():
     return []
@@ -102,7 +102,8 @@ def load_generator(workdir: str | os.PathLike, step: Optional[int] = None,
     FileNotFoundError: not a workdir, no checkpoint in it, or no checkpoint at `step`.
   """
   import jax  # pylint: disable=import-outside-toplevel
-  from ssen_jax import checkpointing, steps  # pylint: disable=import-outside-toplevel
+  from ssen_jax.core import checkpointing  # pylint: disable=import-outside-toplevel
+  from ssen_jax.training import steps  # pylint: disable=import-outside-toplevel
   if not checkpointing.workdir_path(workdir).is_dir():
     raise FileNotFoundError(f'workdir {workdir} does not exist or is not a folder')
   config = checkpointing.read_config(workdir)

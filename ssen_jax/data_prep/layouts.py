@@ -11,7 +11,7 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from ssen_jax import datasets
+from ssen_jax.data import datasets
 
 PAIR, CUFED5, SINGLE = 'pair', 'cufed5', 'single'
 FEATURES = {
