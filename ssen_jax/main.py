@@ -61,14 +61,14 @@ def main(argv):
     # CPU processes exchange collectives through gloo; accelerators ignore this setting.
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  from ssen_jax.training import loop as train
+  from ssen_jax.training import loop
   quiet_library_logs()
   logging.info('JAX process %d/%d, %d local / %d global devices (%s).', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.default_backend())
   try:
-    train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
-  except (train.NonFiniteLossError, ValueError, FileNotFoundError) as e:
+    loop.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+  except (loop.NonFiniteLossError, ValueError, FileNotFoundError) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)

@@ -1,8 +1,9 @@
 """Orbax checkpoints under `{workdir}/checkpoints`: asynchronous, every N steps, on preemption and
 at the end; the latest K are kept plus the best by evaluation PSNR (MaxText's pattern).
 
-The config of the run is written beside them as `config.json`, so that `infer`, `evaluate` and
-`visualize_offsets` rebuild the model from the workdir alone.
+The config of the run is written beside them as `config.json`, so that `ssen_jax.inference.restore`
+rebuilds the model from the workdir alone (what `infer`, `evaluate`, `visualize_offsets` and the GAN
+stage's initialisation use).
 """
 from __future__ import annotations
 
@@ -71,9 +72,17 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: Optional[
   return restored['state']
 
 
-def restore_params(workdir: PathLike, abstract_state: Any,
+def restore_params(workdir: PathLike, abstract_params: Any,
                    step: Optional[int] = None, best: bool = False):
-  """Parameters of a finished or running run (the latest, a given step, or the best)."""
+  """Only the generator parameters of a run (the latest, a given step, or the best).
+
+  The optimiser and discriminator states in the checkpoint are not read (Orbax partial restore),
+  so restoring needs no optimiser: `abstract_params` is the tree of `jax.ShapeDtypeStruct`s
+  (with shardings) that `jax.eval_shape` gives for the model's `init`.
+
+  Returns:
+    (params, step).
+  """
   with create_manager(workdir, save_every=1, keep=1, read_only=True) as manager:
     if step is None:
       step = manager.best_step() if best else manager.latest_step()
@@ -81,7 +90,19 @@ def restore_params(workdir: PathLike, abstract_state: Any,
         step = manager.latest_step()
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(workdir)}')
-    return restore(manager, abstract_state, step)['params'], step
+    item = {'params': abstract_params}
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True)))
+    return restored['state']['params'], step
+
+
+def checkpoint_steps(workdir: PathLike) -> list[int]:
+  """Steps saved under `{workdir}/checkpoints` (sorted), read from the folder names."""
+  ckpt = checkpoint_dir(workdir)
+  if not ckpt.is_dir():
+    return []
+  return sorted(int(p.name) for p in ckpt.iterdir() if p.is_dir() and p.name.isdigit())
 
 
 def write_config(workdir: PathLike, config: ml_collections.ConfigDict) -> None:

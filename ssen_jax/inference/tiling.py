@@ -1,18 +1,4 @@
-"""Inference on user images: restoring a generator, reading inputs, tiling under a memory budget.
-
-`evaluate`, `infer` and `visualize_offsets` rebuild the model from `{workdir}/config.json` and
-restore only the generator's parameters from the Orbax checkpoint (`ssen_jax.convert_torch`
-writes such a workdir from a PyTorch .pth).
-
-Images (`read_image`): any Pillow-readable file. Grayscale is replicated to RGB for the network and
-written back as grayscale (the mean of the three output channels). An alpha channel is kept: it is
-upscaled with the same MATLAB bicubic as the self-reference, clipped to [0, 1], and written back.
-16-bit grayscale PNGs are read and written at 16 bits. Pillow decodes 16-bit *colour* PNGs to 8
-bits per channel, so those give 8-bit output (and a note says so).
-
-References: the reference is brought to `scale` x the LR size by `datasets.fit_reference` (crop
-top-left, reflect-pad bottom/right). Without one, the reference is the LR image upscaled by MATLAB
-bicubic `imresize` (self-reference; what `evaluation.model_sr_fn` does without a reference).
+"""Running a restored generator on images of any size: tiling under a memory budget.
 
 Tiling (`Upscaler`): large inputs are cut into equal-size overlapping LR tiles. Tile origins are
 multiples of ALIGN = 8 LR pixels: the offset estimator's three stride-2 convolutions then sample
@@ -22,230 +8,34 @@ overlap of two tiles, the first `overlap * 3 // 8` pixels from a cut edge are di
 the zero padding of the cut) and the rest is blended with a linear ramp (feathering). Only cut edges
 are treated so: image borders are borders in both runs. Exactness limits: non-local blocks (global
 attention) and RCAN's channel attention (global pooling) see only their tile, so trained models
-with them differ slightly from untiled runs; everything else is local. Measured: a random tiny
-model without non-local blocks matches its untiled output within 0.4/255 at overlap 32 (the test);
-the trained demo model (non-local blocks) on a 125x185 LR input differs by at most 5/255 (mean
-0.1/255) with 64-pixel tiles and 0.7/255 with 128-pixel tiles, whatever the overlap beyond 32.
+with them differ slightly from untiled runs; everything else is local (docs/performance.md has the
+measured differences).
 
 Memory model: XLA's own accounting of one compiled model call, `memory_analysis()` (arguments incl.
 parameters + outputs + temporaries - aliased). The whole image is compiled first; if it fits the
 budget it runs untiled with that executable. Otherwise the bytes per LR pixel of that compilation
 give a square tile size, whose compilation is checked against the budget again (shrinking 15% per
 try, as dense attention below `nonlocal_dense_max` positions grows faster than linearly). Where
-XLA gives no analysis, ANALYTIC_BYTES_PER_FEATURE * features bytes per LR pixel is assumed
-(measured: ~190-205 B per feature channel for the demo and tiny models on CPU). The host also holds
-the full-size reference and the blending accumulators (~0.5 KB per LR pixel), outside the budget.
+XLA gives no analysis, ANALYTIC_BYTES_PER_FEATURE * features bytes per LR pixel is assumed (a bound
+above the measured bytes per feature channel, docs/performance.md). The host also holds the
+full-size reference and the blending accumulators (~0.5 KB per LR pixel), outside the budget.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
-import pathlib
-import tempfile
 import time
 from typing import Any, Callable, Optional
 
 import numpy as np
-from PIL import Image
 
-from ssen_jax.data import datasets
-from ssen_jax.data import imresize as imresize_lib
-
-# JAX, Orbax and the models are imported where first needed: the command-line tools check their
-# inputs (files, images, output path) first and answer a bad one within a second.
+# JAX is imported where first needed: the command-line tools check their inputs (files, images,
+# output path) first and answer a bad one within a second.
 
 ALIGN = 8  # Tile origins (LR px): 2**3 for the offset estimator's three stride-2 convolutions.
 DEFAULT_OVERLAP = 32  # LR px shared by neighbouring tiles; see `blend_weights`.
 ANALYTIC_BYTES_PER_FEATURE = 256  # Per LR pixel and feature channel, when XLA reports nothing.
-_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
-_GRAY16_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')
-
-
-@dataclasses.dataclass
-class Generator:
-  """A restored generator: its config, flax module, parameters and checkpoint step."""
-  config: Any  # ml_collections.ConfigDict
-  model: Any
-  params: Any
-  step: int
-
-  @property
-  def scale(self) -> int:
-    return int(self.config.model.scale)
-
-  @property
-  def uses_ref(self) -> bool:
-    from ssen_jax import models  # pylint: disable=import-outside-toplevel
-    return models.uses_reference(self.config.model.variant)
-
-
-def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
-  """Steps saved under `{workdir}/checkpoints` (sorted), read from the folder names."""
-  from ssen_jax.core import checkpointing  # pylint: disable=import-outside-toplevel
-  ckpt = checkpointing.checkpoint_dir(workdir)
-  if not ckpt.is_dir():
-    return []
-  return sorted(int(p.name) for p in ckpt.iterdir() if p.is_dir() and p.name.isdigit())
-
-
-def load_generator(workdir: str | os.PathLike, step: Optional[int] = None,
-                   best: bool = False) -> Generator:
-  """Restores the generator of a training workdir on this host's devices.
-
-  Args:
-    workdir: a training workdir (holds config.json and checkpoints/).
-    step: checkpoint step; None takes the latest (or the best with `best`).
-    best: prefer the checkpoint with the best evaluation PSNR.
-
-  Raises:
-    FileNotFoundError: not a workdir, no checkpoint in it, or no checkpoint at `step`.
-  """
-  import jax  # pylint: disable=import-outside-toplevel
-  from ssen_jax.core import checkpointing  # pylint: disable=import-outside-toplevel
-  from ssen_jax.training import steps  # pylint: disable=import-outside-toplevel
-  if not checkpointing.workdir_path(workdir).is_dir():
-    raise FileNotFoundError(f'workdir {workdir} does not exist or is not a folder')
-  config = checkpointing.read_config(workdir)
-  saved = checkpoint_steps(workdir)
-  if not saved:  # Checked before building anything: a clear message, fast.
-    raise FileNotFoundError(f'workdir {workdir} holds no checkpoint (has training run?)')
-  if step is not None and step not in saved:
-    raise FileNotFoundError(f'workdir {workdir} has no checkpoint at step {step} '
-                            f'(saved: {", ".join(map(str, saved))})')
-  trainer = steps.Trainer(config, steps.create_mesh(jax.local_devices()[:1]))
-  try:
-    params, restored_step = checkpointing.restore_params(workdir, trainer.abstract_state(),
-                                                         step=step, best=best)
-  except FileNotFoundError:
-    raise FileNotFoundError(f'workdir {workdir} holds no checkpoint (has training run?)') from None
-  return Generator(config=config, model=trainer.model, params=params, step=int(restored_step))
-
-
-# ---------------------------------------------------------------------------------------------
-# Images.
-
-
-@dataclasses.dataclass
-class InputImage:
-  """An image as the network sees it, plus what is needed to write the result back alike.
-
-  Attributes:
-    rgb: (H, W, 3) float32 in [0, 1] (grayscale replicated).
-    alpha: (H, W) float32 in [0, 1], or None.
-    gray: the file was grayscale; the output is written as grayscale.
-    bits: 8 or 16, the bit depth of the output.
-    notes: remarks for the user (e.g. precision lost on reading).
-  """
-  rgb: np.ndarray
-  alpha: Optional[np.ndarray]
-  gray: bool
-  bits: int
-  notes: list[str] = dataclasses.field(default_factory=list)
-
-
-def _png_header(path: pathlib.Path) -> tuple[int, int]:
-  """(bit depth, colour type) of a PNG file's IHDR, or (0, -1) for other files."""
-  with open(path, 'rb') as f:
-    head = f.read(26)
-  if len(head) == 26 and head.startswith(_PNG_SIGNATURE) and head[12:16] == b'IHDR':
-    return head[24], head[25]
-  return 0, -1
-
-
-def read_image(path: str | os.PathLike) -> InputImage:
-  """Reads an LR image or a reference for inference.
-
-  Raises:
-    datasets.DatasetError: missing file, a folder, or a truncated/unreadable image.
-  """
-  path = pathlib.Path(path)
-  if not path.exists():
-    raise datasets.DatasetError(f'{path} does not exist')
-  if path.is_dir():
-    raise datasets.DatasetError(f'{path} is a folder, not an image file')
-  try:
-    depth, colour_type = _png_header(path)
-    with Image.open(path) as img:
-      img.load()
-      mode = img.mode
-      if mode in _GRAY16_MODES:
-        arr = np.clip(np.asarray(img, np.float64), 0, 65535) / 65535.0
-        rgb = np.repeat(arr.astype(np.float32)[..., None], 3, axis=-1)
-        return InputImage(rgb, None, gray=True, bits=16)
-      has_alpha = mode in ('RGBA', 'LA', 'PA', 'La', 'RGBa') or 'transparency' in img.info
-      gray = mode in ('1', 'L', 'LA', 'La')
-      rgba = np.asarray(img.convert('RGBA'), np.float32) / 255.0
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-    raise datasets.DatasetError(f'cannot read image {path}: {e}') from None
-  notes = []
-  if depth == 16 and colour_type in (2, 4, 6):
-    notes.append(f'{path.name} is a 16-bit colour PNG: Pillow reads it at 8 bits per channel, '
-                 'so the output is 8-bit')
-  return InputImage(np.ascontiguousarray(rgba[..., :3]), rgba[..., 3] if has_alpha else None,
-                    gray=gray, bits=8, notes=notes)
-
-
-def to_pil(sr: np.ndarray, like: InputImage, alpha: Optional[np.ndarray] = None) -> Image.Image:
-  """The SR result (sH, sW, 3) float in [0, 1] as a Pillow image of the input's kind.
-
-  Grayscale inputs give L (8-bit) or I;16 (16-bit) images, the mean of the three channels; colour
-  gives RGB; `alpha` (sH, sW) in [0, 1] adds an alpha channel (LA / RGBA, 8-bit).
-  """
-  x = np.clip(np.asarray(sr, np.float64), 0.0, 1.0)
-  if like.gray:
-    x = x.mean(axis=-1)
-  if like.bits == 16 and like.gray and alpha is None:
-    return Image.fromarray(np.floor(x * 65535 + 0.5).astype(np.uint16))
-  out = np.floor(x * 255 + 0.5).astype(np.uint8)  # Round half up, as metrics.to_uint8.
-  if alpha is not None:
-    a = np.floor(np.clip(alpha, 0, 1) * 255 + 0.5).astype(np.uint8)
-    out = np.concatenate([out.reshape(out.shape[:2] + (-1,)), a[..., None]], axis=-1)
-    return Image.fromarray(out, 'LA' if like.gray else 'RGBA')
-  return Image.fromarray(out, 'L' if like.gray else 'RGB')
-
-
-def save_png_atomic(image: Image.Image, path: str | os.PathLike) -> None:
-  """Writes a PNG to a temporary file beside `path`, then renames it over `path`."""
-  path = pathlib.Path(path)
-  fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      image.save(f, format='PNG')
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would otherwise survive the rename.
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
-
-
-def self_reference(lr: np.ndarray, scale: int) -> np.ndarray:
-  """(H, W, 3) in [0, 1] -> its MATLAB bicubic x`scale` upscaling (sH, sW, 3) float32 in [0, 1]."""
-  return np.clip(imresize_lib.imresize(lr.astype(np.float64), scale), 0, 1).astype(np.float32)
-
-
-def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
-  """(H, W) alpha -> (sH, sW) by MATLAB bicubic, clipped to [0, 1]."""
-  return np.clip(imresize_lib.imresize(alpha.astype(np.float64), scale), 0, 1)
-
-
-def prepare_reference(ref: Optional[np.ndarray], lr: np.ndarray, scale: int) -> np.ndarray:
-  """The reference the network gets: `ref` fitted to (sH, sW) or the self-reference.
-
-  Args:
-    ref: (h, w, 3) float in [0, 1] of any size, or None.
-    lr: (H, W, 3) float in [0, 1].
-    scale: SR factor.
-
-  Returns:
-    (scale*H, scale*W, 3) float32.
-  """
-  if ref is None:
-    return self_reference(lr, scale)
-  h, w = lr.shape[:2]
-  return np.ascontiguousarray(datasets.fit_reference(ref, scale * h, scale * w), np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,14 +115,12 @@ def default_memory_bytes() -> int:
 class Upscaler:
   """Runs a generator on whole images or tiles, one compiled executable per input shape."""
 
-  def __init__(self, gen: Generator, log: Callable[[str], None] = lambda _: None):
+  def __init__(self, gen: Any, log: Callable[[str], None] = lambda _: None):
+    """`gen`: an `ssen_jax.inference.restore.Generator`."""
     import jax  # pylint: disable=import-outside-toplevel
-    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     self.gen = gen
     self.log = log
-    uses_ref = gen.uses_ref
-    self._fn = jax.jit(lambda p, lr, ref: jnp.clip(
-        gen.model.apply({'params': p}, lr, ref if uses_ref else None), 0.0, 1.0))
+    self._fn = gen.sr_fn
     self._compiled: dict[tuple[int, int], Any] = {}
     self._param_bytes = sum(int(np.prod(x.shape)) * x.dtype.itemsize
                             for x in jax.tree.leaves(gen.params))

@@ -17,8 +17,10 @@ from clu import metric_writers
 from clu import periodic_actions
 
 from ssen_jax.core import checkpointing
-from ssen_jax.data import datasets
-from ssen_jax.eval import protocol as evaluation
+from ssen_jax.core import sharding
+from ssen_jax.eval import protocol
+from ssen_jax.eval import tables
+from ssen_jax.inference import restore
 from ssen_jax.training import steps
 
 
@@ -43,8 +45,7 @@ def resolve_data_paths(config: ml_collections.ConfigDict) -> Dict[str, str]:
 def load_eval_examples(config: ml_collections.ConfigDict, eval_dir: str) -> List[dict]:
   if not eval_dir:
     return []
-  loader = datasets.load_cufed5 if config.data.eval_dataset == 'cufed5' else datasets.load_folder
-  examples = loader(eval_dir, config.model.scale)
+  examples = protocol.load_dataset(config.data.eval_dataset, eval_dir, config.model.scale)
   if config.data.eval_max_images:
     examples = examples[:config.data.eval_max_images]
   return examples
@@ -56,19 +57,16 @@ def _initial_state(trainer: steps.Trainer, config: ml_collections.ConfigDict, ma
     state = checkpointing.restore(manager, trainer.abstract_state())
     logging.info('Resumed from step %d.', int(state['step']))
     return state
-  state = trainer.init_state(config.seed)
-  if config.gan.init_workdir:
-    source_config = checkpointing.read_config(config.gan.init_workdir)
-    source = steps.Trainer(source_config, trainer.mesh)
-    params, step = checkpointing.restore_params(config.gan.init_workdir, source.abstract_state(),
-                                                best=True)
-    state = dict(state, params=params)
-    logging.info('Generator initialised from %s (step %d).', config.gan.init_workdir, step)
-  return state
+  if not config.gan.init_workdir:
+    return trainer.init_state(config.seed)
+  source = restore.load_generator(config.gan.init_workdir, best=True,
+                                  sharding=sharding.replicated(trainer.mesh))
+  logging.info('Generator initialised from %s (step %d).', config.gan.init_workdir, source.step)
+  return trainer.init_state(config.seed, params=source.params)
 
 
 def _check_finite(step: int, metrics: Dict[str, Any], manager) -> None:
-  loss = float(evaluation.local_value(metrics['loss']))
+  loss = float(sharding.local_value(metrics['loss']))
   if not np.isfinite(loss):
     raise NonFiniteLossError(
         f'loss became {loss} at step {step}; training stopped. The last good checkpoint '
@@ -79,11 +77,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   """Trains `config` in `workdir` (resuming if it holds checkpoints) and evaluates it.
 
   Returns:
-    The last evaluation's results (`evaluation.evaluate_model`), or {} without an eval set.
+    The last evaluation's results (`protocol.evaluate_model`), or {} without an eval set.
   """
   checkpointing.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
   checkpointing.write_config(workdir, config)
-  mesh = steps.create_mesh()
+  mesh = sharding.create_mesh()
   trainer = steps.Trainer(config, mesh)
   if config.batch_size % jax.device_count():
     raise ValueError(f'batch_size {config.batch_size} is not divisible by the '
@@ -91,17 +89,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   paths = resolve_data_paths(config)
   eval_examples = load_eval_examples(config, paths.get('eval_dir', ''))
-  sr_jit = trainer.make_sr_fn()
+  sr_jit = restore.make_sr_fn(trainer.model, trainer.uses_ref)
 
   def run_eval(state, step):
-    results = evaluation.evaluate_model(eval_examples, sr_jit, state['params'],
+    results = protocol.evaluate_model(eval_examples, sr_jit, state['params'],
                                         scale=config.model.scale, uses_ref=trainer.uses_ref)
-    writer.write_scalars(step, evaluation.scalar_summary(results))
+    writer.write_scalars(step, tables.scalar_summary(results))
     if config.num_image_summaries:
-      writer.write_images(step, evaluation.summary_images(
+      writer.write_images(step, protocol.summary_images(
           eval_examples, sr_jit, state['params'], scale=config.model.scale,
           uses_ref=trainer.uses_ref, count=config.num_image_summaries))
-    logging.info('Step %d eval: %s', step, evaluation.describe(results))
+    logging.info('Step %d eval: %s', step, tables.describe(results))
     return results
 
   from ssen_jax.data import input_pipeline  # TensorFlow is imported by the input pipeline only.
@@ -109,7 +107,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   manager = checkpointing.create_manager(workdir, save_every=config.checkpoint_every_steps,
                                          keep=config.keep_checkpoints)
   state = _initial_state(trainer, config, manager)
-  start = int(evaluation.local_value(state['step']))
+  start = int(sharding.local_value(state['step']))
   total = config.num_train_steps
   last_results: Dict[str, Any] = {}
   if start >= total:
@@ -135,7 +133,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     with checkpointing.PreemptionFlag() as preemption:
       for step in range(start + 1, total + 1):
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
-          batch = steps.global_batch(next(train_iter), mesh)
+          batch = sharding.global_batch(next(train_iter), mesh)
           state, metrics = trainer.train_step(state, batch)
         if pending is not None:
           _check_finite(*pending, manager)
@@ -147,7 +145,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         do_eval = bool(eval_examples) and (step % config.eval_every_steps == 0 or is_last)
         if step % config.log_every_steps == 0 or is_last:
           _check_finite(step, metrics, manager)
-          scalars = jax.tree.map(lambda *xs: float(np.mean([evaluation.local_value(x) for x in xs])),
+          scalars = jax.tree.map(lambda *xs: float(np.mean([sharding.local_value(x) for x in xs])),
                                  *window)
           writer.write_scalars(step, {f'train/{k}': v for k, v in scalars.items()})
           window = []
