@@ -2,7 +2,7 @@
 
 The only runtime module besides `data_prep` that imports TensorFlow (hidden from GPUs here).
 
-Reads the TFRecords of `data_prep.convert` / `ssen_jax.demo_data` (keys in `ssen_jax.datasets`).
+Reads the TFRecords of `data_prep.convert` / `data.demo_data` (keys in `ssen_jax.data.datasets`).
 Per example:
 
 1. HR: a random `hr_patch` x `hr_patch` crop (uniform offset), then one of the 8 dihedral
@@ -12,7 +12,7 @@ Per example:
    per axis, padded at the bottom/right by symmetric reflection (edge repeated, as numpy's
    'symmetric') when smaller than `hr_patch`, then its own random dihedral transform.
 3. LR: MATLAB bicubic `imresize(hr, 1 / scale)` of the augmented uint8 HR crop, rounded to uint8
-   after each axis exactly like `ssen_jax.imresize.imresize` (same weight matrices, float64).
+   after each axis exactly like `ssen_jax.data.imresize` (same weight matrices, float64).
 4. Everything is returned as float32 in [0, 1] (uint8 levels / 255), NHWC.
 
 Determinism and exact resume: every host keeps its share of encoded PNG bytes in memory. Example
@@ -56,7 +56,7 @@ def imresize_tf(img: tf.Tensor, scale: float) -> tf.Tensor:
 
   Returns:
     uint8 for uint8 input (rounded half away from zero and saturated after each axis, as MATLAB
-    and `ssen_jax.imresize.imresize`), else float64. Shape (..., ceil(H s), ceil(W s), C).
+    and `ssen_jax.data.imresize`), else float64. Shape (..., ceil(H s), ceil(W s), C).
   """
   height, width = img.shape[-3], img.shape[-2]
   if height is None or width is None:
@@ -87,13 +87,6 @@ def crop_origin(shape: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
   y = tf.random.stateless_uniform([], s_y, 0, shape[0] - height + 1, dtype=tf.int32)
   x = tf.random.stateless_uniform([], s_x, 0, shape[1] - width + 1, dtype=tf.int32)
   return y, x
-
-
-def random_crop(image: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
-                seed: tf.Tensor) -> tf.Tensor:
-  """Uniform random (height, width) window of (H, W, C), H >= height, W >= width (stateless)."""
-  y, x = crop_origin(tf.shape(image), height, width, seed)
-  return image[y:y + height, x:x + width]
 
 
 def symmetric_pad_to(image: tf.Tensor, size: int) -> tf.Tensor:
