@@ -1,4 +1,4 @@
-"""`ssen_jax.convert`: the naming rule, round trips, .pth loading, and its error messages."""
+"""`ssen_jax.interop.convert`: the naming rule, round trips, .pth loading, and its error messages."""
 import subprocess
 import sys
 

@@ -1,4 +1,4 @@
-"""data_prep.convert on tiny fake layouts built from real images (skimage.data)."""
+"""ssen_jax.data_prep.convert on tiny fake layouts built from real images (skimage.data)."""
 import os
 import subprocess
 import sys

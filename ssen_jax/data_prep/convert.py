@@ -14,7 +14,7 @@ Expected input layouts (see data_prep/README.md for where to download each):
 
 Output: OUTPUT/NAME-00000-of-0000K.tfrecord ... (NAME = --name, default the dataset) and
 OUTPUT/NAME.json (counts, features, skipped files). Records are `tf.train.Example`s of BytesLists
-(`ssen_jax.datasets` defines the keys):
+(`ssen_jax.data.datasets` defines the keys):
 
   'name'  example name (utf-8): the file stem, the CUFED5 group id, or STEM_rR_cC for a tile.
   'hr'    PNG, RGB uint8: the HR image (or tile).
