@@ -70,3 +70,13 @@ def test_single_group_has_no_unrelated_control():
   res = evaluation.evaluate_model([ex], _blend_model(0.5), None, scale=4, uses_ref=True)
   assert set(res['controls']) == {'oracle'} and res['ref_gain'] is None
   assert 'ref_gain' not in tables.scalar_summary(res)
+
+
+def test_summary_images_show_bicubic_sr_hr_and_reference():
+  exs = _groups(2)
+  imgs = evaluation.summary_images(exs, _blend_model(1.0), None, scale=4, uses_ref=True, count=1)
+  (name, panel), = imgs.items()
+  assert name == 'eval/000' and panel.shape == (1, 64, 4 * 64, 3)
+  hr = exs[0]['hr'] / 255.0
+  np.testing.assert_allclose(panel[0, :, 128:192], hr, atol=1e-6)  # The HR panel.
+  np.testing.assert_allclose(panel[0, :, 64:128], hr, atol=1e-6)  # SR = XH reference = HR.

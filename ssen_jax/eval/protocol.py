@@ -179,7 +179,7 @@ def evaluate_model(examples: Sequence[dict], sr_jit: Callable, params: Any, *, s
 def summary_images(examples: Sequence[dict], sr_jit: Callable, params: Any, *, scale: int,
                    uses_ref: bool, count: int) -> Dict[str, np.ndarray]:
   """bicubic | SR | HR | reference (XH, fitted) side by side, for the first `count` examples."""
-  images = {}
+  out = {}
   for ex in list(examples)[:count]:
     hr = ex['hr'].astype(np.float32) / 255.0
     level = 0 if (uses_ref and ex['refs']) else None
@@ -188,5 +188,5 @@ def summary_images(examples: Sequence[dict], sr_jit: Callable, params: Any, *, s
     panels = [images.self_reference(ex['lr'].astype(np.float64) / 255.0, scale), sr, hr]
     if ex['refs']:
       panels.append(images.fit_reference(ex['refs'][0], *hr.shape[:2]).astype(np.float32) / 255.0)
-    images[f'eval/{ex["name"]}'] = np.concatenate(panels, axis=1)[None]
-  return images
+    out[f'eval/{ex["name"]}'] = np.concatenate(panels, axis=1)[None]
+  return out
