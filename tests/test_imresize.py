@@ -1,7 +1,6 @@
 """MATLAB imresize: a literal transcription of MATLAB's algorithm as the oracle, plus properties."""
 import math
 
-import jax
 import numpy as np
 import pytest
 import skimage.data

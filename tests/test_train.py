@@ -14,7 +14,6 @@ import jax
 import numpy as np
 import pytest
 
-from ssen_jax.core import checkpointing
 from ssen_jax.core import sharding
 from ssen_jax.data import demo_data
 from ssen_jax.inference import restore

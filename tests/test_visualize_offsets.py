@@ -10,7 +10,6 @@ import skimage.data
 from PIL import Image
 
 from ssen_jax.data import imresize as imresize_lib
-from ssen_jax import visualize_offsets
 from ssen_jax.data import images as image_io
 from ssen_jax.inference import offsets as vo
 from test_infer import assert_error, make_workdir, run_cli, run_many

@@ -46,7 +46,7 @@ from PIL import Image
 from skimage import transform
 
 from ssen_jax.data import datasets
-from ssen_jax.data import images
+from ssen_jax.data.images import read_image
 
 DEMO_NAME = 'ssen_demo_v3'
 TRAIN_SOURCES = ('astronaut.png', 'rocket.jpg', 'hubble_deep_field.jpg', 'ihc.png', 'camera.png',
@@ -73,7 +73,7 @@ class DemoData(NamedTuple):
 def _source(name: str) -> np.ndarray:
   """An RGB uint8 image from skimage's installed data folder (no network: files only)."""
   import skimage  # pylint: disable=g-import-not-at-top
-  return images.read_image(pathlib.Path(skimage.__file__).parent / 'data' / name).uint8()
+  return read_image(pathlib.Path(skimage.__file__).parent / 'data' / name).uint8()
 
 
 def _view(img: np.ndarray, center: tuple[float, float], size: int, *, angle: float = 0.0,
