@@ -108,7 +108,11 @@ REF_AUGMENTS = ('independent', 'paired', 'mixed')
 class RefMix(NamedTuple):
   """Where each training reference comes from (all probabilities per example).
 
-  With probability `shifted_prob` the reference is a view of the example's own HR image, cut
+  With probability `aligned_prob` the reference is the HR crop itself (the same view of the
+  example's own HR image, shifted by at most `aligned_jitter` HR pixels per axis, as real
+  references are never pixel-exact; `photometric` applies): a steady share of references that pay
+  off when copied keeps the reference path worth using (with the L1-like Charbonnier loss a
+  reference the network cannot yet tell good from bad is worth copying only while most are good). With probability `shifted_prob` the reference is a view of the example's own HR image, cut
   `shift` HR pixels away from the HR crop (each axis an integer uniform in [-m, m]; m is 0, i.e.
   the reference is aligned, until step `shift_ramp_start`, then grows linearly to `shift_max` over
   `shift_ramp_steps` steps: a curriculum from aligned to several LR pixels of misalignment; with
@@ -121,6 +125,8 @@ class RefMix(NamedTuple):
   """
   shifted_prob: float = 0.0
   unrelated_prob: float = 0.0
+  aligned_prob: float = 0.0
+  aligned_jitter: float = 0.0
   shift_ramp_start: int = 0
   shift_max: float = 8.0
   shift_ramp_steps: int = 0
@@ -129,7 +135,11 @@ class RefMix(NamedTuple):
 
   @property
   def active(self) -> bool:
-    return self.shifted_prob > 0 or self.unrelated_prob > 0
+    return self.shifted_prob > 0 or self.unrelated_prob > 0 or self.aligned_prob > 0
+
+  @property
+  def total(self) -> float:
+    return self.shifted_prob + self.unrelated_prob + self.aligned_prob
 
   def max_shift(self, step: tf.Tensor) -> tf.Tensor:
     """m at `step` (float64 scalar): the curriculum's current largest shift in HR pixels."""
@@ -325,7 +335,7 @@ def create_train_iterator(*, file_pattern: str, kind: str, hr_patch: int, scale:
     raise ValueError(f'process_index={process_index} not in [0, {process_count})')
   if ref_mix.active and kind != 'refsr':
     raise ValueError(f'ref_mix needs kind=refsr, got {kind!r}')
-  if ref_mix.shifted_prob + ref_mix.unrelated_prob > 1:
+  if ref_mix.total > 1 + 1e-9:
     raise ValueError(f'ref_mix probabilities add up to more than 1: {ref_mix}')
   hide_gpus_from_tf()
   files = host_shards(file_pattern, process_index, process_count)
@@ -365,6 +375,10 @@ def create_train_iterator(*, file_pattern: str, kind: str, hr_patch: int, scale:
       return shifted_view_example(hr, ex_seed, ref_mix.max_shift(step), hr_patch=hr_patch,
                                   scale=scale, photometric=ref_mix.photometric,
                                   quantum=ref_mix.shift_quantum)
+    def aligned():
+      jitter = tf.constant(float(ref_mix.aligned_jitter), tf.float64)
+      return shifted_view_example(hr, ex_seed, jitter, hr_patch=hr_patch,
+                                  scale=scale, photometric=ref_mix.photometric)
     def unrelated():
       draw = tf.random.experimental.stateless_fold_in(mix_seed, 1)
       other = (index + 1 + tf.random.stateless_uniform(
@@ -372,9 +386,9 @@ def create_train_iterator(*, file_pattern: str, kind: str, hr_patch: int, scale:
       other_hr = tf.io.decode_png(tf.gather(records['hr'], other), channels=3)
       return augment_example(hr, other_hr, ex_seed, hr_patch=hr_patch, scale=scale,
                              ref_augment='independent')
-    return tf.case([(u < ref_mix.shifted_prob, shifted),
-                    (u < ref_mix.shifted_prob + ref_mix.unrelated_prob, unrelated)],
-                   default=from_record)
+    p_shift, p_unrel = ref_mix.shifted_prob, ref_mix.shifted_prob + ref_mix.unrelated_prob
+    return tf.case([(u < p_shift, shifted), (u < p_unrel, unrelated),
+                    (u < p_unrel + ref_mix.aligned_prob, aligned)], default=from_record)
 
   ds = tf.data.Dataset.range(start_step * batch, np.iinfo(np.int64).max)
   ds = ds.map(make_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
