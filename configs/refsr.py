@@ -111,18 +111,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.use_nonlocal = False
   if 'demo' in variants:
     d.demo = True
-    # References that teach the network to use them (measured, README "Reference use"): most are
-    # the HR crop itself up to 2 HR px away (Charbonnier is L1-like, so a reference is worth
-    # copying only while most are good), a quarter are shifted views whose misalignment grows
-    # from 0 to 12 HR px after step 200 (the gate learns to reject them), the rest unrelated.
+    # References that make the network use them (measured, README "Reference use"): most are
+    # the HR crop itself (Charbonnier is L1-like, so an unreliable reference is worth copying only
+    # while most references are good; +-2 px of jitter already closed the path), a quarter are
+    # shifted views whose misalignment grows after step 200 to 2 LR pixels in whole LR pixels
+    # (what bilinear sampling of LR-grid features can undo), the rest unrelated (gating).
     d.ref_augment = 'paired'
     d.ref_mix.aligned_prob = 0.6
-    d.ref_mix.aligned_jitter = 2.0
     d.ref_mix.shifted_prob = 0.25
     d.ref_mix.unrelated_prob = 0.15
     d.ref_mix.shift_ramp_start = 200
     d.ref_mix.shift_ramp_steps = 600
-    d.ref_mix.shift_max = 12.0
+    d.ref_mix.shift_max = 8.0
+    d.ref_mix.shift_quantum = 4
     d.ref_mix.photometric = 0.1
     m.features = 32
     m.num_extract_blocks = 2
