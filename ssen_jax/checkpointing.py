@@ -24,6 +24,10 @@ BEST_METRIC = 'eval_psnr'
 PathLike = str | os.PathLike
 
 
+class NoBestCheckpointError(FileNotFoundError):
+  """`--best` asked for, but no checkpoint of the workdir carries an eval PSNR."""
+
+
 def workdir_path(workdir: PathLike) -> epath.Path:
   """The workdir as a path that also understands gs:// (TPU VMs keep workdirs in buckets)."""
   path = epath.Path(workdir)
@@ -34,16 +38,26 @@ def checkpoint_dir(workdir: PathLike) -> epath.Path:
   return workdir_path(workdir) / 'checkpoints'
 
 
+def best_metric(metrics: Optional[Dict[str, Any]]) -> float:
+  """The ranking value of a checkpoint's saved metrics: its eval PSNR (-inf if absent or NaN)."""
+  value = float((metrics or {}).get(BEST_METRIC, float('-inf')))
+  return value if value == value else float('-inf')
+
+
 def create_manager(workdir: PathLike, *, save_every: int, keep: int,
                    read_only: bool = False) -> ocp.CheckpointManager:
   """A CheckpointManager that saves every `save_every` steps and on preemption.
 
   Keeps the `keep` latest checkpoints and, in addition, the one with the highest eval PSNR (saves
-  made at evaluation steps carry that metric).
+  made at evaluation steps carry that metric). `best_fn` must be set for Orbax to write the
+  metrics beside each checkpoint (`checkpoints/STEP/metrics/metrics`), to read them back after a
+  restart and to rank by them in `best_step()`; without it `best_step()` is `latest_step()`.
+  Checkpoints saved without metrics (interval, preemption and final saves between evaluations)
+  take no part in the ranking: the latest `keep` protect them.
   """
   preservation = policies.AnyPreservationPolicy([
       policies.LatestN(n=keep),
-      policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=1,
+      policies.BestN(get_metric_fn=best_metric, reverse=False, n=1,
                      keep_checkpoints_without_metrics=False),
   ])
   saving = policies.AnySavePolicy([
@@ -52,6 +66,7 @@ def create_manager(workdir: PathLike, *, save_every: int, keep: int,
   ])
   options = ocp.CheckpointManagerOptions(
       enable_async_checkpointing=not read_only, preservation_policy=preservation,
+      best_fn=best_metric, best_mode='max',
       save_decision_policy=saving, read_only=read_only, create=not read_only)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
@@ -72,11 +87,21 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: Optional[
 
 
 def restore_params(workdir: PathLike, abstract_state: Any,
-                   step: Optional[int] = None, best: bool = False):
-  """Parameters of a finished or running run (the latest, a given step, or the best)."""
+                   step: Optional[int] = None, best: bool = False,
+                   best_or_latest: bool = False):
+  """Parameters of a finished or running run (the latest, a given step, or the best).
+
+  Args:
+    best: the checkpoint with the highest eval PSNR; FileNotFoundError if none carries one.
+    best_or_latest: the best, else (no evaluation was saved) the latest.
+  """
   with create_manager(workdir, save_every=1, keep=1, read_only=True) as manager:
     if step is None:
-      step = manager.best_step() if best else manager.latest_step()
+      step = manager.best_step() if best or best_or_latest else manager.latest_step()
+      if step is None and best and manager.latest_step() is not None:
+        raise NoBestCheckpointError(
+            f'no checkpoint in {checkpoint_dir(workdir)} carries an eval PSNR (the run saved '
+            'no evaluation), so there is no best one; leave out --best for the latest')
       if step is None:
         step = manager.latest_step()
     if step is None:

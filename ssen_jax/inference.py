@@ -116,6 +116,8 @@ def load_generator(workdir: str | os.PathLike, step: Optional[int] = None,
   try:
     params, restored_step = checkpointing.restore_params(workdir, trainer.abstract_state(),
                                                          step=step, best=best)
+  except checkpointing.NoBestCheckpointError:
+    raise
   except FileNotFoundError:
     raise FileNotFoundError(f'workdir {workdir} holds no checkpoint (has training run?)') from None
   return Generator(config=config, model=trainer.model, params=params, step=int(restored_step))

@@ -39,8 +39,13 @@ def _cluster_detected() -> bool:
 class _LibraryInfoFilter(logging.logging.Filter):
   """Drops INFO records from Orbax and JAX internals so that training progress stays readable."""
   NOISY = ('/orbax/', '/jax/_src/', '/tensorstore/')
+  # Orbax warns at every save without metrics once best_fn is set; saves between evaluations
+  # carry none by design (ssen_jax.checkpointing.create_manager).
+  EXPECTED = ('Requested `tracked_metric`; did not provide metrics.',)
 
   def filter(self, record):
+    if record.getMessage() in self.EXPECTED:
+      return False
     return record.levelno > logging.logging.INFO or not any(
         part in record.pathname for part in self.NOISY)
 

@@ -61,7 +61,7 @@ def _initial_state(trainer: steps.Trainer, config: ml_collections.ConfigDict, ma
     source_config = checkpointing.read_config(config.gan.init_workdir)
     source = steps.Trainer(source_config, trainer.mesh)
     params, step = checkpointing.restore_params(config.gan.init_workdir, source.abstract_state(),
-                                                best=True)
+                                                best_or_latest=True)
     state = dict(state, params=params)
     logging.info('Generator initialised from %s (step %d).', config.gan.init_workdir, step)
   return state
