@@ -23,7 +23,7 @@ from ssen_jax import steps
 
 
 class NonFiniteLossError(RuntimeError):
-  """The loss became NaN or inf; training stopped without saving the bad state."""
+  """The loss, gradients or parameters became NaN or inf; training stopped without saving."""
 
 
 def resolve_data_paths(config: ml_collections.ConfigDict) -> Dict[str, str]:
@@ -68,10 +68,20 @@ def _initial_state(trainer: steps.Trainer, config: ml_collections.ConfigDict, ma
 
 
 def _check_finite(step: int, metrics: Dict[str, Any], manager) -> None:
-  loss = float(evaluation.local_value(metrics['loss']))
-  if not np.isfinite(loss):
+  """Raises NonFiniteLossError if step `step` made the loss, the gradients or the new state
+  (parameters and optimiser state, `params_finite` computed inside the step) non-finite."""
+  value = lambda k: float(evaluation.local_value(metrics[k]))
+  bad = None
+  for key, what in (('loss', 'loss'), ('disc_loss', 'discriminator loss'),
+                    ('grad_norm', 'gradient norm')):
+    if key in metrics and not np.isfinite(value(key)):
+      bad = f'{what} became {value(key)}'
+      break
+  if bad is None and 'params_finite' in metrics and not value('params_finite'):
+    bad = 'parameters or optimiser state became non-finite'
+  if bad is not None:
     raise NonFiniteLossError(
-        f'loss became {loss} at step {step}; training stopped. The last good checkpoint '
+        f'{bad} at step {step}; training stopped without saving it. The last good checkpoint '
         f'(step {manager.latest_step()}) is intact.')
 
 

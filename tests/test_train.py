@@ -178,6 +178,18 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(demo_dir, tmp_path):
   assert_all_finite(params)
 
 
+def test_non_finite_parameters_with_finite_loss_are_never_saved(demo_dir, tmp_path):
+  # An infinite learning rate: step 1's loss and gradients are finite (computed before the
+  # update), its new parameters are not. The old guard looked at the loss only and saved them.
+  config = tiny_config(demo_dir)
+  config.optim.learning_rate = 1e39
+  config.eval_every_steps = 1000
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r'^parameters or optimiser state became non-finite at step 1;'):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not [p for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()]
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
