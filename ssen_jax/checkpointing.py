@@ -6,6 +6,7 @@ The config of the run is written beside them as `config.json`, so that `infer`, 
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 CONFIG_FILE = 'config.json'
+CONFIG_HISTORY_FILE = 'config_history.json'
 BEST_METRIC = 'eval_psnr'
 
 
@@ -115,6 +117,98 @@ def write_config(workdir: PathLike, config: ml_collections.ConfigDict) -> None:
     tmp = workdir_path(workdir) / (CONFIG_FILE + '.tmp')
     tmp.write_text(config.to_json_best_effort(indent=2))
     tmp.replace(path)
+
+
+class ConfigChangeError(ValueError):
+  """A resumed run's config differs from the one its checkpoints were trained with."""
+
+
+# Fields that change the shapes or the structure of the saved state: a checkpoint cannot be
+# restored under another value. Prefixes end with '.'.
+SHAPE_FIELDS = ('model.', 'gan.disc_features')
+# Fields whose zero-ness adds or removes parts of the state (discriminator, clipping state).
+STRUCTURE_IF_ZERO = ('loss.adversarial_weight', 'optim.grad_clip_norm')
+# Bookkeeping that a resumed run may change without --allow_config_change (still recorded):
+# extending a run, logging, evaluation and checkpoint cadence.
+FREE_FIELDS = ('num_train_steps', 'log_every_steps', 'eval_every_steps',
+               'checkpoint_every_steps', 'keep_checkpoints', 'num_image_summaries')
+
+
+def saved_steps(workdir: PathLike) -> list:
+  """Steps saved under `{workdir}/checkpoints`, from the folder names (no Orbax needed)."""
+  ckpt = checkpoint_dir(workdir)
+  if not ckpt.is_dir():
+    return []
+  return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def _flatten(tree: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def config_changes(old: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, tuple]:
+  """{dotted field: (old, new)} for every field that differs (missing on one side: None)."""
+  old, new = _flatten(old), _flatten(new)
+  return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+          if old.get(k) != new.get(k)}
+
+
+def _changes_shapes(field: str, old: Any, new: Any) -> bool:
+  if any(field == f or (f.endswith('.') and field.startswith(f)) for f in SHAPE_FIELDS):
+    return True
+  return field in STRUCTURE_IF_ZERO and bool(old) != bool(new)
+
+
+def check_resume_config(workdir: PathLike, config: ml_collections.ConfigDict, *,
+                        allow_change: bool = False) -> Dict[str, tuple]:
+  """Compares `config` with the `config.json` of a workdir that holds checkpoints; writes nothing.
+
+  Returns:
+    The changes ({field: (old, new)}) to record; {} for a new workdir or an identical config.
+
+  Raises:
+    ConfigChangeError: a field that changes the state's shapes differs (always refused), or other
+      fields differ (outside FREE_FIELDS) and `allow_change` is False. The message names them.
+  """
+  path = workdir_path(workdir) / CONFIG_FILE
+  if not saved_steps(workdir) or not path.exists():
+    return {}  # Nothing trained yet: the new config simply replaces an earlier one.
+  changes = config_changes(json.loads(path.read_text()),
+                           json.loads(config.to_json_best_effort()))
+  describe = lambda fields: ', '.join(f'{k} ({changes[k][0]!r} -> {changes[k][1]!r})'
+                                      for k in fields)
+  shape = [k for k, (a, b) in changes.items() if _changes_shapes(k, a, b)]
+  if shape:
+    raise ConfigChangeError(
+        f'{workdir} holds checkpoints of another network: {describe(shape)} differ from its '
+        f'{CONFIG_FILE}; use a new --workdir (nothing was written)')
+  other = [k for k in changes if k not in FREE_FIELDS]
+  if other and not allow_change:
+    raise ConfigChangeError(
+        f'resuming {workdir} with a changed config: {describe(other)}; pass '
+        f'--allow_config_change to resume with it (recorded in {CONFIG_HISTORY_FILE}) or use a '
+        'new --workdir (nothing was written)')
+  return changes
+
+
+def record_config_change(workdir: PathLike, changes: Dict[str, tuple], step: int) -> None:
+  """Appends to `config_history.json`: the changes, effective from training step `step + 1`."""
+  if not changes or jax.process_index() != 0:
+    return
+  path = workdir_path(workdir) / CONFIG_HISTORY_FILE
+  history = json.loads(path.read_text()) if path.exists() else []
+  history.append({'resumed_from_step': step, 'effective_from_step': step + 1,
+                  'time': datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                  'changes': {k: {'old': a, 'new': b} for k, (a, b) in changes.items()}})
+  tmp = workdir_path(workdir) / (CONFIG_HISTORY_FILE + '.tmp')
+  tmp.write_text(json.dumps(history, indent=2))
+  tmp.replace(path)
 
 
 def read_config(workdir: PathLike) -> ml_collections.ConfigDict:

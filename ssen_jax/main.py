@@ -24,6 +24,10 @@ _COORDINATOR = flags.DEFINE_string(
     'JAX (e.g. several processes on one machine); implies --multihost=on.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'With --coordinator_address.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'With --coordinator_address.')
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    'allow_config_change', False, 'Resume a workdir with a config that differs from its '
+    'config.json in fields that keep the shapes (seed, learning rate, data, ...); the change is '
+    'recorded in config_history.json. Shape changes (model.*, ...) are always refused.')
 
 
 def _cluster_detected() -> bool:
@@ -72,7 +76,8 @@ def main(argv):
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.default_backend())
   try:
-    train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+    train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value,
+                             allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except (train.NonFiniteLossError, ValueError, FileNotFoundError) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)

@@ -85,13 +85,24 @@ def _check_finite(step: int, metrics: Dict[str, Any], manager) -> None:
         f'(step {manager.latest_step()}) is intact.')
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_change: bool = False) -> Dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds checkpoints) and evaluates it.
+
+  A resumed run's config is compared with the workdir's `config.json` before anything is written
+  (`checkpointing.check_resume_config`): shape changes are refused, other changes need
+  `allow_config_change` and are recorded in `config_history.json`.
 
   Returns:
     The last evaluation's results (`evaluation.evaluate_model`), or {} without an eval set.
+
+  Raises:
+    checkpointing.ConfigChangeError: see above.
   """
+  changes = checkpointing.check_resume_config(workdir, config, allow_change=allow_config_change)
   checkpointing.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
+  if changes:
+    checkpointing.record_config_change(workdir, changes, checkpointing.saved_steps(workdir)[-1])
   checkpointing.write_config(workdir, config)
   mesh = steps.create_mesh()
   trainer = steps.Trainer(config, mesh)

@@ -190,6 +190,33 @@ def test_non_finite_parameters_with_finite_loss_are_never_saved(demo_dir, tmp_pa
   assert not [p for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()]
 
 
+def test_resume_refuses_a_changed_config_before_writing(demo_dir, tmp_path):
+  config = tiny_config(demo_dir)
+  config.num_train_steps = 1
+  config.eval_every_steps = 1000
+  train.train_and_evaluate(config, str(tmp_path))
+  stored = (tmp_path / 'config.json').read_bytes()
+
+  wider = tiny_config(demo_dir)
+  wider.model.features = 16
+  with pytest.raises(checkpointing.ConfigChangeError, match=r'model\.features \(8 -> 16\)'):
+    train.train_and_evaluate(wider, str(tmp_path), allow_config_change=True)
+  reseeded = tiny_config(demo_dir)
+  reseeded.update(seed=7, num_train_steps=2, eval_every_steps=1000)
+  with pytest.raises(checkpointing.ConfigChangeError,
+                     match=r'seed \(0 -> 7\); pass --allow_config_change'):
+    train.train_and_evaluate(reseeded, str(tmp_path))
+  assert (tmp_path / 'config.json').read_bytes() == stored  # Refused runs write nothing.
+  assert not (tmp_path / 'config_history.json').exists()
+
+  train.train_and_evaluate(reseeded, str(tmp_path), allow_config_change=True)
+  assert checkpointing.read_config(tmp_path).seed == 7
+  history = json.loads((tmp_path / 'config_history.json').read_text())
+  assert len(history) == 1 and history[0]['effective_from_step'] == 2
+  assert history[0]['changes']['seed'] == {'old': 0, 'new': 7}
+  assert history[0]['changes']['num_train_steps'] == {'old': 1, 'new': 2}
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
