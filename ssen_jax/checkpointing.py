@@ -10,10 +10,12 @@ import datetime
 import json
 import os
 import signal
+import time
 from typing import Any, Dict, Optional
 
 import jax
 import ml_collections
+from absl import logging
 from etils import epath
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
@@ -24,6 +26,10 @@ BEST_METRIC = 'eval_psnr'
 
 
 PathLike = str | os.PathLike
+
+
+class CorruptCheckpointError(RuntimeError):
+  """The latest checkpoint cannot be restored and no earlier one can replace it."""
 
 
 class NoBestCheckpointError(FileNotFoundError):
@@ -86,6 +92,84 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: Optional[
   restored = manager.restore(
       step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
   return restored['state']
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(f'ssen_jax:{name}')
+
+
+def _set_aside(folder: epath.Path, cause: str, previous: int) -> None:
+  """Renames a corrupt step folder (process 0) once every host has stopped reading it."""
+  aside = folder.parent / f'{folder.name}.corrupt-{time.strftime("%Y%m%d-%H%M%S")}'
+  _sync('before_set_aside')
+  if jax.process_index() == 0:
+    folder.rename(aside)
+  _sync('after_set_aside')
+  logging.warning('checkpoint step %s cannot be restored (%s); set aside as %s; resuming from '
+                  'step %d.', folder.name, cause, aside, previous)
+
+
+def _describe(error: BaseException) -> str:
+  text = str(error).splitlines()[0] if str(error) else ''
+  return f'{type(error).__name__}: {text}'[:300]
+
+
+def set_aside_unreadable_latest(workdir: PathLike) -> None:
+  """Before a CheckpointManager opens the folder (it parses every step's metadata and metrics and
+  fails on a truncated one): sets the latest step aside if one of its JSON files does not parse
+  and an earlier step exists. Binary damage is found by `restore_latest_good`."""
+  saved = saved_steps(workdir)
+  _sync('listed_steps')  # Every host has decided from the same listing before any rename.
+  if not saved:
+    return
+  folder = checkpoint_dir(workdir) / str(saved[-1])
+  cause = None
+  # Two levels (STEP/_CHECKPOINT_METADATA, STEP/ITEM/_METADATA, STEP/metrics/metrics): epath
+  # refuses recursive globs, which would be slow on buckets anyway.
+  files = [f for d in [folder] + [p for p in folder.iterdir() if p.is_dir()]
+           for f in d.iterdir() if f.name in ('_CHECKPOINT_METADATA', '_METADATA', 'metrics')]
+  for f in files:
+    if f.is_file():
+      try:
+        json.loads(f.read_text())
+      except (ValueError, UnicodeDecodeError) as e:
+        cause = f'{f.relative_to(folder)}: {_describe(e)}'
+        break
+  if cause is None:
+    return
+  if len(saved) < 2:
+    raise CorruptCheckpointError(f'checkpoint {folder} is damaged ({cause}) and there is no '
+                                 'earlier one; move it away to start afresh')
+  _set_aside(folder, cause, saved[-2])
+
+
+def restore_latest_good(manager: ocp.CheckpointManager, abstract_state: Any):
+  """Restores the latest checkpoint; if it is corrupt or truncated and the one before restores,
+  sets the latest aside (renamed `STEP.corrupt-TIME`, not deleted) with a warning.
+
+  Only one checkpoint is ever set aside: if the previous one fails too, the cause is likely not
+  the files (e.g. a code change), and the original error is raised with nothing renamed.
+  """
+  saved = manager.all_steps()
+  latest = saved[-1]
+  try:
+    return restore(manager, abstract_state, latest)
+  except Exception as e:  # pylint: disable=broad-except  (Orbax/TensorStore raise many kinds)
+    error = e
+  folder = manager.directory / str(latest)
+  if len(saved) < 2:
+    raise CorruptCheckpointError(
+        f'checkpoint {folder} cannot be restored ({_describe(error)}) and there is no earlier '
+        'one; move it away to start afresh') from error
+  try:
+    state = restore(manager, abstract_state, saved[-2])
+  except Exception:  # pylint: disable=broad-except
+    raise error from None
+  _set_aside(folder, _describe(error), saved[-2])
+  manager.reload()
+  return state
 
 
 def restore_params(workdir: PathLike, abstract_state: Any,

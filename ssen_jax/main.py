@@ -70,7 +70,7 @@ def main(argv):
     # CPU processes exchange collectives through gloo; accelerators ignore this setting.
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  from ssen_jax import train
+  from ssen_jax import checkpointing, train
   quiet_library_logs()
   logging.info('JAX process %d/%d, %d local / %d global devices (%s).', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
@@ -78,7 +78,8 @@ def main(argv):
   try:
     train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value,
                              allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  except (train.NonFiniteLossError, ValueError, FileNotFoundError) as e:
+  except (train.NonFiniteLossError, ValueError, FileNotFoundError,
+          checkpointing.CorruptCheckpointError) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)

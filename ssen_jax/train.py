@@ -53,7 +53,7 @@ def load_eval_examples(config: ml_collections.ConfigDict, eval_dir: str) -> List
 def _initial_state(trainer: steps.Trainer, config: ml_collections.ConfigDict, manager):
   """The latest checkpoint's state, else a fresh one (GAN stage: generator from init_workdir)."""
   if manager.latest_step() is not None:
-    state = checkpointing.restore(manager, trainer.abstract_state())
+    state = checkpointing.restore_latest_good(manager, trainer.abstract_state())
     logging.info('Resumed from step %d.', int(state['step']))
     return state
   state = trainer.init_state(config.seed)
@@ -127,6 +127,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   from ssen_jax import input_pipeline  # TensorFlow is imported by the input pipeline only.
 
+  checkpointing.set_aside_unreadable_latest(workdir)
   manager = checkpointing.create_manager(workdir, save_every=config.checkpoint_every_steps,
                                          keep=config.keep_checkpoints)
   state = _initial_state(trainer, config, manager)

@@ -217,6 +217,28 @@ def test_resume_refuses_a_changed_config_before_writing(demo_dir, tmp_path):
   assert history[0]['changes']['num_train_steps'] == {'old': 1, 'new': 2}
 
 
+@pytest.mark.parametrize('damaged', ['all_files', 'array_data'])
+def test_corrupt_latest_checkpoint_is_set_aside(demo_dir, tmp_path, caplog, damaged):
+  config = tiny_config(demo_dir)
+  config.eval_every_steps = 1000
+  train.train_and_evaluate(config, str(tmp_path))  # Checkpoints at steps 1 and 2.
+  json_files = ('_CHECKPOINT_METADATA', '_METADATA', 'metrics')
+  for f in (tmp_path / 'checkpoints' / '2').rglob('*'):  # A save cut short: files truncated.
+    if f.is_file() and (damaged == 'all_files' or f.name not in json_files):
+      f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 3])
+  config.num_train_steps = 3
+  with caplog.at_level('INFO'):
+    train.train_and_evaluate(config, str(tmp_path))
+  warning = [r.getMessage() for r in caplog.records if 'cannot be restored' in r.getMessage()]
+  assert warning and 'resuming from step 1' in warning[0], warning
+  assert any(r.getMessage() == 'Resumed from step 1.' for r in caplog.records)
+  aside = list((tmp_path / 'checkpoints').glob('2.corrupt-*'))
+  assert len(aside) == 1 and any(aside[0].rglob('*'))  # Renamed, not deleted.
+  params, step = final_params(tmp_path)
+  assert step == 3
+  assert_all_finite(params)
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
