@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 from etils import epath
 import orbax.checkpoint as ocp
@@ -302,26 +303,81 @@ def read_config(workdir: PathLike) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
+# Exit status of a run that saved and stopped on SIGTERM (128 + SIGTERM, the shell's convention),
+# distinct from a finished run's 0 and an error's 1: requeue on 143.
+PREEMPTED_EXIT_CODE = 143
+
+
 class PreemptionFlag:
-  """Turns SIGTERM into a flag checked between steps (together with JAX's preemption sync point
-  that `CheckpointManager.reached_preemption` consults on multi-host runs)."""
+  """SIGTERM on this host -> `requested`; decisions that all hosts must share go through JAX.
+
+  Single process (no `jax.distributed`): the flag is the whole story, checked between steps and
+  between evaluation images.
+
+  Several processes: `jax.distributed.initialize()` installed JAX's preemption notifier as the C
+  SIGTERM handler; it tells the coordination service, and `CheckpointManager.reached_preemption`
+  then turns True on every host at the same step (one past the furthest host's step). This class
+  keeps that: its Python handler records the signal and calls the handler it found (JAX's), so
+  the notifier still sees every SIGTERM. Training steps stop on `reached_preemption` only; an
+  evaluation (one host's flag is not the others') asks all hosts between images
+  (`any_host_requested`) and is cut short on all of them at the same image.
+  """
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self._c_handler = None  # The handler found at entry (JAX's notifier), as a C address.
+    self._installed = False
+    self._previous = None  # The Python-level handler found at entry, if any.
+
+  @staticmethod
+  def _libc():
+    import ctypes  # pylint: disable=import-outside-toplevel
+    libc = ctypes.CDLL(None)
+    libc.signal.restype = ctypes.c_void_p
+    libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    return libc
 
   def __enter__(self):
     try:
+      libc = self._libc()
+      current = libc.signal(signal.SIGTERM, 1)  # Reads the C handler (SIG_IGN for an instant).
+      libc.signal(signal.SIGTERM, current)
       self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._installed = True
+      python_trampoline = libc.signal(signal.SIGTERM, 1)
+      libc.signal(signal.SIGTERM, python_trampoline)
+      # A handler neither default (0, read as None), ignore (1) nor Python's own: JAX's notifier.
+      if current not in (None, 1, python_trampoline):
+        self._c_handler = current
     except ValueError:  # Not the main thread (e.g. a notebook worker): rely on JAX's sync point.
-      self._previous = None
+      pass
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
     self.requested = True
+    if self._c_handler not in (None, 0, 1):  # SIG_DFL, SIG_IGN
+      import ctypes  # pylint: disable=import-outside-toplevel
+      ctypes.CFUNCTYPE(None, ctypes.c_int)(self._c_handler)(signum)
+
+  def reached(self, manager: ocp.CheckpointManager, step: int) -> bool:
+    """Whether to save `step` and stop: the same answer on every host."""
+    if jax.process_count() == 1:
+      return self.requested
+    return manager.reached_preemption(step)
+
+  def any_host_requested(self) -> bool:
+    """Whether any host received SIGTERM (a small collective on several hosts: call it on all)."""
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    flags = multihost_utils.process_allgather(np.asarray([self.requested], np.int32))
+    return bool(np.any(flags))
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    if self._installed:
+      if self._c_handler is not None:
+        self._libc().signal(signal.SIGTERM, self._c_handler)
+      else:
+        signal.signal(signal.SIGTERM, self._previous)
     return False

@@ -1,5 +1,9 @@
 r"""Trains and evaluates SSEN: `python -m ssen_jax.main --config configs/refsr.py --workdir DIR`.
 
+Exit status: 0 when the run finished, 1 with a one-line error, 143
+(`checkpointing.PREEMPTED_EXIT_CODE`) when SIGTERM on any host made every host save the same step
+and stop (also during an evaluation): rerun the same command to resume.
+
 Config fields are overridden on the command line (`--config.batch_size=16`); variants are chosen
 after a colon (`--config configs/refsr.py:demo`). Rerunning the same command resumes from the
 latest checkpoint in the workdir. On several hosts (TPU pod slices, SLURM GPU clusters) every host
@@ -78,6 +82,9 @@ def main(argv):
   try:
     train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value,
                              allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  except train.Preempted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(checkpointing.PREEMPTED_EXIT_CODE)
   except (train.NonFiniteLossError, ValueError, FileNotFoundError,
           checkpointing.CorruptCheckpointError) as e:
     logging.error('%s', e)

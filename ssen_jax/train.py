@@ -22,6 +22,20 @@ from ssen_jax import evaluation
 from ssen_jax import steps
 
 
+class Preempted(Exception):
+  """SIGTERM: the state of `step` was saved (on every host) and training stopped.
+
+  `main` exits with `checkpointing.PREEMPTED_EXIT_CODE`; rerunning the command resumes."""
+
+  def __init__(self, step: int):
+    super().__init__(f'preempted: saved step {step}; rerun the same command to resume')
+    self.step = step
+
+
+class _EvalInterrupted(Exception):
+  """Raised between evaluation images when a host received SIGTERM."""
+
+
 class NonFiniteLossError(RuntimeError):
   """The loss, gradients or parameters became NaN or inf; training stopped without saving."""
 
@@ -114,13 +128,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   eval_examples = load_eval_examples(config, paths.get('eval_dir', ''))
   sr_jit = trainer.make_sr_fn()
 
-  def run_eval(state, step):
-    results = evaluation.evaluate_model(eval_examples, sr_jit, state['params'],
+  def run_eval(state, step, preemption=None):
+    logging.info('Step %d: evaluating %d examples.', step, len(eval_examples))
+    sr_fn = sr_jit
+    if preemption is not None:  # Checked before every image: SIGTERM cuts the evaluation short.
+      def sr_fn(*args):
+        if preemption.any_host_requested():
+          raise _EvalInterrupted()
+        return sr_jit(*args)
+    results = evaluation.evaluate_model(eval_examples, sr_fn, state['params'],
                                         scale=config.model.scale, uses_ref=trainer.uses_ref)
     writer.write_scalars(step, evaluation.scalar_summary(results))
     if config.num_image_summaries:
       writer.write_images(step, evaluation.summary_images(
-          eval_examples, sr_jit, state['params'], scale=config.model.scale,
+          eval_examples, sr_fn, state['params'], scale=config.model.scale,
           uses_ref=trainer.uses_ref, count=config.num_image_summaries))
     logging.info('Step %d eval: %s', step, evaluation.describe(results))
     return results
@@ -152,6 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
                                              every_steps=config.log_every_steps)
   pending: Optional[tuple] = None  # (step, metrics) checked while the next step runs.
+  preempted_at: Optional[int] = None
   window: List[Dict[str, Any]] = []
   try:
     with checkpointing.PreemptionFlag() as preemption:
@@ -165,7 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         window.append(metrics)
         progress(step)
         is_last = step == total
-        preempted = preemption.requested or manager.reached_preemption(step)
+        preempted = preemption.reached(manager, step)
         do_eval = bool(eval_examples) and (step % config.eval_every_steps == 0 or is_last)
         if step % config.log_every_steps == 0 or is_last:
           _check_finite(step, metrics, manager)
@@ -174,16 +196,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           writer.write_scalars(step, {f'train/{k}': v for k, v in scalars.items()})
           window = []
         save_metrics = None
-        if do_eval:
+        if do_eval and not preempted:
           _check_finite(step, metrics, manager)
-          last_results = run_eval(state, step)
-          save_metrics = {checkpointing.BEST_METRIC: last_results['psnr']}
+          try:
+            last_results = run_eval(state, step, preemption)
+            save_metrics = {checkpointing.BEST_METRIC: last_results['psnr']}
+          except _EvalInterrupted:
+            logging.warning('SIGTERM during the evaluation of step %d: evaluation abandoned.',
+                            step)
+            preempted = True
         if save_metrics or is_last or preempted or manager.should_save(step):
           _check_finite(step, metrics, manager)
           checkpointing.save(manager, step, state, metrics=save_metrics,
                              force=bool(save_metrics) or is_last or preempted)
         if preempted:
-          logging.warning('Preemption requested: saved step %d, exiting.', step)
+          preempted_at = step
+          logging.warning('Preemption: saving step %d, then exiting with status %d.', step,
+                          checkpointing.PREEMPTED_EXIT_CODE)
           break
   finally:
     # An asynchronous save of an earlier (good) step may still be in flight.
@@ -191,4 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     manager.close()
     writer.flush()
     writer.close()
+  if preempted_at is not None:
+    logging.warning('Preemption: step %d saved.', preempted_at)
+    raise Preempted(preempted_at)
   return last_results

@@ -151,11 +151,13 @@ def test_kill_and_resume_is_bitwise_identical(demo_dir, tmp_path):
     assert time.time() < deadline
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  assert proc.wait() == -signal.SIGKILL, 'the run must have been killed, not have finished'
+  assert not (killed / 'checkpoints' / '6').exists(), 'the kill must land before the last step'
   resumed = subprocess.run(_main_cmd(killed, *common), env=_env(), cwd=REPO,
                            capture_output=True, text=True)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert 'Resumed from step' in resumed.stderr
+  resumed_from = int(re.search(r'Resumed from step (\d+)', resumed.stderr).group(1))
+  assert 3 <= resumed_from < 6
   a, step_a = final_params(tmp_path / 'straight')
   b, step_b = final_params(killed)
   assert step_a == step_b == 6
@@ -243,6 +245,86 @@ def _free_port():
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     return s.getsockname()[1]
+
+
+def _wait_for(paths, pattern, procs, timeout=400):
+  """Waits until one of the log files matches `pattern` (regex); returns the match."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    for path in paths:
+      m = re.search(pattern, pathlib.Path(path).read_text(errors='replace'))
+      if m:
+        return m
+    for p, path in zip(procs, paths):
+      assert p.poll() is None, f'ended early: {pathlib.Path(path).read_text()[-3000:]}'
+    time.sleep(0.1)
+  raise AssertionError(f'{pattern!r} not seen in {timeout} s')
+
+
+def _launch(workdir, args, logs, processes):
+  port = _free_port()
+  multi = [f'--coordinator_address=127.0.0.1:{port}', f'--num_processes={processes}']
+  procs = []
+  for i, log in enumerate(logs):
+    extra = multi + [f'--process_id={i}'] if processes > 1 else []
+    procs.append(subprocess.Popen(_main_cmd(workdir, *args, *extra), env=_env(2), cwd=REPO,
+                                  stdout=open(log, 'w'), stderr=subprocess.STDOUT))
+  return procs
+
+
+_PREEMPT_ARGS = ['--config.num_train_steps=100000', '--config.optim.cycle_steps=100000',
+                 '--config.data.eval_max_images=0', '--config.num_image_summaries=0',
+                 '--config.log_every_steps=1', '--config.checkpoint_every_steps=2']
+
+
+def _preempted_steps(procs, logs, signalled_at):
+  saved = []
+  for p, log in zip(procs, logs):
+    rc = p.wait(timeout=120)
+    text = pathlib.Path(log).read_text()
+    assert rc == checkpointing.PREEMPTED_EXIT_CODE, text[-3000:]
+    saved.append(int(re.search(r'Preemption: step (\d+) saved', text).group(1)))
+  assert time.time() - signalled_at < 120
+  return saved
+
+
+def test_sigterm_on_one_host_saves_and_exits_143(demo_dir, tmp_path):
+  logs = [tmp_path / 'log0']
+  args = [f'--config.data.demo=True', f'--config.data.demo_dir={demo_dir}',
+          '--config.eval_every_steps=100000', *_PREEMPT_ARGS]
+  procs = _launch(tmp_path / 'w', args, logs, 1)
+  _wait_for(logs, r'\[4\] train/', procs)  # Mid-run: step 4 of 100000 logged.
+  procs[0].send_signal(signal.SIGTERM)
+  [step] = _preempted_steps(procs, logs, time.time())
+  assert 4 <= step < 100000
+  assert checkpointing.saved_steps(tmp_path / 'w')[-1] == step
+
+
+def test_sigterm_to_one_of_two_hosts_in_training_and_in_evaluation(demo_dir, tmp_path):
+  """SIGTERM to process 1 only: both save the same step and exit 143; then, resumed, SIGTERM
+  during an evaluation cuts it short on both hosts, which save the evaluation's step."""
+  workdir, logs = tmp_path / 'w', [tmp_path / 'a0', tmp_path / 'a1']
+  common = [f'--config.data.demo=True', f'--config.data.demo_dir={demo_dir}', *_PREEMPT_ARGS]
+  procs = _launch(workdir, [*common, '--config.eval_every_steps=100000'], logs, 2)
+  _wait_for(logs, r'\[2\] train/', procs)
+  procs[1].send_signal(signal.SIGTERM)
+  saved = _preempted_steps(procs, logs, time.time())
+  assert saved[0] == saved[1] >= 2
+  assert checkpointing.saved_steps(workdir)[-1] == saved[0]
+
+  eval_step = saved[0] + 2
+  logs = [tmp_path / 'b0', tmp_path / 'b1']
+  procs = _launch(workdir, [*common, f'--config.eval_every_steps={eval_step}'], logs, 2)
+  _wait_for(logs, rf'Step {eval_step}: evaluating', procs)
+  procs[1].send_signal(signal.SIGTERM)
+  saved = _preempted_steps(procs, logs, time.time())
+  assert saved == [eval_step, eval_step]
+  for log in logs:
+    text = pathlib.Path(log).read_text()
+    assert f'Resumed from step {eval_step - 2}' in text
+    assert f'SIGTERM during the evaluation of step {eval_step}' in text
+    assert f'Step {eval_step} eval:' not in text  # Cut short, not finished.
+  assert checkpointing.saved_steps(workdir)[-1] == eval_step
 
 
 def test_two_processes_train_together(demo_dir, tmp_path):
