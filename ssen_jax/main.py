@@ -64,9 +64,41 @@ def quiet_library_logs() -> None:
     handler.addFilter(_LibraryInfoFilter())
 
 
+def _fail(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(1)
+
+
+def parse_flags(argv):
+  """absl's parsing, with a bad config override (`--config.batch_sise=16`, a wrong type) as one
+  line instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e))
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    text = str(e).strip('\'"').replace('\\n', '\n').replace("\\'", "'")
+    _fail('bad --config override: ' + '; '.join(l.strip('\'" ') for l in text.splitlines()))
+
+
+def check_workdir(workdir: str) -> None:
+  """Creates the workdir and checks that it takes files, before anything is computed."""
+  if '://' in workdir:  # Buckets: Orbax reports access problems itself.
+    return
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_test-{os.getpid()}')
+    with open(probe, 'w'):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    _fail(f'--workdir {workdir} is not a writable folder: {e.strerror or e}')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  check_workdir(_WORKDIR.value)
   import jax  # Imported after flag parsing so that --help stays fast.
 
   explicit = _COORDINATOR.value is not None
@@ -94,4 +126,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
