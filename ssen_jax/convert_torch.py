@@ -150,6 +150,15 @@ def write_workdir(workdir: str | pathlib.Path, config: ml_collections.ConfigDict
     manager.wait_until_finished()
 
 
+def _is_training_workdir(path: pathlib.Path) -> bool:
+  """TensorBoard logs, a config history or checkpoints of steps other than 0 (conversions save
+  step 0 only)."""
+  if any(path.glob('events.out.tfevents.*')) or (path / 'config_history.json').exists():
+    return True
+  ckpt = path / 'checkpoints'
+  return ckpt.is_dir() and any(p.name != '0' for p in ckpt.iterdir() if p.name.isdigit())
+
+
 def convert(pth: str, config_spec: str, out: str, *, overwrite: bool = False) -> str:
   """The whole command: checks, converts, writes; returns a summary line.
 
@@ -162,6 +171,9 @@ def convert(pth: str, config_spec: str, out: str, *, overwrite: bool = False) ->
   if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
     raise ConversionError(f'--out {out_dir} is not empty; pass --overwrite to replace its '
                           'config.json and checkpoints/')
+  if out_dir.is_dir() and _is_training_workdir(out_dir):
+    raise ConversionError(f'--out {out_dir} is a training workdir (it has training checkpoints '
+                          'or logs); --overwrite would destroy the run: choose another --out')
   config = load_config_file(config_spec)
   state_dict = read_state_dict(pth)
   try:
@@ -174,14 +186,22 @@ def convert(pth: str, config_spec: str, out: str, *, overwrite: bool = False) ->
     write_workdir(tmp, config, params)
     if not out_dir.exists():
       tmp.rename(out_dir)
-    else:
+    else:  # Old entries move aside first and are deleted only once the new ones are in place.
+      old = tmp / 'replaced'
+      old.mkdir()
       for name in ('checkpoints', 'config.json'):
-        target = out_dir / name
-        if target.is_dir():
-          shutil.rmtree(target)
-        elif target.exists():
-          target.unlink()
-        (tmp / name).rename(target)
+        if (out_dir / name).exists():
+          (out_dir / name).rename(old / name)
+      try:
+        for name in ('checkpoints', 'config.json'):
+          (tmp / name).rename(out_dir / name)
+      except OSError:
+        for name in ('checkpoints', 'config.json'):  # Put the old ones back.
+          if (old / name).exists():
+            if (out_dir / name).is_dir():
+              shutil.rmtree(out_dir / name)
+            (old / name).replace(out_dir / name)
+        raise
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   count = sum(int(np.size(v)) for v in _leaves(params))
