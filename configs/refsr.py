@@ -8,7 +8,7 @@ Variants (`--config configs/refsr.py:VARIANT`, comma-separated, e.g. `:dcn2` or 
   demo         a small model on the embedded demo data; trains on a 2-core CPU in ~10 minutes.
   tiny         a minute model for tests.
 
-Paper run (one TPU v4-8 / 8-GPU host; prepare data first, see data_prep/README.md):
+Paper run (one TPU v4-8 / 8-GPU host; prepare data first, see ssen_jax/data_prep/README.md):
   python -m ssen_jax.main --config configs/refsr.py --workdir /ckpt/ssen \
       --config.data.train_pattern='/data/cufed/cufed-train-*.tfrecord' \
       --config.data.eval_dir=/data/CUFED5
@@ -17,13 +17,15 @@ Quick start on a laptop (downloads nothing):
 """
 import ml_collections
 
+from ssen_jax.core.config import parse_variants
+
+SIZES = ('demo', 'tiny')  # Variants that shrink the run; every other one changes the model.
+VARIANTS = SIZES + ('baseline', 'no_nonlocal') + tuple(f'dcn{n}' for n in range(5))
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the RefSR config; `arg` is a comma-separated list of variants (see docstring)."""
-  variants = set(filter(None, (arg or '').split(',')))
-  known = {'baseline', 'no_nonlocal', 'demo', 'tiny'} | {f'dcn{n}' for n in range(5)}
-  if variants - known:
-    raise ValueError(f'unknown variant(s) {sorted(variants - known)}; known: {sorted(known)}')
+  variants = parse_variants(arg, VARIANTS)
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.dtype = 'float32'  # Compute dtype ('bfloat16' on TPU); parameters stay float32.
@@ -31,7 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = m = ml_collections.ConfigDict()
   m.variant = 'ssen'  # 'ssen' | 'baseline' | 'selfsim' | 'rcan'.
   m.scale = 4
-  m.features = 64  # C in DESIGN.md §3.
+  m.features = 64  # C in the paper and docs/choices.md.
   m.num_extract_blocks = 5  # Residual blocks of the (shared) feature extractor.
   m.num_recon_blocks = 16  # Residual blocks of the reconstruction network.
   m.num_dcn_layers = 3  # Stacked deformable convolutions (paper Tab. 4: 3 is best).
@@ -52,11 +54,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # independent with probability ref_independent_prob, else paired.
   d.ref_augment = 'independent'
   d.ref_independent_prob = 0.5
-  # Other reference sources (ssen_jax.input_pipeline.RefMix): shifted views of the HR image itself
+  # Other reference sources (ssen_jax.data.input_pipeline.RefMix): shifted views of the HR image itself
   # with a misalignment curriculum, and unrelated references (another example's image).
   d.ref_mix = ml_collections.ConfigDict()
   d.ref_mix.shifted_prob = 0.0
   d.ref_mix.unrelated_prob = 0.0
+  d.ref_mix.aligned_prob = 0.0  # Share of references cut at the HR crop itself ...
+  d.ref_mix.aligned_jitter = 0.0  # ... up to this many HR pixels away per axis.
   d.ref_mix.shift_ramp_start = 0  # Shifted views are aligned until this step, then their ...
   d.ref_mix.shift_max = 8.0  # ... largest |shift| per axis (HR pixels) grows linearly to this ...
   d.ref_mix.shift_ramp_steps = 0  # ... over these steps (0: at once).
@@ -107,14 +111,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.use_nonlocal = False
   if 'demo' in variants:
     d.demo = True
-    # The demo pairs are mildly transformed views: keeping them paired lets a small model learn
-    # to transfer reference detail within its few minutes of training.
+    # References that teach the network to use them (measured, README "Reference use"): most are
+    # the HR crop itself up to 2 HR px away (Charbonnier is L1-like, so a reference is worth
+    # copying only while most are good), a quarter are shifted views whose misalignment grows
+    # from 0 to 12 HR px after step 200 (the gate learns to reject them), the rest unrelated.
     d.ref_augment = 'paired'
-    d.ref_mix.shifted_prob = 0.5
-    d.ref_mix.unrelated_prob = 0.2
-    d.ref_mix.shift_ramp_start = 0
+    d.ref_mix.aligned_prob = 0.6
+    d.ref_mix.aligned_jitter = 2.0
+    d.ref_mix.shifted_prob = 0.25
+    d.ref_mix.unrelated_prob = 0.15
+    d.ref_mix.shift_ramp_start = 200
+    d.ref_mix.shift_ramp_steps = 600
     d.ref_mix.shift_max = 12.0
-    d.ref_mix.shift_ramp_steps = 800
     d.ref_mix.photometric = 0.1
     m.features = 32
     m.num_extract_blocks = 2

@@ -12,10 +12,14 @@ Variants: the same as configs/refsr.py (e.g. `:demo` or `:tiny`), passed through
 """
 import ml_collections
 
-from configs import refsr
+from ssen_jax.core.config import load_sibling, parse_variants
+
+refsr = load_sibling(__file__, 'refsr')
+VARIANTS = refsr.VARIANTS
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variants = parse_variants(arg, VARIANTS)
   config = refsr.get_config(arg)
   # The paper does not give the weight; 1e-3 is SRGAN's relative adversarial weight and keeps the
   # reconstruction term dominant (Tab. 3's GAN+ row loses ~1.4 dB PSNR, as expected of a GAN).
@@ -23,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.gan.init_workdir = ''  # Required unless training the GAN stage from scratch.
   config.optim.learning_rate = 1e-4
   config.gan.disc_learning_rate = 1e-4
-  if not arg or 'demo' not in arg:
+  if not variants & set(refsr.SIZES):  # demo and tiny keep their own (short) runs.
     config.num_train_steps = 50_000  # The paper does not say; half the reconstruction run.
     config.optim.cycle_steps = 50_000
   return config

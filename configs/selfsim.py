@@ -12,19 +12,19 @@ Variants (`configs/selfsim.py:VARIANT`, comma-separated): `rcan` (RCAN alone, Ta
 """
 import ml_collections
 
-from configs import refsr
+from ssen_jax.core.config import load_sibling, parse_variants
+
+refsr = load_sibling(__file__, 'refsr')
+VARIANTS = refsr.SIZES + ('rcan',)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variants = set(filter(None, (arg or '').split(',')))
-  known = {'rcan', 'tiny', 'demo'}
-  if variants - known:
-    raise ValueError(f'unknown variant(s) {sorted(variants - known)}; known: {sorted(known)}')
-  config = refsr.get_config(','.join(sorted(variants & {'tiny', 'demo'})))
+  variants = parse_variants(arg, VARIANTS)
+  config = refsr.get_config(','.join(sorted(variants & set(refsr.SIZES))))
   config.model.variant = 'rcan' if 'rcan' in variants else 'selfsim'
   config.data.kind = 'sisr'
   config.data.eval_dataset = 'folder'
-  if not variants & {'tiny', 'demo'}:
+  if not variants & set(refsr.SIZES):
     config.data.hr_patch = 192  # DIV2K crops (paper Sec. 4.1).
     config.batch_size = 32  # The paper's RefSR batch; it gives none for this setting.
   if 'demo' in variants:

@@ -9,7 +9,7 @@ instead name a PyTorch .pth file (architecture from --config FILE[:variant], els
 workdir's config.json) or a folder written by `ssen_jax.convert_torch`.
 
 Reference: --ref is fitted to scale x the LR size (crop top-left, reflect-pad; see
-`datasets.fit_reference`). Without --ref the LR image upscaled by MATLAB bicubic is the reference
+`ssen_jax.data.images.fit_reference`). Without --ref the LR image upscaled by MATLAB bicubic is the reference
 (self-reference). Models without a reference input (baseline, rcan, selfsim) ignore --ref.
 
 Input/output: any LR size from 1x1 up; PNG/JPEG/...; grayscale in, grayscale out; alpha is kept
@@ -19,13 +19,12 @@ Input/output: any LR size from 1x1 up; PNG/JPEG/...; grayscale in, grayscale out
 Memory: the whole image runs in one call when XLA's memory analysis of that call fits
 --max_memory_gb (default: 90% of the accelerator memory, or half the host RAM on CPU); otherwise
 in overlapping tiles with feathered seams (--tile N forces N x N LR tiles). See
-`ssen_jax.inference` for the tiling and memory model. Timing and the tile count go to stderr.
+`ssen_jax.inference.tiling` for the tiling and memory model. Timing and the tile count go to stderr.
 Repeated runs on images of one size compile faster with a persistent JAX compilation cache:
 `export JAX_COMPILATION_CACHE_DIR=~/.cache/jax`.
 """
 from __future__ import annotations
 
-import pathlib
 import sys
 import time
 from collections.abc import Sequence
@@ -34,9 +33,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from ssen_jax import convert_torch
-from ssen_jax import datasets
-from ssen_jax import inference
+from ssen_jax.data import images
+from ssen_jax.inference import tiling
 
 FLAGS = flags.FLAGS
 
@@ -54,7 +52,7 @@ def define_flags() -> None:
   flags.DEFINE_float('max_memory_gb', None, 'Memory budget of one model call (GB); tiles when '
                      'the image does not fit. Default: 90%% of the accelerator, or half the RAM.')
   flags.DEFINE_integer('tile', None, 'Force tiles of this many LR pixels per side.')
-  flags.DEFINE_integer('overlap', inference.DEFAULT_OVERLAP, 'LR pixels shared by neighbouring '
+  flags.DEFINE_integer('overlap', tiling.DEFAULT_OVERLAP, 'LR pixels shared by neighbouring '
                        'tiles (3/8 of it discarded at each cut edge, the rest feathered).')
   flags.DEFINE_bool('overwrite', False, 'Replace an existing --out file.')
   flags.mark_flags_as_required(['lr', 'out'])
@@ -69,64 +67,10 @@ def _fail(message: str) -> None:
   sys.exit(1)
 
 
-def check_output(out: str, overwrite: bool) -> pathlib.Path:
-  """Validates --out before any work is done."""
-  path = pathlib.Path(out)
-  if path.suffix.lower() != '.png':
-    raise ValueError(f'--out {path} must be a .png file (output is always PNG)')
-  if path.is_dir():
-    raise ValueError(f'--out {path} is a folder')
-  if not path.parent.is_dir():
-    raise ValueError(f'folder {path.parent} of --out does not exist')
-  if path.exists() and not overwrite:
-    raise ValueError(f'{path} exists; pass --overwrite to replace it')
-  return path
-
-
-def load_model(workdir: str | None, checkpoint: str | None, config: str | None,
-               best: bool = False) -> inference.Generator:
-  """The generator chosen by --workdir / --checkpoint / --config / --best (see the docstring).
-
-  Raises:
-    FileNotFoundError, ValueError, convert_torch.ConversionError: with a one-line message.
-  """
-  if checkpoint is None or checkpoint.isdigit():
-    if not workdir:
-      raise ValueError('--workdir is required (or --checkpoint naming a .pth file or a folder '
-                       'written by ssen_jax.convert_torch)')
-    return inference.load_generator(workdir, None if checkpoint is None else int(checkpoint),
-                                    best)
-  path = pathlib.Path(checkpoint)
-  if path.is_dir():
-    return inference.load_generator(path, None, best)
-  if not path.exists():
-    raise FileNotFoundError(f'--checkpoint {checkpoint} is neither a step number nor an existing '
-                            '.pth file or converted folder')
-  if config:
-    cfg = convert_torch.load_config_file(config)
-  elif workdir:
-    from ssen_jax import checkpointing  # pylint: disable=import-outside-toplevel
-    cfg = checkpointing.read_config(workdir)
-  else:
-    raise ValueError(f'--checkpoint {checkpoint} needs --config FILE[:variant] (or a --workdir '
-                     'with a config.json) to know the architecture')
-  try:
-    return convert_torch.generator_from_pth(path, cfg)
-  except convert_torch.ConversionError as e:
-    raise convert_torch.ConversionError(
-        f'{checkpoint} does not fit the architecture of {config or workdir}: '
-        f'{convert_torch.summarize(e)}; python -m ssen_jax.convert_torch lists every '
-        'problem') from None
-
-
-def quiet_logs() -> None:
-  """Library INFO/WARNING logs (Orbax, XLA start-up) would bury the few lines this tool prints."""
-  logging.set_verbosity(logging.ERROR)
-
-
 def main(argv: Sequence[str]) -> None:
   start = time.perf_counter()
-  quiet_logs()
+  # Library INFO/WARNING logs (Orbax, XLA start-up) would bury the few lines this tool prints.
+  logging.set_verbosity(logging.ERROR)
   if len(argv) > 1:
     _fail(f'unexpected arguments: {" ".join(argv[1:])}')
   if FLAGS.tile is not None and FLAGS.tile < 1:
@@ -136,28 +80,28 @@ def main(argv: Sequence[str]) -> None:
   if FLAGS.max_memory_gb is not None and not FLAGS.max_memory_gb > 0:
     _fail(f'--max_memory_gb must be positive, got {FLAGS.max_memory_gb}')
   try:
-    out = check_output(FLAGS.out, FLAGS.overwrite)
-    lr_img = inference.read_image(FLAGS.lr)
-    ref_img = inference.read_image(FLAGS.ref) if FLAGS.ref else None
+    out = images.check_output(FLAGS.out, FLAGS.overwrite)
+    lr_img = images.read_image(FLAGS.lr)
+    ref_img = images.read_image(FLAGS.ref) if FLAGS.ref else None
     if FLAGS.tile is not None:  # A forced tile size is checked before the model is loaded.
       for length in lr_img.rgb.shape[:2]:
-        inference.axis_tiles(length, FLAGS.tile, FLAGS.overlap)
-    gen = load_model(FLAGS.workdir, FLAGS.checkpoint, FLAGS.config, FLAGS.best)
-  except (datasets.DatasetError, convert_torch.ConversionError, FileNotFoundError,
-          ValueError, ImportError) as e:
+        tiling.axis_tiles(length, FLAGS.tile, FLAGS.overlap)
+    from ssen_jax.inference import restore  # pylint: disable=import-outside-toplevel  # JAX.
+    gen = restore.load_model(FLAGS.workdir, FLAGS.checkpoint, FLAGS.config, FLAGS.best)
+  except (FileNotFoundError, ValueError, ImportError) as e:  # ValueError: DatasetError etc.
     _fail(str(e))
   for note in lr_img.notes + (ref_img.notes if ref_img else []):
     _log(f'note: {note}')
   scale, (h, w) = gen.scale, lr_img.rgb.shape[:2]
   ref = None
   if gen.uses_ref:
-    ref = inference.prepare_reference(ref_img.rgb if ref_img else None, lr_img.rgb, scale)
+    ref = images.prepare_reference(ref_img.rgb if ref_img else None, lr_img.rgb, scale)
     if ref_img is None:
       _log('note: no --ref: the bicubic-upscaled input is the reference (self-reference)')
   elif ref_img is not None:
     _log(f'note: the {gen.config.model.variant} model takes no reference; --ref is ignored')
   loaded = time.perf_counter()
-  upscaler = inference.Upscaler(gen, log=_log)
+  upscaler = tiling.Upscaler(gen, log=_log)
   max_bytes = None if FLAGS.max_memory_gb is None else int(FLAGS.max_memory_gb * 2**30)
   try:
     plan = upscaler.plan(h, w, tile=FLAGS.tile, max_bytes=max_bytes, overlap=FLAGS.overlap)
@@ -172,9 +116,9 @@ def main(argv: Sequence[str]) -> None:
   run_start = time.perf_counter()
   sr = upscaler(lr_img.rgb, ref, plan)
   run_end = time.perf_counter()
-  alpha = None if lr_img.alpha is None else inference.upscale_alpha(lr_img.alpha, scale)
+  alpha = None if lr_img.alpha is None else images.upscale_alpha(lr_img.alpha, scale)
   try:
-    inference.save_png_atomic(inference.to_pil(sr, lr_img, alpha), out)
+    images.save_png_atomic(images.to_pil(sr, lr_img, alpha), out)
   except OSError as e:
     _fail(f'cannot write {out}: {e}')
   _log(f'wrote {out} ({scale * h}x{scale * w}, {gen.config.model.variant} step {gen.step}); '

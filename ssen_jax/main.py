@@ -48,7 +48,7 @@ class _LibraryInfoFilter(logging.logging.Filter):
   """Drops INFO records from Orbax and JAX internals so that training progress stays readable."""
   NOISY = ('/orbax/', '/jax/_src/', '/tensorstore/')
   # Orbax warns at every save without metrics once best_fn is set; saves between evaluations
-  # carry none by design (ssen_jax.checkpointing.create_manager).
+  # carry none by design (ssen_jax.core.checkpointing.create_manager).
   EXPECTED = ('Requested `tracked_metric`; did not provide metrics.',)
 
   def filter(self, record):
@@ -106,18 +106,19 @@ def main(argv):
     # CPU processes exchange collectives through gloo; accelerators ignore this setting.
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  from ssen_jax import checkpointing, train
+  from ssen_jax.core import checkpointing
+  from ssen_jax.training import loop
   quiet_library_logs()
   logging.info('JAX process %d/%d, %d local / %d global devices (%s).', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.default_backend())
   try:
-    train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value,
-                             allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  except train.Preempted as e:
+    loop.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value,
+                            allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  except loop.Preempted as e:
     print(str(e), file=sys.stderr)
     sys.exit(checkpointing.PREEMPTED_EXIT_CODE)
-  except (train.NonFiniteLossError, ValueError, FileNotFoundError,
+  except (loop.NonFiniteLossError, ValueError, FileNotFoundError,
           checkpointing.CorruptCheckpointError) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)

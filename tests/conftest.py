@@ -2,7 +2,7 @@
 
 torch and torchvision must be imported before tensorflow in one process: the other order crashes
 with a segmentation fault on these machines (tensorflow-cpu 2.21, torch 2.14.1, torchvision 0.29.1;
-see DESIGN.md §1). Importing them here, first, makes every test module safe whatever it imports.
+see docs/conventions.md). Importing them here, first, makes every test module safe whatever it imports.
 """
 import os
 import pathlib
@@ -21,7 +21,14 @@ except ImportError:  # pragma: no cover - the test extra installs both.
 
 import pytest
 
+from ssen_jax.core import config as config_lib
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def config_module(name: str):
+  """The config file configs/NAME.py as a module (the configs are files, not a package)."""
+  return config_lib.load_module(REPO_ROOT / 'configs' / f'{name}.py')
 
 
 def shared_dir() -> pathlib.Path:

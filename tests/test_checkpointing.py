@@ -4,12 +4,20 @@ import jax
 import numpy as np
 import pytest
 
-from configs import refsr, refsr_gan
-from ssen_jax import checkpointing, inference, steps, train
+from ssen_jax.core import checkpointing
+from ssen_jax.core import sharding
+from ssen_jax.inference import restore
+from ssen_jax.training import loop
+from ssen_jax.training import steps
+
+from conftest import config_module
+
+refsr = config_module('refsr')
+refsr_gan = config_module('refsr_gan')
 
 
 def _trainer(config):
-  return steps.Trainer(config, steps.create_mesh(jax.devices()[:1]))
+  return steps.Trainer(config, sharding.create_mesh(jax.devices()[:1]))
 
 
 def _save_run(workdir, config, psnrs, *, keep=1):
@@ -43,16 +51,16 @@ def test_best_is_highest_psnr_across_restarts_and_used_everywhere(tmp_path):
   kept = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
   assert kept == [2, 5], 'the latest (5) and the best (2, 30 dB) survive the restart'
 
-  gen = inference.load_generator(tmp_path, best=True)  # infer / evaluate / visualize_offsets.
+  gen = restore.load_generator(tmp_path, best=True)  # infer / evaluate / visualize_offsets.
   assert gen.step == 2
   _assert_same(gen.params, saved[2])
-  assert inference.load_generator(tmp_path).step == 5
+  assert restore.load_generator(tmp_path).step == 5
 
   gan = refsr_gan.get_config('tiny')
   gan.gan.init_workdir = str(tmp_path)
   trainer = _trainer(gan)
   with checkpointing.create_manager(tmp_path / 'gan', save_every=1, keep=1) as manager:
-    state = train._initial_state(trainer, gan, manager)  # pylint: disable=protected-access
+    state = loop._initial_state(trainer, gan, manager)  # pylint: disable=protected-access
   _assert_same(state['params'], saved[2])
 
 
@@ -60,9 +68,9 @@ def test_best_without_any_evaluation(tmp_path):
   config = refsr.get_config('tiny')
   saved = _save_run(tmp_path, config, [None, None])
   with pytest.raises(FileNotFoundError, match='carries an eval PSNR'):
-    inference.load_generator(tmp_path, best=True)
+    restore.load_generator(tmp_path, best=True)
   # The GAN stage falls back to the latest when the reconstruction run had no evaluation.
-  params, step = checkpointing.restore_params(tmp_path, _trainer(config).abstract_state(),
+  params, step = checkpointing.restore_params(tmp_path, restore.abstract_params(config),
                                               best_or_latest=True)
   assert step == 2
   _assert_same(params, saved[2])

@@ -1,4 +1,4 @@
-"""`ssen_jax.convert`: the naming rule, round trips, .pth loading, and its error messages."""
+"""`ssen_jax.interop.convert`: the naming rule, round trips, .pth loading, and its error messages."""
 import subprocess
 import sys
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from ssen_jax import torch_reference as tm
-from ssen_jax import convert
+from ssen_jax.interop import torch_reference as tm
+from ssen_jax.interop import convert
 from ssen_jax.models import RCAN, RefSRNet
 
 TINY_REFSR = dict(features=4, num_extract_blocks=2, num_recon_blocks=1, num_dcn_layers=2)
@@ -139,7 +139,7 @@ def test_load_pth_without_torch(monkeypatch, tmp_path):
 
 
 def test_convert_does_not_import_torch():
-  code = 'import sys, ssen_jax.convert; assert "torch" not in sys.modules, "torch imported"'
+  code = 'import sys, ssen_jax.interop.convert; assert "torch" not in sys.modules, "torch imported"'
   subprocess.run([sys.executable, '-c', code], check=True)
 
 

@@ -11,14 +11,19 @@ import skimage.data
 import torch
 from PIL import Image
 
-from configs import refsr
-from ssen_jax import convert
-from ssen_jax import convert_torch
-from ssen_jax import imresize as imresize_lib
-from ssen_jax import inference
 from ssen_jax import models
-from ssen_jax import torch_reference as tr
+from ssen_jax.core import checkpointing
+from ssen_jax.data import images as image_io
+from ssen_jax.data import imresize as imresize_lib
+from ssen_jax.inference import restore
+from ssen_jax.inference import tiling
+from ssen_jax.interop import convert
+from ssen_jax.interop import torch_reference as tr
 from test_infer import assert_error, run_cli, run_many, run_parallel
+
+from conftest import config_module
+
+refsr = config_module('refsr')
 
 CONFIG = 'configs/refsr.py:tiny'
 LR_SIZE = (20, 26)
@@ -57,13 +62,13 @@ def jax_output(files):
   """What the flax model computes with the .pth's parameters (state_dict_to_params), in uint8."""
   config = refsr.get_config('tiny')
   model = models.create_model(config.model)
-  lr = inference.read_image(files / 'lr.png')
-  ref = inference.prepare_reference(inference.read_image(files / 'ref.png').rgb, lr.rgb, 4)
+  lr = image_io.read_image(files / 'lr.png')
+  ref = image_io.prepare_reference(image_io.read_image(files / 'ref.png').rgb, lr.rgb, 4)
   template = jax.eval_shape(model.init, jax.random.key(0), lr.rgb[None], ref[None])['params']
-  params = convert.state_dict_to_params(convert_torch.read_state_dict(files / 'model.pth'),
+  params = convert.state_dict_to_params(convert.read_state_dict(files / 'model.pth'),
                                         template)
-  gen = inference.Generator(config, model, params, 0)
-  return np.asarray(inference.to_pil(inference.Upscaler(gen)(lr.rgb, ref), lr)).astype(int)
+  gen = restore.Generator(config, model, params, 0)
+  return np.asarray(image_io.to_pil(tiling.Upscaler(gen)(lr.rgb, ref), lr)).astype(int)
 
 
 def test_convert_then_infer_and_evaluate(files, tmp_path):
@@ -72,7 +77,7 @@ def test_convert_then_infer_and_evaluate(files, tmp_path):
   assert proc.returncode == 0, proc.stderr
   assert 'wrote' in proc.stdout and 'step 0' in proc.stdout
   assert json.loads((out / 'config.json').read_text())['model']['features'] == 8
-  assert inference.checkpoint_steps(out) == [0]
+  assert checkpointing.checkpoint_steps(out) == [0]
   # infer from the converted workdir (as --workdir, and as --checkpoint), and from the .pth.
   sr_wd, sr_dir, sr_pth = tmp_path / 'wd.png', tmp_path / 'dir.png', tmp_path / 'pth.png'
   common = ['--lr', files / 'lr.png', '--ref', files / 'ref.png']
@@ -140,5 +145,5 @@ def test_overwrite_and_bad_input(files, tmp_path):
   assert replaced.returncode == 0, replaced.stderr
   assert (full / 'keep.txt').read_text() == 'x'
   assert json.loads((full / 'config.json').read_text())['model']['variant'] == 'ssen'
-  assert inference.checkpoint_steps(full) == [0]
+  assert checkpointing.checkpoint_steps(full) == [0]
   assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.')] == []  # No temp dirs.

@@ -1,4 +1,4 @@
-"""data_prep.convert on tiny fake layouts built from real images (skimage.data)."""
+"""ssen_jax.data_prep.convert on tiny fake layouts built from real images (skimage.data)."""
 import os
 import subprocess
 import sys
@@ -10,9 +10,9 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import REPO_ROOT
-from data_prep import convert
-from data_prep import layouts
-from ssen_jax import datasets
+from ssen_jax.data_prep import convert
+from ssen_jax.data_prep import layouts
+from ssen_jax.data import datasets
 
 _SPEC = {k: tf.io.VarLenFeature(tf.string) for k in ('name', 'hr', 'ref', 'refs')}
 
@@ -157,7 +157,7 @@ def test_pure_python_writer_matches_tensorflow(tmp_path):
 
 
 def test_cli_summary_and_errors(cufed_dir, tmp_path):
-  run = lambda *a: subprocess.run([sys.executable, '-m', 'data_prep.convert', *a], cwd=REPO_ROOT,
+  run = lambda *a: subprocess.run([sys.executable, '-m', 'ssen_jax.data_prep.convert', *a], cwd=REPO_ROOT,
                                   capture_output=True, text=True, timeout=120)
   ok = run('--dataset', 'cufed', '--input_dir', str(cufed_dir), '--output_dir',
            str(tmp_path / 'o'), '--num_shards', '2', '--num_workers', '1')

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data_prep import convert
-from ssen_jax import datasets
-from ssen_jax import demo_data
-from ssen_jax import input_pipeline
+from ssen_jax.data_prep import convert
+from ssen_jax.data import datasets
+from ssen_jax.data import demo_data
+from ssen_jax.data import input_pipeline
 
 
 @pytest.fixture(scope='module')

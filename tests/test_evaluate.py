@@ -10,10 +10,11 @@ import skimage.data
 from PIL import Image
 
 from conftest import REPO_ROOT
-from ssen_jax import datasets
-from ssen_jax import evaluate
-from ssen_jax import imresize as ir
-from ssen_jax import metrics
+from ssen_jax.data import datasets
+from ssen_jax.data import images
+from ssen_jax.data import imresize as ir
+from ssen_jax.eval import metrics
+from ssen_jax.eval import protocol
 
 
 def _run(*args):
@@ -81,7 +82,7 @@ def test_grayscale_and_odd_sizes_in_folder(tmp_path):
   Image.fromarray(gray).save(tmp_path / 'cam.png')
   (ex,) = datasets.load_folder(tmp_path, 4)
   assert ex['hr'].shape == (200, 148, 3) and ex['lr'].shape == (50, 37, 3)
-  res = evaluate.evaluate_examples([ex], evaluate.bicubic_sr_fn(4), scale=4)
+  res = protocol.evaluate_examples([ex], protocol.bicubic_sr_fn(4), scale=4)
   sr = ir.imresize(ir.imresize(gray[:200, :148], 0.25), 4).astype(float)
   diff = (sr - gray[:200, :148])[4:-4, 4:-4]
   assert res['psnr'] == pytest.approx(10 * math.log10(255 ** 2 / np.mean(diff ** 2)))
@@ -96,7 +97,7 @@ def test_gray_photo_stored_as_rgb_is_scored_on_y(tmp_path):
   exs = datasets.load_folder(tmp_path, 4)
   assert [ex['gray'] for ex in exs] == [True, False, True]
   np.testing.assert_array_equal(exs[0]['hr'], exs[1]['hr'])  # Same pixels, different files.
-  res = evaluate.evaluate_examples(exs, evaluate.bicubic_sr_fn(4), scale=4)
+  res = protocol.evaluate_examples(exs, protocol.bicubic_sr_fn(4), scale=4)
   own, y601, own_la = (r['psnr'] for r in res['per_image'])
   sr = ir.imresize(ir.imresize(gray, 0.25), 4).astype(float)
   diff = (sr - gray)[4:-4, 4:-4]
@@ -119,7 +120,7 @@ def test_cufed5_loader_passes_refs_in_order(tmp_path):
     seen.append(refs)
     return ir.imresize(lr, 4)
 
-  res = evaluate.evaluate_examples(examples, sr_fn, scale=4)
+  res = protocol.evaluate_examples(examples, sr_fn, scale=4)
   assert res['num_images'] == 2 and len(seen[0]) == 5
   np.testing.assert_array_equal(seen[1][4], src[200:291, :101])  # XL = XXX_5.png, uncropped.
   (tmp_path / '001_3.png').unlink()
@@ -129,23 +130,23 @@ def test_cufed5_loader_passes_refs_in_order(tmp_path):
 
 def test_evaluate_examples_checks_output_size():
   ex = datasets.make_example('x', skimage.data.coffee()[:64, :64], 4)
-  res = evaluate.evaluate_examples([ex], lambda lr, refs: ex['hr'] / 255.0, scale=4)
+  res = protocol.evaluate_examples([ex], lambda lr, refs: ex['hr'] / 255.0, scale=4)
   assert res['psnr'] == math.inf and res['ssim'] == pytest.approx(1.0)
   with pytest.raises(ValueError, match='does not match'):
-    evaluate.evaluate_examples([ex], lambda lr, refs: lr, scale=4)
+    protocol.evaluate_examples([ex], lambda lr, refs: lr, scale=4)
   assert metrics.psnr_y(ex['hr'], ex['hr'], 4) == math.inf
 
 
 def test_importing_defines_no_flags():
   # A trainer importing evaluate (and data_prep) must stay free to define its own flags.
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from data_prep import convert  # pylint: disable=g-import-not-at-top,unused-import
+  from ssen_jax.data_prep import convert  # pylint: disable=g-import-not-at-top,unused-import
   assert 'dataset_dir' not in flags.FLAGS and 'dataset' not in flags.FLAGS
 
 
 def test_fit_reference_crops_and_reflects():
   ref = skimage.data.chelsea()[:10, :30]
-  out = datasets.fit_reference(ref, 25, 12)
+  out = images.fit_reference(ref, 25, 12)
   assert out.shape == (25, 12, 3)
   np.testing.assert_array_equal(out[:10], ref[:, :12])
   np.testing.assert_array_equal(out[10:20], ref[::-1, :12])  # Edge row repeated.

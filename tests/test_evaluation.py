@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 import skimage.data
 
-from ssen_jax import datasets
-from ssen_jax import evaluation
-from ssen_jax import imresize as ir
+from ssen_jax.data import datasets
+from ssen_jax.eval import protocol as evaluation
+from ssen_jax.eval import tables
+from ssen_jax.data import imresize as ir
 
 
 def _groups(n=3):
@@ -44,13 +45,13 @@ def test_controls_show_a_reference_copying_model():
   unrelated_refs = evaluation.control_examples(exs)['unrelated']
   for i, ex in enumerate(unrelated_refs):
     np.testing.assert_array_equal(ex['refs'][0], exs[(i + 1) % len(exs)]['refs'][0])
-  table = evaluation.markdown_table([('blend', res)], scale=4, per_level=True)
+  table = tables.paper_table([('blend', res)], scale=4, per_level=True)
   assert '| method | XH | H | M | L | XL | mean | oracle | unrelated | ref_gain |' in table
   assert f'| {res["ref_gain"]:+.2f} |' in table
-  scalars = evaluation.scalar_summary(res)
+  scalars = tables.scalar_summary(res)
   assert scalars['eval/ref_gain'] == res['ref_gain']
   assert scalars['eval/psnr_oracle'] == oracle and scalars['eval/psnr_unrelated'] == unrelated
-  assert 'ref_gain' in evaluation.describe(res) and 'oracle' in evaluation.describe(res)
+  assert 'ref_gain' in tables.describe(res) and 'oracle' in tables.describe(res)
 
 
 def test_reference_free_model_gets_every_row_and_zero_gain():
@@ -60,7 +61,7 @@ def test_reference_free_model_gets_every_row_and_zero_gain():
   rows = {**res['levels'], **res['controls']}
   assert set(rows) == set(evaluation.LEVELS) | set(evaluation.CONTROLS)
   assert len({r['psnr'] for r in rows.values()}) == 1
-  table = evaluation.markdown_table([('baseline', res)], scale=4, per_level=True)
+  table = tables.paper_table([('baseline', res)], scale=4, per_level=True)
   assert '| +0.00 |' in table
 
 
@@ -68,4 +69,14 @@ def test_single_group_has_no_unrelated_control():
   (ex,) = _groups(1)
   res = evaluation.evaluate_model([ex], _blend_model(0.5), None, scale=4, uses_ref=True)
   assert set(res['controls']) == {'oracle'} and res['ref_gain'] is None
-  assert 'ref_gain' not in evaluation.scalar_summary(res)
+  assert 'ref_gain' not in tables.scalar_summary(res)
+
+
+def test_summary_images_show_bicubic_sr_hr_and_reference():
+  exs = _groups(2)
+  imgs = evaluation.summary_images(exs, _blend_model(1.0), None, scale=4, uses_ref=True, count=1)
+  (name, panel), = imgs.items()
+  assert name == 'eval/000' and panel.shape == (1, 64, 4 * 64, 3)
+  hr = exs[0]['hr'] / 255.0
+  np.testing.assert_allclose(panel[0, :, 128:192], hr, atol=1e-6)  # The HR panel.
+  np.testing.assert_allclose(panel[0, :, 64:128], hr, atol=1e-6)  # SR = XH reference = HR.

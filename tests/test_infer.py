@@ -17,13 +17,16 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from configs import refsr
 from conftest import REPO_ROOT
-from ssen_jax import convert_torch
-from ssen_jax import datasets
-from ssen_jax import imresize as imresize_lib
-from ssen_jax import inference
-from ssen_jax import steps
+from ssen_jax.data import images as image_io
+from ssen_jax.data import imresize as imresize_lib
+from ssen_jax.inference import restore
+from ssen_jax.inference import tiling
+from ssen_jax.training import workdir as training_workdir
+
+from conftest import config_module
+
+refsr = config_module('refsr')
 
 LR_SIZE = (61, 75)  # Odd, not multiples of the tile alignment.
 
@@ -36,7 +39,6 @@ def random_params(config, seed=0, gain=1.0, offset_gain=2.0):
   weights of the aligned reference features amplified, so that the output neither saturates nor
   ignores the reference (the three deformable layers damp it otherwise).
   """
-  trainer = steps.Trainer(config, steps.create_mesh(jax.local_devices()[:1]))
   rng = np.random.default_rng(seed)
   c = config.model.features
 
@@ -53,14 +55,14 @@ def random_params(config, seed=0, gain=1.0, offset_gain=2.0):
       x[:, :, c:] *= 10.0
     return x.astype(np.float32)
 
-  return jax.tree_util.tree_map_with_path(fill, trainer.abstract_state()['params'])
+  return jax.tree_util.tree_map_with_path(fill, restore.abstract_params(config))
 
 
 def make_workdir(path, variant, seed=0):
   """A workdir holding random weights for configs/refsr.py:`variant`; returns (config, params)."""
   config = refsr.get_config(variant)
   params = random_params(config, seed)
-  convert_torch.write_workdir(path, config, params)
+  training_workdir.write_workdir(path, config, params)
   return config, params
 
 
@@ -122,7 +124,7 @@ def jax_cache(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def upscaler(workdir):
-  return inference.Upscaler(inference.load_generator(workdir))
+  return tiling.Upscaler(restore.load_generator(workdir))
 
 
 @pytest.fixture(scope='module')
@@ -153,14 +155,14 @@ def images(tmp_path_factory):
 @pytest.mark.parametrize('length', [1, 7, 8, 37, 45, 64, 200, 1001])
 @pytest.mark.parametrize('tile,overlap', [(32, 16), (48, 32), (64, 32), (100, 8)])
 def test_tiles_are_equal_aligned_and_overlapping(length, tile, overlap):
-  size, starts = inference.axis_tiles(length, tile, overlap)
+  size, starts = tiling.axis_tiles(length, tile, overlap)
   assert size <= max(tile, length) and starts[0] == 0 and starts[-1] + size == length
-  assert all(s % inference.ALIGN == 0 for s in starts)
+  assert all(s % tiling.ALIGN == 0 for s in starts)
   assert all(b - a <= size - overlap for a, b in zip(starts, starts[1:]))  # Shared >= overlap.
   scale, margin = 4, overlap * 3 // 8
   total = np.zeros(scale * length)
   for s in starts:
-    w = inference.blend_weights(s, size, length, overlap, scale)
+    w = tiling.blend_weights(s, size, length, overlap, scale)
     # No weight within `margin` LR px of a cut edge; image borders keep full weight.
     t = np.arange(scale * size) / scale
     assert not w[(t < margin) & (s > 0)].any()
@@ -168,12 +170,12 @@ def test_tiles_are_equal_aligned_and_overlapping(length, tile, overlap):
     total[scale * s:scale * (s + size)] += w
   assert total.min() > 0.49
   with pytest.raises(ValueError, match='too small'):
-    inference.axis_tiles(1000, overlap + 15, overlap)
+    tiling.axis_tiles(1000, overlap + 15, overlap)
 
 
 def test_tiled_matches_untiled(upscaler, images):
-  lr = inference.read_image(images / 'lr.png')
-  ref = inference.prepare_reference(inference.read_image(images / 'ref.png').rgb, lr.rgb, 4)
+  lr = image_io.read_image(images / 'lr.png')
+  ref = image_io.prepare_reference(image_io.read_image(images / 'ref.png').rgb, lr.rgb, 4)
   whole = upscaler(lr.rgb, ref)
   plan = upscaler.plan(*LR_SIZE, tile=48, overlap=32)
   # 45 = 61 mod 8, 43 = 75 mod 8 (<= 48); aligned strides of 8 keep >= 32 px shared.
@@ -186,7 +188,7 @@ def test_tiled_matches_untiled(upscaler, images):
   # The reference matters (each tile gets its own part of it) ...
   assert np.abs(upscaler(lr.rgb, ref[::-1]) - whole).max() > 10 / 255
   # ... and so does the network (not just the bicubic skip).
-  assert np.abs(whole - inference.self_reference(lr.rgb, 4)).mean() > 5 / 255
+  assert np.abs(whole - image_io.self_reference(lr.rgb, 4)).mean() > 5 / 255
 
 
 def test_memory_budget_picks_tiles(upscaler):
@@ -200,35 +202,35 @@ def test_memory_budget_picks_tiles(upscaler):
 
 
 def test_image_kinds(images, tmp_path):
-  rgb = inference.read_image(images / 'lr.png')
+  rgb = image_io.read_image(images / 'lr.png')
   assert (rgb.rgb.shape, rgb.alpha, rgb.gray, rgb.bits) == (LR_SIZE + (3,), None, False, 8)
-  gray16 = inference.read_image(images / 'gray16.png')
+  gray16 = image_io.read_image(images / 'gray16.png')
   assert gray16.gray and gray16.bits == 16
   raw = np.asarray(Image.open(images / 'gray16.png'))
   np.testing.assert_allclose(gray16.rgb[..., 1], raw / 65535, atol=1e-7)
-  rgba = inference.read_image(images / 'rgba.png')
+  rgba = image_io.read_image(images / 'rgba.png')
   assert rgba.alpha.shape == LR_SIZE and rgba.alpha[0, -1] == 1.0
-  gray = inference.read_image(images / 'gray.png')
+  gray = image_io.read_image(images / 'gray.png')
   assert gray.gray and gray.bits == 8 and gray.alpha is None
-  jpeg = inference.read_image(images / 'lr.jpg')
+  jpeg = image_io.read_image(images / 'lr.jpg')
   assert jpeg.rgb.shape == LR_SIZE + (3,) and np.abs(jpeg.rgb - rgb.rgb).mean() < 0.03
   # Output follows the input: modes and exact values.
   sr = np.random.default_rng(0).random((8, 12, 3))
-  assert inference.to_pil(sr, rgb).mode == 'RGB'
-  out16 = inference.to_pil(sr, gray16)
+  assert image_io.to_pil(sr, rgb).mode == 'RGB'
+  out16 = image_io.to_pil(sr, gray16)
   assert out16.mode == 'I;16'
   np.testing.assert_array_equal(np.asarray(out16), np.floor(sr.mean(-1) * 65535 + 0.5))
-  assert inference.to_pil(sr, rgba, alpha=np.ones((8, 12))).mode == 'RGBA'
-  assert inference.to_pil(sr, gray).mode == 'L'
-  assert inference.to_pil(sr, gray, alpha=np.ones((8, 12))).mode == 'LA'
+  assert image_io.to_pil(sr, rgba, alpha=np.ones((8, 12))).mode == 'RGBA'
+  assert image_io.to_pil(sr, gray).mode == 'L'
+  assert image_io.to_pil(sr, gray, alpha=np.ones((8, 12))).mode == 'LA'
   path = tmp_path / 'x.png'
-  inference.save_png_atomic(out16, path)
+  image_io.save_png_atomic(out16, path)
   np.testing.assert_array_equal(np.asarray(Image.open(path)), np.asarray(out16))
   assert [p.name for p in tmp_path.iterdir()] == ['x.png']  # No temporary file left.
   for bad, words in [('truncated.png', 'cannot read image'), ('nope.png', 'does not exist'),
                      ('', 'is a folder')]:
-    with pytest.raises(datasets.DatasetError, match=words):
-      inference.read_image(images / bad)
+    with pytest.raises(image_io.DatasetError, match=words):
+      image_io.read_image(images / bad)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,9 +257,9 @@ def test_cli_untiled_and_tiled(workdir, images, upscaler, jax_cache, tmp_path):
   assert a.shape == (4 * LR_SIZE[0], 4 * LR_SIZE[1], 3)
   assert np.abs(a - b).max() <= 1
   # The CLI computes what the library computes.
-  lr = inference.read_image(images / 'lr.png')
-  ref = inference.prepare_reference(inference.read_image(images / 'ref.png').rgb, lr.rgb, 4)
-  expected = np.asarray(inference.to_pil(upscaler(lr.rgb, ref), lr)).astype(int)
+  lr = image_io.read_image(images / 'lr.png')
+  ref = image_io.prepare_reference(image_io.read_image(images / 'ref.png').rgb, lr.rgb, 4)
+  expected = np.asarray(image_io.to_pil(upscaler(lr.rgb, ref), lr)).astype(int)
   assert np.abs(a - expected).max() <= 1 and (a == expected).mean() > 0.999
   # An existing output is kept without --overwrite.
   before = out.read_bytes()
@@ -275,8 +277,8 @@ def test_cli_gray16_self_reference_and_rgba_pixel(workdir, images, upscaler, jax
   assert 'self-reference' in proc.stderr
   img = Image.open(out)
   assert img.mode == 'I;16' and img.size == (4 * LR_SIZE[1], 4 * LR_SIZE[0])
-  lr = inference.read_image(images / 'gray16.png')
-  expected = upscaler(lr.rgb, inference.self_reference(lr.rgb, 4)).mean(-1)
+  lr = image_io.read_image(images / 'gray16.png')
+  expected = upscaler(lr.rgb, image_io.self_reference(lr.rgb, 4)).mean(-1)
   assert np.abs(np.asarray(img) / 65535 - expected).max() < 2e-4
   out = tmp_path / 'pixel.png'
   proc = run_cli('infer', '--workdir', workdir, '--lr', images / 'pixel.png', '--out', out,

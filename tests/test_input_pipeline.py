@@ -4,9 +4,9 @@ import pytest
 import skimage.data
 import tensorflow as tf
 
-from ssen_jax import datasets
-from ssen_jax import imresize as ir
-from ssen_jax import input_pipeline as ip
+from ssen_jax.data import datasets
+from ssen_jax.data import imresize as ir
+from ssen_jax.data import input_pipeline as ip
 
 
 def _write(tmp_path, pairs, num_shards, prefix='t'):
@@ -257,9 +257,13 @@ def test_ref_mix_sources(tmp_path):
       hr_src = source_of(np.round(hr * 255).astype(np.uint8))
       ref_src = source_of(np.round(ref * 255).astype(np.uint8))
       assert None not in (hr_src, ref_src) and hr_src != ref_src
-  for batch in shifted:
-    np.testing.assert_array_equal(batch['ref'], batch['hr'])  # Aligned before the ramp.
+  aligned = _take(_iter(pattern, local_batch_size=2, ref_mix=ip.RefMix(
+      aligned_prob=1.0, shifted_prob=0.0, shift_max=8.0)), 2)
+  for batch in shifted + aligned:
+    np.testing.assert_array_equal(batch['ref'], batch['hr'])  # Aligned (before the ramp).
   with pytest.raises(ValueError, match='more than 1'):
     _iter(pattern, ref_mix=ip.RefMix(shifted_prob=0.7, unrelated_prob=0.5))
+  with pytest.raises(ValueError, match='more than 1'):
+    _iter(pattern, ref_mix=ip.RefMix(shifted_prob=0.5, aligned_prob=0.6))
   with pytest.raises(ValueError, match='kind=refsr'):
     _iter(pattern, kind='sisr', ref_mix=ip.RefMix(unrelated_prob=0.5))

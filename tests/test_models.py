@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssen_jax import torch_reference as tm
+from ssen_jax.interop import torch_reference as tm
 from ssen_jax import ops
 from ssen_jax.models import RCAN, PatchDiscriminator, RefSRNet
 
@@ -24,7 +24,7 @@ TINY = {
 
 TINY_TORCH = {'ssen': dict(features=8, num_extract_blocks=1, num_recon_blocks=1, num_dcn_layers=2)}
 
-# Full-size models (DESIGN.md §3).
+# Full-size models (docs/choices.md).
 FULL_REFSR = dict(features=64, num_extract_blocks=5, num_recon_blocks=16, num_dcn_layers=3)
 FULL_RCAN = dict(features=64, num_groups=10, num_blocks=20, reduction=16, num_dcn_layers=3)
 

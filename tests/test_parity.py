@@ -1,7 +1,7 @@
-"""Whole-model parity with the PyTorch reference (`ssen_jax/torch_reference.py`).
+"""Whole-model parity with the PyTorch reference (`ssen_jax/interop/torch_reference.py`).
 
 Random PyTorch weights (every parameter, the zero-initialised ones included) go through
-`ssen_jax.convert.state_dict_to_params`; the flax model must then give the same output and the same
+`ssen_jax.interop.convert.state_dict_to_params`; the flax model must then give the same output and the same
 gradients of the Charbonnier loss with respect to every parameter.
 
 Sizes: LR 11x9 (reference 44x36), so the stride-2 convolutions see odd sizes and the offset
@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from ssen_jax import torch_reference as tm
-from ssen_jax import convert
+from ssen_jax.interop import torch_reference as tm
+from ssen_jax.interop import convert
 from ssen_jax.models import RCAN, PatchDiscriminator, RefSRNet
 
 FWD_TOL = 1e-4  # max abs, outputs of order 1.
 GRAD_TOL = 1e-3  # max |g_jax - g_torch| / (max |g_torch| + 1e-8), per parameter tensor.
-EPS = 1e-6  # Charbonnier epsilon (DESIGN.md §4).
+EPS = 1e-6  # Charbonnier epsilon (docs/choices.md).
 LR_SIZE = (11, 9)
 BATCH = 2
 

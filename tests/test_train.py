@@ -14,15 +14,25 @@ import jax
 import numpy as np
 import pytest
 
-from configs import refsr, refsr_gan, selfsim
-from ssen_jax import checkpointing, demo_data, steps, train
+from ssen_jax.core import checkpointing
+from ssen_jax.core import sharding
+from ssen_jax.data import demo_data
+from ssen_jax.inference import restore
+from ssen_jax.training import loop as train
+from ssen_jax.training import steps
+
+from conftest import config_module
+
+refsr = config_module('refsr')
+refsr_gan = config_module('refsr_gan')
+selfsim = config_module('selfsim')
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
 def demo_dir(tmp_path_factory):
-  from ssen_jax import demo_data
+  from ssen_jax.data import demo_data
   root = tmp_path_factory.mktemp('demo')
   demo_data.build_demo_data(root)
   return str(root)
@@ -37,10 +47,8 @@ def tiny_config(demo_dir, arg='tiny', module=refsr):
 
 
 def final_params(workdir):
-  config = checkpointing.read_config(workdir)
-  trainer = steps.Trainer(config, steps.create_mesh(jax.devices()[:1]))
-  params, step = checkpointing.restore_params(workdir, trainer.abstract_state())
-  return jax.tree.map(np.asarray, params), step
+  gen = restore.load_generator(workdir)
+  return jax.tree.map(np.asarray, gen.params), gen.step
 
 
 def assert_all_finite(params):
@@ -112,17 +120,17 @@ def test_eight_devices_match_one_and_never_recompile():
   config = refsr.get_config('tiny')
   results = {}
   for n in (1, 8):
-    mesh = steps.create_mesh(jax.devices()[:n])
+    mesh = sharding.create_mesh(jax.devices()[:n])
     trainer = steps.Trainer(config, mesh)
     state = trainer.init_state(0)
     for i in range(3):
-      state, metrics = trainer.train_step(state, steps.global_batch(_batch(config, i), mesh))
+      state, metrics = trainer.train_step(state, sharding.global_batch(_batch(config, i), mesh))
     assert trainer.train_step._cache_size() == 1  # One trace, one compilation, for all steps.
     results[n] = jax.tree.map(np.asarray, (state['params'], metrics))
   for a, b in zip(jax.tree.leaves(results[1]), jax.tree.leaves(results[8])):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   assert any(s.data.shape[0] == 1 for s in
-             steps.global_batch(_batch(config), steps.create_mesh())['lr'].addressable_shards)
+             sharding.global_batch(_batch(config), sharding.create_mesh())['lr'].addressable_shards)
 
 
 def _main_cmd(workdir, *overrides, config='configs/refsr.py:tiny'):
@@ -297,7 +305,7 @@ def test_sigterm_on_one_host_saves_and_exits_143(demo_dir, tmp_path):
   procs[0].send_signal(signal.SIGTERM)
   [step] = _preempted_steps(procs, logs, time.time())
   assert 4 <= step < 100000
-  assert checkpointing.saved_steps(tmp_path / 'w')[-1] == step
+  assert checkpointing.checkpoint_steps(tmp_path / 'w')[-1] == step
 
 
 def test_sigterm_to_one_of_two_hosts_in_training_and_in_evaluation(demo_dir, tmp_path):
@@ -310,7 +318,7 @@ def test_sigterm_to_one_of_two_hosts_in_training_and_in_evaluation(demo_dir, tmp
   procs[1].send_signal(signal.SIGTERM)
   saved = _preempted_steps(procs, logs, time.time())
   assert saved[0] == saved[1] >= 2
-  assert checkpointing.saved_steps(workdir)[-1] == saved[0]
+  assert checkpointing.checkpoint_steps(workdir)[-1] == saved[0]
 
   eval_step = saved[0] + 2
   logs = [tmp_path / 'b0', tmp_path / 'b1']
@@ -324,7 +332,7 @@ def test_sigterm_to_one_of_two_hosts_in_training_and_in_evaluation(demo_dir, tmp
     assert f'Resumed from step {eval_step - 2}' in text
     assert f'SIGTERM during the evaluation of step {eval_step}' in text
     assert f'Step {eval_step} eval:' not in text  # Cut short, not finished.
-  assert checkpointing.saved_steps(workdir)[-1] == eval_step
+  assert checkpointing.checkpoint_steps(workdir)[-1] == eval_step
 
 
 def test_two_processes_train_together(demo_dir, tmp_path):

@@ -9,9 +9,9 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from ssen_jax import imresize as imresize_lib
-from ssen_jax import inference
-from ssen_jax import visualize_offsets as vo
+from ssen_jax.data import imresize as imresize_lib
+from ssen_jax.data import images as image_io
+from ssen_jax.inference import offsets as vo
 from test_infer import assert_error, make_workdir, run_cli, run_many
 
 LR_SIZE = (24, 30)
@@ -82,7 +82,7 @@ def test_groups_and_samples_outside_the_map():
 def test_render_draws_each_point_in_its_colour():
   lr = np.full((6, 8, 3), 0.5)
   samples = [(np.array([[2.0, 3.0]]), np.ones(1)), (np.array([[5.0, 1.0]]), np.ones(1))]
-  fig = np.asarray(vo.render(inference.self_reference(lr, 4), np.full((24, 32, 3), 0.5),
+  fig = np.asarray(vo.render(image_io.self_reference(lr, 4), np.full((24, 32, 3), 0.5),
                              [(1, 1), (4, 6)], samples, 4, 0.0, 1))
   f = vo.MIN_PANEL // 32  # Enlargement of a 24x32 panel.
   x0 = 32 * f + 8  # Right panel's left edge; 16 px caption on top.
@@ -124,12 +124,14 @@ def test_cli_figure_and_bad_input(files, tmp_path):
 
 def test_self_similarity_model(tmp_path):
   """RCAN + SSEN aligns the input to itself: drawn on the bicubic input, pixel centres shifted."""
-  from configs import selfsim  # pylint: disable=import-outside-toplevel
-  from ssen_jax import convert_torch  # pylint: disable=import-outside-toplevel
+  from conftest import config_module  # pylint: disable=import-outside-toplevel
+  selfsim = config_module('selfsim')
+  from ssen_jax.inference import restore  # pylint: disable=import-outside-toplevel
+  from ssen_jax.training import workdir as training_workdir  # pylint: disable=import-outside-toplevel
   from test_infer import random_params  # pylint: disable=import-outside-toplevel
   config = selfsim.get_config('tiny')
-  convert_torch.write_workdir(tmp_path / 'selfsim', config, random_params(config))
-  gen = inference.load_generator(tmp_path / 'selfsim')
+  training_workdir.write_workdir(tmp_path / 'selfsim', config, random_params(config))
+  gen = restore.load_generator(tmp_path / 'selfsim')
   lr = np.random.default_rng(0).random((10, 12, 3)).astype(np.float32)
   fig, samples = vo.sampling_figure(gen, lr, None, [(4, 5)])
   assert len(samples) == 1 and samples[0][0].shape == (9**config.model.num_dcn_layers, 2)

@@ -42,5 +42,17 @@ def uses_reference(variant: str) -> bool:
   return variant == 'ssen'
 
 
+def init_inputs(cfg: Mapping[str, Any], lr_side: int):
+  """Zero inputs for `model.init`: (lr (1, n, n, 3), ref (1, s*n, s*n, 3) or None), n = lr_side.
+
+  Parameter shapes do not depend on n; references only for variants that take one.
+  """
+  lr = jnp.zeros((1, lr_side, lr_side, 3), jnp.float32)
+  side = cfg['scale'] * lr_side
+  ref = jnp.zeros((1, side, side, 3), jnp.float32) if uses_reference(cfg['variant']) else None
+  return lr, ref
+
+
 __all__ = ['DynamicOffsetEstimator', 'ModulatedDeformConv', 'NonLocalBlock', 'PatchDiscriminator',
-           'RCAN', 'RefSRNet', 'ResBlock', 'SSEN', 'VARIANTS', 'create_model', 'uses_reference']
+           'RCAN', 'RefSRNet', 'ResBlock', 'SSEN', 'VARIANTS', 'create_model', 'init_inputs',
+           'uses_reference']

@@ -2,8 +2,9 @@
 the non-local block, the modulated deformable convolution layer, and RCAN's attention blocks.
 
 Every module names its children explicitly (`conv1`, `blocks_3`, ...). The PyTorch reference in
-`ssen_jax/torch_reference.py` uses the same attribute names, so `ssen_jax.convert` maps a state_dict key
-such as `ssen.dcn_0.conv.weight` to the flax path `ssen/dcn_0/conv/kernel` by rule, not by table.
+`ssen_jax/interop/torch_reference.py` uses the same attribute names, so `ssen_jax.interop.convert`
+maps a state_dict key such as `ssen.dcn_0.conv.weight` to the flax path `ssen/dcn_0/conv/kernel` by
+rule, not by table.
 """
 from __future__ import annotations
 
@@ -45,15 +46,13 @@ class SplitConv(nn.Module):
 
   Holds the same `kernel` (k, k, sum of input channels, features) and `bias` as the `conv` it
   replaces, so checkpoints and the PyTorch converter see no difference. Three speed-ups for
-  XLA:CPU, all exact up to float rounding of the sum order:
+  XLA:CPU, all exact up to float rounding of the sum order (measured in docs/performance.md):
     - a convolution of concatenated inputs is the sum of one convolution per input with its slice of
-      the kernel: no concatenated copy, and the 64-channel convolutions run faster than one with
-      128 input channels (-23% for the estimators' conv_in at 80x137);
+      the kernel: no concatenated copy, and 64-channel convolutions run faster than one with 128
+      input channels;
     - `pad_features_to`: the output channels are zero-padded up to a multiple (and cut off after),
-      since an odd count such as the offset predictor's 27 leaves SIMD lanes idle (27 -> 32 is
-      -27% for the offset convolution at 80x137);
-    - `fast_kernel_grad`: the kernel gradient as matrix products (`ops.conv2d`), which XLA:CPU
-      computes 2.4x (C -> 4C), 2.8x (C -> 3) and, for C -> C, 1.2-1.8x (batch 4-16) faster.
+      since an odd count such as the offset predictor's 27 leaves SIMD lanes idle;
+    - `fast_kernel_grad`: the kernel gradient as matrix products (`ops.conv2d`).
   Stride 1 and an odd kernel size only.
   """
   features: int
@@ -127,7 +126,7 @@ class ModulatedDeformConv(nn.Module):
 
   A zero-initialised 3x3 convolution of `cond` gives G*9*3 channels: the first G*9*2 are offsets
   laid out [group][tap][dy, dx], the rest pass through a sigmoid to give the modulation mask
-  (DESIGN.md §2). An untrained layer therefore samples the regular grid with mask 0.5.
+  (docs/conventions.md). An untrained layer therefore samples the regular grid with mask 0.5.
   """
   features: int
   offset_groups: int = 1

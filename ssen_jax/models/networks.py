@@ -1,5 +1,5 @@
 """The super-resolution networks: RefSR with SSEN (and its baseline), RCAN, RCAN + SSEN for
-self-similarity SR, and the PatchGAN discriminator (paper Sec. 3.4-3.5, Fig. 2 and 4; DESIGN.md §3).
+self-similarity SR, and the PatchGAN discriminator (paper Sec. 3.4-3.5, Fig. 2 and 4; docs/choices.md).
 
 All take images NHWC in [0, 1] and return `scale`x larger images (not clipped). Every LR size
 H, W >= 1 gives exactly (scale*H, scale*W).
@@ -109,7 +109,7 @@ class RefSRNet(nn.Module):
         raise ValueError('the SSEN variant needs a reference image')
       if ref.shape[1:3] != (self.scale * h, self.scale * w):
         raise ValueError(f'reference must be {self.scale}x the LR size {(h, w)}, got '
-                         f'{ref.shape[1:3]}; see ssen_jax.datasets.fit_reference')
+                         f'{ref.shape[1:3]}; see ssen_jax.data.images.fit_reference')
       aligned, offsets, masks = self.ssen(f_lr, self.ref_features(ref), return_offsets=True)
       fused = self.fuse(jnp.concatenate([f_lr, aligned], axis=-1))
     else:
@@ -132,7 +132,7 @@ class RCAN(nn.Module):
   + head features -> Upsampler -> + bicubic(LR). We replace RCAN's fixed mean shift by the same
   global bicubic skip as the RefSR network: both centre the signal the body learns, and this one
   makes the two families share one output convention. SSEN is fused right after the head (our
-  choice, DESIGN.md §3).
+  choice, docs/choices.md).
   """
   features: int = 64
   num_groups: int = 10

@@ -12,7 +12,7 @@ Peak memory is O(chunk²) per batch element on top of the inputs, and the compil
 same size whatever N is. Keys that pad N up to a multiple of the chunk get a logit of -inf, so none is
 counted, and padded queries are cut off at the end.
 
-Logits, the softmax and its accumulators are float32 even for bf16 inputs (DESIGN.md §1).
+Logits, the softmax and its accumulators are float32 even for bf16 inputs (docs/conventions.md).
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
   logits = jnp.einsum('bnd,bmd->bnm', q, k, preferred_element_type=jnp.float32)
   # exp(logits - max) is multiplied by v first and the (N, E) result divided by the row sums,
   # rather than normalising the (N, M) matrix (`jax.nn.softmax`): the same value, one pass less
-  # over the large matrix in each direction (2.2x faster for N = M = 2760, XLA:CPU). The max only
+  # over the large matrix in each direction (docs/performance.md, "Attention"). The max only
   # guards exp against overflow; its gradient would cancel, so it is not differentiated.
   p = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
   out = jnp.einsum('bnm,bme->bne', p.astype(v.dtype), v, preferred_element_type=jnp.float32)

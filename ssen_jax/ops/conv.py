@@ -1,25 +1,21 @@
 """A stride-1 'same' 2-D convolution whose kernel gradient is computed as matrix products.
 
 XLA:CPU differentiates a convolution's kernel as another convolution, with the output gradient as
-its (large) window. For the sub-pixel upsampler's convolutions that was the slowest part of a train
-step: 64 -> 256 at 80x80, batch 4, took 153 ms against a 37 ms forward pass, and 64 -> 3 at
-160x160 took 65 ms. Written as what it is,
+its (large) window; for the sub-pixel upsampler's convolutions that was the slowest part of a train
+step. Written as what it is,
 
     dK[i, j] = sum over positions p of x_pad[p + (i, j)]ᵀ · dy[p]        (C_in x C_out per tap),
 
 the gradient is a few large matrix products. Whichever of x and dy has fewer channels is shifted:
-  - C_out >= C_in: one product per tap of the shifted x with dy (64 -> 256: 63 ms);
+  - C_out >= C_in: one product per tap of the shifted x with dy;
   - C_out < C_in: the nine shifted copies of the thin dy side by side, (P, 9 C_out), and a single
-    product with x, since sum_p x_pad[p + t] dy[p] = sum_q x[q] dy_pad[q - t + pad]
-    (64 -> 3: 23 ms).
+    product with x, since sum_p x_pad[p + t] dy[p] = sum_q x[q] dy_pad[q - t + pad].
 Each image's positions are split in two halves (a batch of products, so both cores get work). For
-C -> C convolutions the gain depends on the batch: XLA's kernel gradient of a 64 -> 64 convolution
-at 40x40 took 9.2 / 29 / 59 ms at batch 4 / 8 / 16 (superlinear), the products 8.0 / 15.7 / 38.7 ms;
-at batch 4 whole train steps were within the machine's noise either way. So `fast_kernel_grad`
-takes the products when C_out != C_in or the batch is at least `MIN_BATCH_SQUARE` (8), and XLA's
-gradient otherwise. The models ask for it on every stride-1 convolution
-(`ssen_jax.models.layers.conv`): the `ssen` train step at batch 8, 160x160, went from 3.67 to
-3.17 s (same process, interleaved).
+C -> C convolutions the gain depends on the batch (XLA's kernel gradient grows superlinearly with
+it; at batch 4 whole train steps were within noise either way), so `fast_kernel_grad` takes the
+products when C_out != C_in or the batch is at least `MIN_BATCH_SQUARE` (8), and XLA's gradient
+otherwise. The models ask for it on every stride-1 convolution (`ssen_jax.models.layers.conv`).
+The measurements behind these choices are in docs/performance.md ("Convolution kernel gradients").
 
 Only jax is imported here.
 """

@@ -1,7 +1,7 @@
 """Modulated deformable convolution (DCNv2), channels last.
 
 `deform_conv2d` computes exactly what `torchvision.ops.deform_conv2d` computes, with channels moved
-last (DESIGN.md §2):
+last (docs/conventions.md):
 
   Y(p) = sum_k w_k · X(p + p_k + Δp_k) · Δm_k                                   (paper, Eq. 1)
 
@@ -109,7 +109,7 @@ def _sample_coordinates(geom: _Geometry, offsets, mask):
   g, taps = geom.groups, geom.kh * geom.kw
   (sh, sw), (dh, dw) = geom.strides, geom.dilation
   (pt, _), (pl, _) = geom.padding
-  # Sampling coordinates stay float32 even when the features are bf16 (DESIGN.md §1).
+  # Sampling coordinates stay float32 even when the features are bf16 (docs/conventions.md).
   dtype = jnp.promote_types(offsets.dtype, jnp.float32)
   # Columns and taps are tap-major, then group: (N, Ho, Wo, K, G, 2).
   offsets = jnp.swapaxes(offsets.astype(dtype).reshape(n, geom.ho, geom.wo, g, taps, 2), 3, 4)

@@ -7,10 +7,10 @@ a handful of shifted slices:
 * `bicubic_upsample`: MATLAB's `imresize(x, scale, 'bicubic')` for an integer upscaling factor —
   Keys cubic with a = -0.5, half-pixel centres, symmetric (mirror) boundary. It is the global skip of
   the RefSR network (paper Sec. 3.4), so an untrained network starts at exactly the bicubic baseline
-  that the evaluation tables report (DESIGN.md §5 makes LR with the same kernel).
-* `upsample2x`: the dynamic offset estimator's upsampling (DESIGN.md §3 leaves it open). Our stride-2
-  convolutions (3x3, padding 1) centre output j on input 2j, so the inverse places low-resolution
-  sample j at high-resolution position 2j: out[2j] = x[j], out[2j+1] = (x[j] + x[j+1]) / 2, the last
+  that the evaluation tables report (docs/conventions.md: LR is made with the same kernel).
+* `upsample2x`: the dynamic offset estimator's upsampling (the paper is silent: docs/choices.md).
+  Our stride-2 convolutions (3x3, padding 1) centre output j on input 2j, so the inverse places
+  low-resolution sample j at high-resolution position 2j: out[2j] = x[j], out[2j+1] = (x[j] + x[j+1]) / 2, the last
   sample repeated past the edge. The result is cut to the skip connection's size (2h or 2h-1), so
   every size down to 1 works and no padding is ever blended into the crop a user gets back.
 * `pixel_shuffle`: sub-pixel convolution with PyTorch's channel order.
@@ -22,11 +22,24 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def cubic_kernel(t: np.ndarray, a: float = -0.5) -> np.ndarray:
-  """Keys' cubic convolution kernel (a = -0.5 is MATLAB's `imresize` bicubic)."""
-  t = np.abs(t)
-  return np.where(t <= 1, (a + 2) * t**3 - (a + 3) * t**2 + 1,
-                  np.where(t < 2, a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a, 0.0))
+def cubic_kernel(x: np.ndarray, a: float = -0.5) -> np.ndarray:
+  """Keys cubic convolution kernel (MATLAB's `cubic`, a = -0.5): the one of the package.
+
+  Used by the networks' bicubic skip (`bicubic_upsample`) and by `ssen_jax.data.imresize`.
+
+  Args:
+    x: array of any shape, distances in pixels.
+    a: the Keys parameter; MATLAB uses -0.5.
+
+  Returns:
+    Kernel values, same shape as `x`, float64.
+  """
+  absx = np.abs(np.asarray(x, np.float64))
+  absx2 = absx * absx
+  absx3 = absx2 * absx
+  near = ((a + 2) * absx3 - (a + 3) * absx2 + 1) * (absx <= 1)
+  far = (a * absx3 - 5 * a * absx2 + 8 * a * absx - 4 * a) * ((absx > 1) & (absx <= 2))
+  return near + far
 
 
 def bicubic_phase_weights(scale: int) -> np.ndarray:

@@ -7,8 +7,9 @@ rounded to uint8 (the published protocol), grayscale files replicated to three c
 metrics recognise them and use their own channel). CUFED5 refs are ordered XH, H, M, L, XL
 (`XXX_1.png` ... `XXX_5.png`) and kept at their own size; folders have no refs.
 
-Training records (written by `data_prep.convert` and `ssen_jax.demo_data`, read by
-`ssen_jax.input_pipeline`) are serialized `tf.train.Example`s whose features are all BytesLists:
+Training records (written by `ssen_jax.data_prep.convert` and `ssen_jax.data.demo_data`, read
+by `ssen_jax.data.input_pipeline`) are serialized `tf.train.Example`s whose features are all
+BytesLists:
 
   FEATURE_NAME 'name'  one value, the example name (utf-8), e.g. '000123' or '0001_r0_c1'.
   FEATURE_HR   'hr'    one value, PNG bytes of the RGB uint8 HR image.
@@ -29,7 +30,9 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from ssen_jax import imresize as imresize_lib
+from ssen_jax.data import images
+from ssen_jax.data import imresize as imresize_lib
+from ssen_jax.data.images import DatasetError
 
 FEATURE_NAME = 'name'
 FEATURE_HR = 'hr'
@@ -40,73 +43,8 @@ CUFED5_LEVELS = ('XH', 'H', 'M', 'L', 'XL')
 _CUFED5_RE = re.compile(r'^(\d+)_([0-5])\.png$', re.IGNORECASE)
 
 
-class DatasetError(ValueError):
-  """Bad dataset input (missing folder, wrong layout, unreadable image); the message says which."""
-
-
 # ---------------------------------------------------------------------------------------------
-# Images.
-
-
-def pil_to_rgb(img: Image.Image) -> np.ndarray:
-  """A loaded PIL image as (H, W, 3) uint8: gray replicated, alpha dropped, 16-bit scaled."""
-  if img.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
-    arr = np.asarray(img, np.float64)
-    arr = np.clip(np.floor(arr / 257.0 + 0.5), 0, 255).astype(np.uint8)
-    return np.repeat(arr[..., None], 3, axis=-1)
-  return np.asarray(img.convert('RGB'), np.uint8)
-
-
-# PIL modes of single-channel files (with or without alpha): MATLAB's imread gives them one
-# channel, so the published protocol scores them on their own values, not on BT.601 Y.
-_GRAY_MODES = frozenset({'1', 'L', 'LA', 'La', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'})
-
-
-def is_gray_file(path: str | os.PathLike) -> bool:
-  """Whether an image file stores a single channel (palette images count as colour).
-
-  Raises:
-    DatasetError: the file is missing or not an image.
-  """
-  try:
-    with Image.open(path) as img:  # Reads the header only.
-      return img.mode in _GRAY_MODES
-  except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise DatasetError(f'cannot read image {path}: {e}') from None
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-  """Reads an image file as RGB uint8.
-
-  Args:
-    path: PNG/JPEG/... file. Grayscale is replicated to 3 channels, alpha dropped, 16-bit scaled.
-
-  Returns:
-    (H, W, 3) uint8.
-
-  Raises:
-    DatasetError: the file is missing, truncated or not an image.
-  """
-  try:
-    with Image.open(path) as img:
-      img.load()
-      return pil_to_rgb(img)
-  except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise DatasetError(f'cannot read image {path}: {e}') from None
-
-
-def encode_png(img: np.ndarray, compress_level: int = 6) -> bytes:
-  """(H, W, 3) uint8 -> PNG bytes."""
-  buf = io.BytesIO()
-  Image.fromarray(np.ascontiguousarray(img, np.uint8)).save(buf, format='PNG',
-                                                            compress_level=compress_level)
-  return buf.getvalue()
-
-
-def decode_png(data: bytes) -> np.ndarray:
-  """PNG (or any PIL-readable) bytes -> (H, W, 3) uint8."""
-  with Image.open(io.BytesIO(data)) as img:
-    return np.asarray(img.convert('RGB'), np.uint8)
+# Evaluation examples.
 
 
 def crop_to_multiple(img: np.ndarray, scale: int) -> np.ndarray:
@@ -117,24 +55,12 @@ def crop_to_multiple(img: np.ndarray, scale: int) -> np.ndarray:
   return img[:h, :w]
 
 
-def fit_reference(ref: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Deterministic reference fitting (evaluation): crop/pad (h, w, C) to (height, width, C).
-
-  Same rule as the training pipeline without the randomness: keep the top-left
-  min(h, height) x min(w, width) window, then pad at the bottom/right by symmetric reflection
-  (edge repeated, numpy's 'symmetric'; any amount of padding works).
-  """
-  ref = ref[:height, :width]
-  pad = ((0, height - ref.shape[0]), (0, width - ref.shape[1])) + ((0, 0),) * (ref.ndim - 2)
-  return np.pad(ref, pad, mode='symmetric') if any(p[1] for p in pad) else ref
-
-
 def make_example(name: str, hr: np.ndarray, scale: int, refs: Sequence[np.ndarray] = (),
                  gray: bool = False) -> dict:
   """An evaluation example: HR cropped to a multiple of `scale`, LR by MATLAB bicubic (uint8).
 
   `gray` records that the HR file has a single channel (scored on its own values, see
-  `ssen_jax.metrics`); the arrays are RGB either way.
+  `ssen_jax.eval.metrics`); the arrays are RGB either way.
   """
   hr = crop_to_multiple(hr, scale)
   return {'name': name, 'hr': hr, 'lr': imresize_lib.imresize(hr, 1.0 / scale), 'refs': list(refs),
@@ -173,8 +99,11 @@ def load_folder(directory: str | os.PathLike, scale: int) -> list[dict]:
   Raises:
     DatasetError: missing/empty folder or an unreadable image.
   """
-  return [make_example(p.stem, read_image(p), scale, gray=is_gray_file(p))
-          for p in list_images(directory)]
+  examples = []
+  for p in list_images(directory):
+    img = images.read_image(p)
+    examples.append(make_example(p.stem, img.uint8(), scale, gray=img.gray))
+  return examples
 
 
 def cufed5_groups(directory: str | os.PathLike) -> dict[str, dict[int, pathlib.Path]]:
@@ -208,13 +137,24 @@ def load_cufed5(directory: str | os.PathLike, scale: int) -> list[dict]:
   Raises:
     DatasetError: missing folder, wrong layout or an unreadable image.
   """
-  return [make_example(gid, read_image(m[0]), scale, [read_image(m[i]) for i in range(1, 6)],
-                       gray=is_gray_file(m[0]))
-          for gid, m in cufed5_groups(directory).items()]
+  examples = []
+  for gid, members in cufed5_groups(directory).items():
+    hr = images.read_image(members[0])
+    refs = [images.read_image(members[i]).uint8() for i in range(1, 6)]
+    examples.append(make_example(gid, hr.uint8(), scale, refs, gray=hr.gray))
+  return examples
 
 
 # ---------------------------------------------------------------------------------------------
 # Record format, written without TensorFlow.
+
+
+def encode_png(img: np.ndarray, compress_level: int = 6) -> bytes:
+  """(H, W, 3) uint8 -> PNG bytes."""
+  buf = io.BytesIO()
+  Image.fromarray(np.ascontiguousarray(img, np.uint8)).save(buf, format='PNG',
+                                                            compress_level=compress_level)
+  return buf.getvalue()
 
 
 def _varint(n: int) -> bytes:

@@ -10,20 +10,14 @@ Protocol (the one of RCAN/EDSR/SRNTT/SSEN's MATLAB scripts):
   three-channel image is scored on BT.601 Y, even when its channels are equal; only a
   single-channel file is scored on its own values (in [0, 255]). The numpy functions decide from
   the HR array ((H, W) or (H, W, 1): gray) unless told with `gray=` (the evaluation passes the
-  file's channel count, `ssen_jax.datasets.is_gray_file`, since it loads every file as RGB). The
-  SR image of a gray HR is reduced to its channel mean (its single channel for a bicubic result).
+  file's channel count, `ssen_jax.data.images.ImageFile.gray`, since it loads every file as
+  RGB). The SR image of a gray HR is reduced to its channel mean (its single channel for a bicubic result).
 * `scale` pixels are shaved from each border before comparing.
 * PSNR = 10 log10(255^2 / MSE). SSIM: 11x11 Gaussian window, sigma 1.5, normalised, 'valid'
   filtering (no padding), K1 = 0.01, K2 = 0.03, L = 255, mean of the SSIM map (no downsampling).
 
-The numpy functions take one image and compute in float64. The `*_jax` functions take batches
-(N, H, W, 3) of floats in [0, 1], are jit-able (with `scale` static) and return (N,) arrays; they
-compute in float32 and agree with numpy to about 1e-5 dB (PSNR) and 1e-5 (SSIM).
+The functions take one image and compute in float64 (numpy).
 """
-import functools
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 _Y_WEIGHTS = np.array([65.481, 128.553, 24.966])
@@ -148,85 +142,3 @@ def ssim_y(sr: np.ndarray, hr: np.ndarray, scale: int, *, gray: bool | None = No
   """SSIM on BT.601 luma with `scale` pixels shaved. Same inputs as `psnr_y`."""
   y_sr, y_hr = _luma_pair(sr, hr, gray)
   return ssim_gray(_shave(y_sr, scale), _shave(y_hr, scale))
-
-
-# ---------------------------------------------------------------------------------------------
-# jax.numpy versions: batched (N, H, W, 3) floats in [0, 1]. `gray` is an optional (N,) bool array
-# (the single-channel files of the batch, loaded as three equal channels); None: none is gray.
-
-
-def _round_levels_jax(x: jax.Array) -> jax.Array:
-  """[0, 1] floats -> uint8 levels as float32 (half away from zero, like `to_uint8`)."""
-  return jnp.clip(jnp.floor(x.astype(jnp.float32) * 255 + 0.5), 0, 255)
-
-
-def _luma_pair_jax(sr: jax.Array, hr: jax.Array,
-                   gray: jax.Array | None) -> tuple[jax.Array, jax.Array]:
-  sr, hr = _round_levels_jax(sr), _round_levels_jax(hr)
-  gray = jnp.zeros(hr.shape[0], bool) if gray is None else jnp.asarray(gray, bool)
-  w = jnp.asarray(_Y_WEIGHTS / 255.0, jnp.float32)
-  y_sr = jnp.where(gray[:, None, None], sr.mean(-1), 16.0 + sr @ w)
-  y_hr = jnp.where(gray[:, None, None], hr[..., 0], 16.0 + hr @ w)
-  return y_sr, y_hr
-
-
-def _shave_jax(x: jax.Array, border: int) -> jax.Array:
-  return x[:, border:x.shape[1] - border, border:x.shape[2] - border]
-
-
-def _psnr_from_mse_jax(mse: jax.Array) -> jax.Array:
-  return 10 * jnp.log10(_L * _L / mse)
-
-
-@functools.partial(jax.jit, static_argnames='scale')
-def psnr_y_jax(sr: jax.Array, hr: jax.Array, scale: int,
-               gray: jax.Array | None = None) -> jax.Array:
-  """Batched `psnr_y`.
-
-  Args:
-    sr: (N, H, W, 3) floats in [0, 1].
-    hr: (N, H, W, 3) floats in [0, 1] (uint8 levels / 255).
-    scale: SR factor and border shave (static).
-    gray: (N,) bool, the examples whose HR file has a single channel; None: none.
-
-  Returns:
-    (N,) float32 PSNR in dB (inf where identical).
-  """
-  y_sr, y_hr = _luma_pair_jax(sr, hr, gray)
-  diff = _shave_jax(y_sr - y_hr, scale)
-  return _psnr_from_mse_jax(jnp.mean(diff * diff, axis=(1, 2)))
-
-
-@functools.partial(jax.jit, static_argnames='scale')
-def psnr_rgb_jax(sr: jax.Array, hr: jax.Array, scale: int) -> jax.Array:
-  """Batched `psnr_rgb`: (N, H, W, 3) floats in [0, 1] -> (N,) dB."""
-  diff = _shave_jax(_round_levels_jax(sr) - _round_levels_jax(hr), scale)
-  return _psnr_from_mse_jax(jnp.mean(diff * diff, axis=(1, 2, 3)))
-
-
-def _filter_valid_jax(x: jax.Array) -> jax.Array:
-  """(N, H, W) -> (N, H - 10, W - 10), separable Gaussian 'valid' correlation."""
-  win = jnp.asarray(gaussian_window_1d(), jnp.float32)
-  k = win.shape[0]
-  h, w = x.shape[1], x.shape[2]
-  rows = sum(win[i] * x[:, i:h - k + 1 + i] for i in range(k))
-  return sum(win[j] * rows[:, :, j:w - k + 1 + j] for j in range(k))
-
-
-@functools.partial(jax.jit, static_argnames='scale')
-def ssim_y_jax(sr: jax.Array, hr: jax.Array, scale: int,
-               gray: jax.Array | None = None) -> jax.Array:
-  """Batched `ssim_y`: (N, H, W, 3) floats in [0, 1] -> (N,) SSIM; `gray` as `psnr_y_jax`."""
-  y_sr, y_hr = _luma_pair_jax(sr, hr, gray)
-  # Variances are shift-invariant: centring on 128 keeps float32 cancellation in
-  # E[x^2] - E[x]^2 small (levels <= 128 instead of <= 255).
-  x = _shave_jax(y_sr, scale) - 128.0
-  y = _shave_jax(y_hr, scale) - 128.0
-  mu_x, mu_y = _filter_valid_jax(x), _filter_valid_jax(y)
-  sxx = _filter_valid_jax(x * x) - mu_x * mu_x
-  syy = _filter_valid_jax(y * y) - mu_y * mu_y
-  sxy = _filter_valid_jax(x * y) - mu_x * mu_y
-  mu_x, mu_y = mu_x + 128.0, mu_y + 128.0
-  num = (2 * mu_x * mu_y + _C1) * (2 * sxy + _C2)
-  den = (mu_x * mu_x + mu_y * mu_y + _C1) * (sxx + syy + _C2)
-  return jnp.mean(num / den, axis=(1, 2))

@@ -11,7 +11,8 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from ssen_jax import datasets
+from ssen_jax.data import datasets
+from ssen_jax.data import images
 
 PAIR, CUFED5, SINGLE = 'pair', 'cufed5', 'single'
 FEATURES = {
@@ -90,7 +91,7 @@ def _load(path: pathlib.Path) -> tuple[np.ndarray, bytes | None]:
     with Image.open(io.BytesIO(data)) as img:
       img.load()
       keep = img.format == 'PNG' and img.mode == 'RGB'
-      return datasets.pil_to_rgb(img), (data if keep else None)
+      return images.from_pil(img).uint8(), (data if keep else None)
   except (OSError, ValueError, Image.DecompressionBombError) as e:
     raise datasets.DatasetError(f'cannot read image {path}: {e}') from None
 

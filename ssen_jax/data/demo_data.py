@@ -18,7 +18,7 @@ photos become three equal channels. The HR is a 160x160 crop; its stored referen
 neighbourhood seen through a random similarity transform (rotation up to 3 degrees, scale
 0.95-1.05, shift up to 8 px, bicubic resampling) with a small gain/offset change, i.e. related
 but not aligned content, as CUFED's pairs are. The demo config adds shifted views and unrelated
-references on the fly (`ssen_jax.input_pipeline.RefMix`).
+references on the fly (`ssen_jax.data.input_pipeline.RefMix`).
 
 Evaluation groups come from other images only: the real stereo pair `motorcycle_left/right`
 (12 groups), `chelsea` (6) and `coffee` (6), with `retina` for unrelated references. Groups
@@ -45,7 +45,8 @@ import numpy as np
 from PIL import Image
 from skimage import transform
 
-from ssen_jax import datasets
+from ssen_jax.data import datasets
+from ssen_jax.data.images import read_image
 
 DEMO_NAME = 'ssen_demo_v3'
 TRAIN_SOURCES = ('astronaut.png', 'rocket.jpg', 'hubble_deep_field.jpg', 'ihc.png', 'camera.png',
@@ -72,7 +73,7 @@ class DemoData(NamedTuple):
 def _source(name: str) -> np.ndarray:
   """An RGB uint8 image from skimage's installed data folder (no network: files only)."""
   import skimage  # pylint: disable=g-import-not-at-top
-  return datasets.read_image(pathlib.Path(skimage.__file__).parent / 'data' / name)
+  return read_image(pathlib.Path(skimage.__file__).parent / 'data' / name).uint8()
 
 
 def _view(img: np.ndarray, center: tuple[float, float], size: int, *, angle: float = 0.0,
@@ -167,7 +168,8 @@ def make_eval_groups() -> list[tuple[str, list[np.ndarray]]]:
 
 
 def _readme(num_train: int, num_eval: int) -> str:
-  return (f'{DEMO_NAME}: demo RefSR data built by ssen_jax.demo_data from scikit-image photos.\n'
+  return (f'{DEMO_NAME}: demo RefSR data built by ssen_jax.data.demo_data from scikit-image '
+          'photos.\n'
           f'train/: {num_train} CUFED-style pairs (160x160) as TFRecords (name, hr, ref PNG).\n'
           'train_raw/: the same pairs in the raw CUFED layout (input/, ref/).\n'
           f'eval/: {num_eval} CUFED5-style groups, XXX_0.png HR, XXX_1..5.png refs XH..XL.\n'

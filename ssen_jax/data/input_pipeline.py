@@ -2,7 +2,7 @@
 
 The only runtime module besides `data_prep` that imports TensorFlow (hidden from GPUs here).
 
-Reads the TFRecords of `data_prep.convert` / `ssen_jax.demo_data` (keys in `ssen_jax.datasets`).
+Reads the TFRecords of `data_prep.convert` / `data.demo_data` (keys in `ssen_jax.data.datasets`).
 Per example:
 
 1. HR: a random `hr_patch` x `hr_patch` crop (uniform offset), then one of the 8 dihedral
@@ -12,7 +12,7 @@ Per example:
    per axis, padded at the bottom/right by symmetric reflection (edge repeated, as numpy's
    'symmetric') when smaller than `hr_patch`, then its own random dihedral transform.
 3. LR: MATLAB bicubic `imresize(hr, 1 / scale)` of the augmented uint8 HR crop, rounded to uint8
-   after each axis exactly like `ssen_jax.imresize.imresize` (same weight matrices, float64).
+   after each axis exactly like `ssen_jax.data.imresize` (same weight matrices, float64).
 4. Everything is returned as float32 in [0, 1] (uint8 levels / 255), NHWC.
 
 Determinism and exact resume: every host keeps its share of encoded PNG bytes in memory. Example
@@ -29,8 +29,8 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from ssen_jax import datasets
-from ssen_jax import imresize as imresize_lib
+from ssen_jax.data import datasets
+from ssen_jax.data import imresize as imresize_lib
 
 
 def hide_gpus_from_tf() -> None:
@@ -56,7 +56,7 @@ def imresize_tf(img: tf.Tensor, scale: float) -> tf.Tensor:
 
   Returns:
     uint8 for uint8 input (rounded half away from zero and saturated after each axis, as MATLAB
-    and `ssen_jax.imresize.imresize`), else float64. Shape (..., ceil(H s), ceil(W s), C).
+    and `ssen_jax.data.imresize`), else float64. Shape (..., ceil(H s), ceil(W s), C).
   """
   height, width = img.shape[-3], img.shape[-2]
   if height is None or width is None:
@@ -89,13 +89,6 @@ def crop_origin(shape: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
   return y, x
 
 
-def random_crop(image: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
-                seed: tf.Tensor) -> tf.Tensor:
-  """Uniform random (height, width) window of (H, W, C), H >= height, W >= width (stateless)."""
-  y, x = crop_origin(tf.shape(image), height, width, seed)
-  return image[y:y + height, x:x + width]
-
-
 def symmetric_pad_to(image: tf.Tensor, size: int) -> tf.Tensor:
   """Pads (h, w, C), h, w <= size, to (size, size, C) at the bottom/right by symmetric reflection.
 
@@ -115,7 +108,11 @@ REF_AUGMENTS = ('independent', 'paired', 'mixed')
 class RefMix(NamedTuple):
   """Where each training reference comes from (all probabilities per example).
 
-  With probability `shifted_prob` the reference is a view of the example's own HR image, cut
+  With probability `aligned_prob` the reference is the HR crop itself (the same view of the
+  example's own HR image, shifted by at most `aligned_jitter` HR pixels per axis, as real
+  references are never pixel-exact; `photometric` applies): a steady share of references that pay
+  off when copied keeps the reference path worth using (with the L1-like Charbonnier loss a
+  reference the network cannot yet tell good from bad is worth copying only while most are good). With probability `shifted_prob` the reference is a view of the example's own HR image, cut
   `shift` HR pixels away from the HR crop (each axis an integer uniform in [-m, m]; m is 0, i.e.
   the reference is aligned, until step `shift_ramp_start`, then grows linearly to `shift_max` over
   `shift_ramp_steps` steps: a curriculum from aligned to several LR pixels of misalignment; with
@@ -128,6 +125,8 @@ class RefMix(NamedTuple):
   """
   shifted_prob: float = 0.0
   unrelated_prob: float = 0.0
+  aligned_prob: float = 0.0
+  aligned_jitter: float = 0.0
   shift_ramp_start: int = 0
   shift_max: float = 8.0
   shift_ramp_steps: int = 0
@@ -136,7 +135,11 @@ class RefMix(NamedTuple):
 
   @property
   def active(self) -> bool:
-    return self.shifted_prob > 0 or self.unrelated_prob > 0
+    return self.shifted_prob > 0 or self.unrelated_prob > 0 or self.aligned_prob > 0
+
+  @property
+  def total(self) -> float:
+    return self.shifted_prob + self.unrelated_prob + self.aligned_prob
 
   def max_shift(self, step: tf.Tensor) -> tf.Tensor:
     """m at `step` (float64 scalar): the curriculum's current largest shift in HR pixels."""
@@ -332,7 +335,7 @@ def create_train_iterator(*, file_pattern: str, kind: str, hr_patch: int, scale:
     raise ValueError(f'process_index={process_index} not in [0, {process_count})')
   if ref_mix.active and kind != 'refsr':
     raise ValueError(f'ref_mix needs kind=refsr, got {kind!r}')
-  if ref_mix.shifted_prob + ref_mix.unrelated_prob > 1:
+  if ref_mix.total > 1 + 1e-9:
     raise ValueError(f'ref_mix probabilities add up to more than 1: {ref_mix}')
   hide_gpus_from_tf()
   files = host_shards(file_pattern, process_index, process_count)
@@ -372,6 +375,10 @@ def create_train_iterator(*, file_pattern: str, kind: str, hr_patch: int, scale:
       return shifted_view_example(hr, ex_seed, ref_mix.max_shift(step), hr_patch=hr_patch,
                                   scale=scale, photometric=ref_mix.photometric,
                                   quantum=ref_mix.shift_quantum)
+    def aligned():
+      jitter = tf.constant(float(ref_mix.aligned_jitter), tf.float64)
+      return shifted_view_example(hr, ex_seed, jitter, hr_patch=hr_patch,
+                                  scale=scale, photometric=ref_mix.photometric)
     def unrelated():
       draw = tf.random.experimental.stateless_fold_in(mix_seed, 1)
       other = (index + 1 + tf.random.stateless_uniform(
@@ -379,9 +386,9 @@ def create_train_iterator(*, file_pattern: str, kind: str, hr_patch: int, scale:
       other_hr = tf.io.decode_png(tf.gather(records['hr'], other), channels=3)
       return augment_example(hr, other_hr, ex_seed, hr_patch=hr_patch, scale=scale,
                              ref_augment='independent')
-    return tf.case([(u < ref_mix.shifted_prob, shifted),
-                    (u < ref_mix.shifted_prob + ref_mix.unrelated_prob, unrelated)],
-                   default=from_record)
+    p_shift, p_unrel = ref_mix.shifted_prob, ref_mix.shifted_prob + ref_mix.unrelated_prob
+    return tf.case([(u < p_shift, shifted), (u < p_unrel, unrelated),
+                    (u < p_unrel + ref_mix.aligned_prob, aligned)], default=from_record)
 
   ds = tf.data.Dataset.range(start_step * batch, np.iinfo(np.int64).max)
   ds = ds.map(make_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -1,8 +1,8 @@
 r"""Converts raw SR datasets to sharded TFRecord files of PNG-encoded images.
 
-  python -m data_prep.convert --dataset cufed --input_dir CUFED --output_dir data/cufed \
+  python -m ssen_jax.data_prep.convert --dataset cufed --input_dir CUFED --output_dir data/cufed \
       --num_shards 64
-  python -m data_prep.convert --dataset div2k --input_dir DIV2K_train_HR --output_dir data/div2k \
+  python -m ssen_jax.data_prep.convert --dataset div2k --input_dir DIV2K_train_HR --output_dir data/div2k \
       --num_shards 64
 
 Expected input layouts (see data_prep/README.md for where to download each):
@@ -14,7 +14,7 @@ Expected input layouts (see data_prep/README.md for where to download each):
 
 Output: OUTPUT/NAME-00000-of-0000K.tfrecord ... (NAME = --name, default the dataset) and
 OUTPUT/NAME.json (counts, features, skipped files). Records are `tf.train.Example`s of BytesLists
-(`ssen_jax.datasets` defines the keys):
+(`ssen_jax.data.datasets` defines the keys):
 
   'name'  example name (utf-8): the file stem, the CUFED5 group id, or STEM_rR_cC for a tile.
   'hr'    PNG, RGB uint8: the HR image (or tile).
@@ -51,8 +51,8 @@ from collections.abc import Sequence
 from absl import app
 from absl import flags
 
-from data_prep import layouts
-from ssen_jax import datasets
+from ssen_jax.data_prep import layouts
+from ssen_jax.data import datasets
 
 FLAGS = flags.FLAGS
 

@@ -1,7 +1,7 @@
 """Conversion between PyTorch state_dicts and flax parameter trees of the SSEN networks.
 
 A PyTorch implementation whose module attributes mirror the flax module names (flax's `name_i`
-children held in an `nn.ModuleList` called `name`; `ssen_jax/torch_reference.py` is one) maps onto the
+children held in an `nn.ModuleList` called `name`; `ssen_jax/interop/torch_reference.py` is one) maps onto the
 flax parameters by rule, not by table:
 
   * the key is split on '.'; a numeric component is joined to the one before it with '_':
@@ -17,6 +17,7 @@ inference never import it.
 """
 from __future__ import annotations
 
+import pathlib
 import re
 from typing import Any, Dict, Mapping, Tuple
 
@@ -189,7 +190,7 @@ def load_pth(path: str) -> Dict[str, np.ndarray]:
   except ImportError as e:
     raise ImportError('reading .pth files needs PyTorch: pip install torch (CPU build is '
                       'enough); or convert the checkpoint elsewhere with '
-                      'ssen_jax.convert.load_pth and save it with numpy.savez') from e
+                      'ssen_jax.interop.convert.load_pth and save it with numpy.savez') from e
   obj = torch.load(path, map_location='cpu', weights_only=True)
   if isinstance(obj, Mapping):
     for key in _WRAPPER_KEYS:
@@ -210,4 +211,41 @@ def load_pth(path: str) -> Dict[str, np.ndarray]:
   return state
 
 
-__all__ = ['load_pth', 'params_to_state_dict', 'state_dict_to_params']
+class ConversionError(ValueError):
+  """Bad conversion input; the message says what (it may span several lines)."""
+
+
+def read_state_dict(path: str | pathlib.Path) -> Dict[str, np.ndarray]:
+  """`load_pth` with one-line errors for missing or unreadable files.
+
+  Raises:
+    ConversionError: not a file, not a torch checkpoint, or no state_dict in it.
+    ImportError: torch is not installed.
+  """
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise ConversionError(f'{path} does not exist')
+  if not path.is_file():
+    raise ConversionError(f'{path} is not a file')
+  try:
+    return load_pth(str(path))
+  except ImportError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # torch.load raises many types.
+    raise ConversionError(f'cannot read PyTorch checkpoint {path}: '
+                          f'{str(e).splitlines()[0] if str(e) else type(e).__name__}') from None
+
+
+def summarize(error: Exception) -> str:
+  """A one-line digest of a (multi-line) architecture mismatch of `state_dict_to_params`."""
+  lines = str(error).splitlines()
+  if len(lines) <= 1:
+    return str(error)
+  counts = [l.strip().split(',')[0].rstrip(':') for l in lines[1:]
+            if l.startswith('  ') and not l.startswith('    ')]
+  first = next((l.strip() for l in lines[1:] if l.startswith('    ')), '')
+  return f'{lines[0].rstrip(":")}: {"; ".join(counts)} (first: {first})'
+
+
+__all__ = ['ConversionError', 'load_pth', 'params_to_state_dict', 'read_state_dict',
+           'state_dict_to_params', 'summarize']

@@ -1,49 +1,26 @@
-"""Sharded training state and the jit-compiled train steps (DESIGN.md §6).
+"""Sharded training state and the jit-compiled train steps (docs/architecture.md, "Distribution").
 
-One Mesh with a single `data` axis spans every device of every host. Parameters and optimiser state
-are replicated; batches are sharded on their leading dimension. The state is created already
-replicated by a jitted init with `out_shardings`, and every update donates it.
+Parameters and optimiser state are replicated over the mesh of `ssen_jax.core.sharding`; batches
+are sharded on their leading dimension. The state is created already replicated by a jitted init
+with `out_shardings`, and every update donates it.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Tuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from ssen_jax import models
-from ssen_jax import optim
+from ssen_jax.core.sharding import batch_sharded, replicated
+from ssen_jax.training import optim
 
 State = Dict[str, Any]
 Batch = Mapping[str, jax.Array]
-
-
-def create_mesh(devices=None) -> Mesh:
-  """A 1-D ('data',) mesh over all devices of all processes."""
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), ('data',))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
-
-
-def batch_sharded(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P('data'))
-
-
-def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> Dict[str, jax.Array]:
-  """Assembles this host's slice of the batch into global arrays sharded over the mesh."""
-  sharding = batch_sharded(mesh)
-  out = {}
-  for key, value in local.items():
-    global_shape = (value.shape[0] * jax.process_count(),) + value.shape[1:]
-    out[key] = jax.make_array_from_process_local_data(sharding, value, global_shape)
-  return out
 
 
 class Trainer:
@@ -74,15 +51,10 @@ class Trainer:
 
   # -- State ---------------------------------------------------------------------------------
 
-  def _dummy_inputs(self):
-    s, p = self.config.model.scale, self.config.data.hr_patch
-    lr = jnp.zeros((1, p // s, p // s, 3), jnp.float32)
-    ref = jnp.zeros((1, p, p, 3), jnp.float32) if self.uses_ref else None
-    return lr, ref
-
   def _init(self, rng: jax.Array) -> State:
     g_rng, d_rng = jax.random.split(rng)
-    lr, ref = self._dummy_inputs()
+    lr, ref = models.init_inputs(self.config.model,
+                                 self.config.data.hr_patch // self.config.model.scale)
     params = self.model.init(g_rng, lr, ref)['params']
     state = {'step': jnp.zeros((), jnp.int32), 'params': params,
              'opt_state': self.tx.init(params)}
@@ -94,16 +66,24 @@ class Trainer:
       state['disc_opt_state'] = self.disc_tx.init(disc_params)
     return state
 
-  def init_state(self, seed: int | jax.Array) -> State:
+  def init_state(self, seed: int | jax.Array, params: Any = None) -> State:
     """Creates the state directly replicated over the mesh (no host round trip).
 
     Args:
       seed: an integer seed, or a PRNG key. Integer seeds make an 'rbg' key: initialising a
         full-size network with threefry keys takes several times longer to compile on CPU, and
         initial values need no more than rbg gives.
+      params: generator parameters to start from instead of fresh ones (the GAN stage's
+        reconstruction model, imported PyTorch weights); numpy or jax arrays of the model's tree.
+        Optimiser (and discriminator) states are fresh either way.
     """
     rng = jax.random.key(seed, impl='rbg') if isinstance(seed, int) else seed
-    return jax.jit(self._init, out_shardings=replicated(self.mesh))(rng)
+    state = jax.jit(self._init, out_shardings=replicated(self.mesh))(rng)
+    if params is not None:
+      place = lambda new, like: jax.device_put(
+          new if isinstance(new, jax.Array) else np.asarray(new, like.dtype), like.sharding)
+      state = dict(state, params=jax.tree.map(place, params, state['params']))
+    return state
 
   def abstract_state(self) -> State:
     """Shapes, dtypes and shardings of the state, for checkpoint restoration."""
@@ -184,20 +164,3 @@ class Trainer:
     new_state = dict(state, step=state['step'] + 1, params=params, opt_state=opt_state,
                      disc_params=disc_params, disc_opt_state=disc_opt_state)
     return new_state, metrics
-
-  # -- Inference -----------------------------------------------------------------------------
-
-  def make_sr_fn(self) -> Callable[[Any, np.ndarray, Optional[np.ndarray]], np.ndarray]:
-    """A jitted params, lr (1, h, w, 3), ref -> sr (1, s*h, s*w, 3) float32 in [0, 1].
-
-    It recompiles once per input shape (evaluation images keep their own sizes: padding them to
-    a common shape would change the pixels near the border that the published protocol scores).
-    """
-    uses_ref = self.uses_ref
-
-    @jax.jit
-    def sr_fn(params, lr, ref):
-      out = self.model.apply({'params': params}, lr, ref if uses_ref else None)
-      return jnp.clip(out, 0.0, 1.0)
-
-    return sr_fn

@@ -1,4 +1,4 @@
-"""Losses, learning-rate schedule and optimisers (paper Sec. 3.5 and 4.2; DESIGN.md §4)."""
+"""Losses, learning-rate schedule and optimisers (paper Sec. 3.5 and 4.2; docs/choices.md)."""
 from __future__ import annotations
 
 import jax

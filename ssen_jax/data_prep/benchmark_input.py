@@ -1,7 +1,7 @@
 r"""Measures training input throughput (examples/s, and per CPU core) for CUFED-shaped batches.
 
-  python -m data_prep.benchmark_input                      # demo data (160x160 pairs), B = 32
-  python -m data_prep.benchmark_input --file_pattern '/data/cufed-*' --threads 1,4
+  python -m ssen_jax.data_prep.benchmark_input                      # demo data (160x160 pairs), B = 32
+  python -m ssen_jax.data_prep.benchmark_input --file_pattern '/data/cufed-*' --threads 1,4
 
 For each thread count T the tf.data private thread pool is limited to T threads, so examples/s / T
 is the cost per core. Prints a Markdown table; asserts nothing (timings vary with the machine).
@@ -30,7 +30,7 @@ def define_flags() -> None:
 def measure(file_pattern: str, *, kind: str = 'refsr', hr_patch: int = 160, batch_size: int = 32,
             num_batches: int = 20, num_threads: int | None = None) -> float:
   """Examples per second of `create_train_iterator` after two warm-up batches."""
-  from ssen_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from ssen_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   it = input_pipeline.create_train_iterator(
       file_pattern=file_pattern, kind=kind, hr_patch=hr_patch, scale=4,
       local_batch_size=batch_size, seed=0, start_step=0, process_index=0, process_count=1,
@@ -47,7 +47,7 @@ def main(argv: Sequence[str]) -> None:
   del argv
   pattern = FLAGS.file_pattern
   if pattern is None:
-    from ssen_jax import demo_data  # pylint: disable=g-import-not-at-top
+    from ssen_jax.data import demo_data  # pylint: disable=g-import-not-at-top
     pattern = demo_data.build_demo_data(os.path.join(tempfile.gettempdir(), 'ssen_demo')
                                         ).train_pattern
   cpus = os.cpu_count() or 1

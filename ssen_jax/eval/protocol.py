@@ -1,4 +1,13 @@
-"""Evaluating a trained generator with the published protocol (DESIGN.md §5).
+"""The published evaluation protocol: the per-image loop, per-level runs and the reference controls.
+
+Protocol (docs/conventions.md, "Evaluation protocol"): HR cropped to a multiple of the scale; LR =
+MATLAB bicubic imresize(hr, 1/scale) rounded to uint8; SR rounded to uint8; PSNR/SSIM on BT.601 Y
+for every three-channel file (single-channel files: their own channel), `scale` pixels shaved per
+border; SSIM with an 11x11 Gaussian window (sigma 1.5), no padding. RGB PSNR (same shave) is
+reported too, labelled as such.
+
+The per-image loop (`evaluate_examples`) takes any `sr_fn(lr_uint8, refs) -> sr`: the bicubic
+baseline (`bicubic_sr_fn`) and a model (`model_sr_fn`) are scored by the same code.
 
 CUFED5-style sets are scored once per similarity level, each run pairing every HR image with its
 single reference of that level (paper Tab. 3: XH ... XL), plus the mean over levels, and two
@@ -7,34 +16,88 @@ ceiling of what a reference can give) and `unrelated` (the XH reference of the n
 with nothing in common on CUFED5). `ref_gain = PSNR(XH) - PSNR(unrelated)` summarises how much the
 model gains from a good reference. Models that take no reference (baseline, RCAN, self-similarity)
 are scored once and that run fills every row, so their `ref_gain` is exactly 0 and tables line up.
-Benchmark folders give one row (paper Tab. 2). The per-image loop and the metrics are those of `ssen_jax.evaluate` and
-`ssen_jax.metrics`, so model and bicubic figures come from the same code.
+Benchmark folders give one row (paper Tab. 2).
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-import jax
 import numpy as np
 
-from ssen_jax import evaluate as evaluate_lib
-from ssen_jax import imresize as imresize_lib
-from ssen_jax.datasets import fit_reference
+from ssen_jax.core.sharding import local_value
+from ssen_jax.data import datasets
+from ssen_jax.data import images
+from ssen_jax.data import imresize as imresize_lib
+from ssen_jax.eval import metrics
 
-LEVELS = ('XH', 'H', 'M', 'L', 'XL')
+LEVELS = datasets.CUFED5_LEVELS
 CONTROLS = ('oracle', 'unrelated')
+SrFn = Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray]
 
 
-def local_value(x: jax.Array) -> np.ndarray:
-  """A replicated (possibly multi-host) array as numpy, read from this host's first replica."""
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    return np.asarray(x.addressable_shards[0].data)
-  return np.asarray(x)
+def load_dataset(kind: str, directory: str, scale: int) -> list[dict]:
+  """`datasets.load_folder` ('folder') or `datasets.load_cufed5` ('cufed5') by name."""
+  loaders = {'folder': datasets.load_folder, 'cufed5': datasets.load_cufed5}
+  return loaders[kind](directory, scale)
+
+
+def bicubic_sr_fn(scale: int) -> SrFn:
+  """The bicubic baseline: MATLAB imresize of the uint8 LR by `scale` (refs ignored)."""
+
+  def sr_fn(lr: np.ndarray, refs: Sequence[np.ndarray]) -> np.ndarray:
+    del refs  # Bicubic upsampling does not use references.
+    return imresize_lib.imresize(lr, scale)
+
+  return sr_fn
+
+
+def evaluate_examples(examples: Sequence[dict], sr_fn: SrFn, *, scale: int,
+                      log_fn: Callable[[str], None] | None = None) -> dict:
+  """Runs `sr_fn` on every example and scores it.
+
+  Args:
+    examples: dicts from `ssen_jax.data.datasets` (`name`, `hr` (H, W, 3) uint8, `lr` uint8, `refs`,
+      optional `gray`: the HR file has a single channel).
+    sr_fn: `sr_fn(lr_uint8 (h, w, 3), refs) -> (H, W, 3)` uint8 or float in [0, 1].
+    scale: SR factor and border shave.
+    log_fn: called with one line per image (e.g. `print`), or None.
+
+  Returns:
+    {'num_images', 'psnr', 'ssim', 'psnr_rgb', 'seconds', 'per_image': [{'name', 'psnr', 'ssim',
+    'psnr_rgb'}, ...]} with means over images.
+
+  Raises:
+    ValueError: no examples, or an SR output whose size differs from its HR image.
+  """
+  if not examples:
+    raise ValueError('no examples to evaluate')
+  per_image = []
+  start = time.perf_counter()
+  for ex in examples:
+    sr = np.asarray(sr_fn(ex['lr'], ex['refs']))
+    if sr.shape[:2] != ex['hr'].shape[:2]:
+      raise ValueError(f'{ex["name"]}: SR output {sr.shape} does not match HR {ex["hr"].shape}')
+    gray = ex.get('gray', False)
+    row = {'name': ex['name'],
+           'psnr': metrics.psnr_y(sr, ex['hr'], scale, gray=gray),
+           'ssim': metrics.ssim_y(sr, ex['hr'], scale, gray=gray),
+           'psnr_rgb': metrics.psnr_rgb(sr, ex['hr'], scale)}
+    per_image.append(row)
+    if log_fn:
+      log_fn(f'{row["name"]}: PSNR {row["psnr"]:.3f} dB, SSIM {row["ssim"]:.4f}')
+  return {'num_images': len(per_image),
+          'psnr': float(np.mean([r['psnr'] for r in per_image])),
+          'ssim': float(np.mean([r['ssim'] for r in per_image])),
+          'psnr_rgb': float(np.mean([r['psnr_rgb'] for r in per_image])),
+          'seconds': time.perf_counter() - start,
+          'per_image': per_image}
+
 
 
 def model_sr_fn(sr_jit: Callable, params: Any, *, scale: int, uses_ref: bool,
-                level: Optional[int] = None) -> evaluate_lib.SrFn:
-  """Adapts a jitted `sr_jit(params, lr, ref)` to `evaluate`'s `sr_fn(lr_uint8, refs)`.
+                level: Optional[int] = None) -> SrFn:
+  """Adapts a jitted `sr_jit(params, lr, ref)` (`inference.restore.make_sr_fn`) to an `SrFn`.
 
   Args:
     sr_jit: params, lr (1, h, w, 3) float, ref (1, s*h, s*w, 3) float or None -> SR in [0, 1].
@@ -45,15 +108,11 @@ def model_sr_fn(sr_jit: Callable, params: Any, *, scale: int, uses_ref: bool,
   """
 
   def sr_fn(lr: np.ndarray, refs: Sequence[np.ndarray]) -> np.ndarray:
-    h, w = lr.shape[:2]
     ref = None
     if uses_ref:
-      if level is None or not refs:
-        # No reference given: the input is its own reference (bicubic-upscaled to HR size).
-        ref_img = np.clip(imresize_lib.imresize(lr.astype(np.float64) / 255.0, scale), 0, 1)
-      else:
-        ref_img = fit_reference(refs[level], scale * h, scale * w).astype(np.float32) / 255.0
-      ref = ref_img[None].astype(np.float32)
+      # Without a reference the input is its own (bicubic-upscaled to HR size).
+      given = None if level is None or not refs else refs[level].astype(np.float32) / 255.0
+      ref = images.prepare_reference(given, lr.astype(np.float64) / 255.0, scale)[None]
     out = sr_jit(params, (lr.astype(np.float32) / 255.0)[None], ref)
     return local_value(out)[0]
 
@@ -79,7 +138,7 @@ def control_examples(examples: Sequence[dict]) -> Dict[str, List[dict]]:
 def evaluate_model(examples: Sequence[dict], sr_jit: Callable, params: Any, *, scale: int,
                    uses_ref: bool, log_fn: Optional[Callable[[str], None]] = None
                    ) -> Dict[str, Any]:
-  """Scores a model on evaluation examples from `ssen_jax.datasets`.
+  """Scores a model on evaluation examples from `ssen_jax.data.datasets`.
 
   Per-level sets (every example has the five CUFED5 references) give one run per level and per
   control (module docstring); a model without a reference is run once and that run fills every
@@ -92,7 +151,7 @@ def evaluate_model(examples: Sequence[dict], sr_jit: Callable, params: Any, *, s
   """
   per_level = all(len(ex['refs']) == len(LEVELS) for ex in examples)
   if not per_level or not uses_ref:
-    res = evaluate_lib.evaluate_examples(
+    res = evaluate_examples(
         examples, model_sr_fn(sr_jit, params, scale=scale, uses_ref=uses_ref), scale=scale,
         log_fn=log_fn)
     out = {'psnr': res['psnr'], 'ssim': res['ssim'], 'psnr_rgb': res['psnr_rgb'],
@@ -105,7 +164,7 @@ def evaluate_model(examples: Sequence[dict], sr_jit: Callable, params: Any, *, s
   runs += [(name, exs, 0) for name, exs in control_examples(examples).items()]
   results = {}
   for name, exs, level in runs:
-    results[name] = evaluate_lib.evaluate_examples(
+    results[name] = evaluate_examples(
         exs, model_sr_fn(sr_jit, params, scale=scale, uses_ref=True, level=level), scale=scale,
         log_fn=(lambda line, n=name: log_fn(f'[{n}] {line}')) if log_fn else None)
   levels = {name: results[name] for name in LEVELS}
@@ -117,70 +176,17 @@ def evaluate_model(examples: Sequence[dict], sr_jit: Callable, params: Any, *, s
                        if 'unrelated' in results else None), 'per_level': True}
 
 
-def describe(results: Dict[str, Any]) -> str:
-  """One log line: the mean, each level and control, and ref_gain."""
-  line = f'PSNR {results["psnr"]:.3f} dB, SSIM {results["ssim"]:.4f}'
-  rows = {**results.get('levels', {}), **results.get('controls', {})}
-  if rows:
-    line += ' (' + ', '.join(f'{k} {v["psnr"]:.2f}' for k, v in rows.items()) + ')'
-  if results.get('ref_gain') is not None:
-    line += f', ref_gain {results["ref_gain"]:+.3f} dB'
-  return line
-
-
-def scalar_summary(results: Dict[str, Any], prefix: str = 'eval') -> Dict[str, float]:
-  """Flat {name: value} for metric writers: the mean, per level and control, and ref_gain."""
-  out = {f'{prefix}/psnr': results['psnr'], f'{prefix}/ssim': results['ssim'],
-         f'{prefix}/psnr_rgb': results['psnr_rgb']}
-  for name, res in {**results['levels'], **results.get('controls', {})}.items():
-    out[f'{prefix}/psnr_{name}'] = res['psnr']
-    out[f'{prefix}/ssim_{name}'] = res['ssim']
-  if results.get('ref_gain') is not None:
-    out[f'{prefix}/ref_gain'] = results['ref_gain']
-  return out
-
-
-def markdown_table(rows: List[tuple], *, scale: int, per_level: bool) -> str:
-  """Paper-style table: Table 3's per-level columns, or Table 2's single PSNR/SSIM column.
-
-  Per-level tables add the controls (oracle, unrelated) and ref_gain = XH - unrelated (dB).
-
-  Args:
-    rows: (method name, results of `evaluate_model` or bicubic results) pairs.
-  """
-  lines = [evaluate_lib.protocol_line(scale), '']
-  if per_level:
-    columns = LEVELS + ('mean',) + CONTROLS
-    lines += ['| method | ' + ' | '.join(columns) + ' | ref_gain |',
-              '|---|' + '---:|' * (len(columns) + 1)]
-    for name, res in rows:
-      by_row = {**res.get('levels', {}), **res.get('controls', {}), 'mean': res}
-      cells = [f'{by_row.get(c, res)["psnr"]:.2f}/{by_row.get(c, res)["ssim"]:.3f}'
-               for c in columns]  # Methods without rows (bicubic) score the same everywhere.
-      gain = res.get('ref_gain')
-      lines.append(f'| {name} | ' + ' | '.join(cells) +
-                   f' | {0.0 if gain is None else gain:+.2f} |')
-    lines += ['', 'oracle: the HR image as its own reference; unrelated: the XH reference of the '
-              'next group; ref_gain = PSNR(XH) - PSNR(unrelated).']
-  else:
-    lines += ['| method | PSNR/SSIM (Y) | PSNR-RGB |', '|---|---:|---:|']
-    for name, res in rows:
-      lines.append(f'| {name} | {res["psnr"]:.2f}/{res["ssim"]:.3f} | {res["psnr_rgb"]:.2f} |')
-  return '\n'.join(lines)
-
-
 def summary_images(examples: Sequence[dict], sr_jit: Callable, params: Any, *, scale: int,
                    uses_ref: bool, count: int) -> Dict[str, np.ndarray]:
   """bicubic | SR | HR | reference (XH, fitted) side by side, for the first `count` examples."""
-  images = {}
+  out = {}
   for ex in list(examples)[:count]:
     hr = ex['hr'].astype(np.float32) / 255.0
     level = 0 if (uses_ref and ex['refs']) else None
     sr = model_sr_fn(sr_jit, params, scale=scale, uses_ref=uses_ref, level=level)(ex['lr'],
                                                                                  ex['refs'])
-    bicubic = np.clip(imresize_lib.imresize(ex['lr'].astype(np.float64) / 255.0, scale), 0, 1)
-    panels = [bicubic.astype(np.float32), sr, hr]
+    panels = [images.self_reference(ex['lr'].astype(np.float64) / 255.0, scale), sr, hr]
     if ex['refs']:
-      panels.append(fit_reference(ex['refs'][0], *hr.shape[:2]).astype(np.float32) / 255.0)
-    images[f'eval/{ex["name"]}'] = np.concatenate(panels, axis=1)[None]
-  return images
+      panels.append(images.fit_reference(ex['refs'][0], *hr.shape[:2]).astype(np.float32) / 255.0)
+    out[f'eval/{ex["name"]}'] = np.concatenate(panels, axis=1)[None]
+  return out

@@ -5,7 +5,7 @@ An optional module: nothing in the runtime imports it, and it needs torch and to
 
 Every network here computes what its flax counterpart in `ssen_jax.models` computes. Attribute names
 mirror the flax module names, with flax's `name_i` children held in `nn.ModuleList`s called `name`,
-so that a state_dict key maps to a flax parameter path by rule (see `ssen_jax.convert`):
+so that a state_dict key maps to a flax parameter path by rule (see `ssen_jax.interop.convert`):
 
   'ssen.doe.0.nonlocal.1.theta.weight'  ->  ('ssen', 'doe_0', 'nonlocal_1', 'theta', 'kernel')
 

@@ -1,8 +1,9 @@
 """Orbax checkpoints under `{workdir}/checkpoints`: asynchronous, every N steps, on preemption and
 at the end; the latest K are kept plus the best by evaluation PSNR (MaxText's pattern).
 
-The config of the run is written beside them as `config.json`, so that `infer`, `evaluate` and
-`visualize_offsets` rebuild the model from the workdir alone.
+The config of the run is written beside them as `config.json`, so that `ssen_jax.inference.restore`
+rebuilds the model from the workdir alone (what `infer`, `evaluate`, `visualize_offsets` and the GAN
+stage's initialisation use).
 """
 from __future__ import annotations
 
@@ -121,7 +122,7 @@ def set_aside_unreadable_latest(workdir: PathLike) -> None:
   """Before a CheckpointManager opens the folder (it parses every step's metadata and metrics and
   fails on a truncated one): sets the latest step aside if one of its JSON files does not parse
   and an earlier step exists. Binary damage is found by `restore_latest_good`."""
-  saved = saved_steps(workdir)
+  saved = checkpoint_steps(workdir)
   _sync('listed_steps')  # Every host has decided from the same listing before any rename.
   if not saved:
     return
@@ -173,14 +174,22 @@ def restore_latest_good(manager: ocp.CheckpointManager, abstract_state: Any):
   return state
 
 
-def restore_params(workdir: PathLike, abstract_state: Any,
+def restore_params(workdir: PathLike, abstract_params: Any,
                    step: Optional[int] = None, best: bool = False,
                    best_or_latest: bool = False):
-  """Parameters of a finished or running run (the latest, a given step, or the best).
+  """Only the generator parameters of a run (the latest, a given step, or the best).
+
+  The optimiser and discriminator states in the checkpoint are not read (Orbax partial restore),
+  so restoring needs no optimiser: `abstract_params` is the tree of `jax.ShapeDtypeStruct`s
+  (with shardings) that `jax.eval_shape` gives for the model's `init`.
 
   Args:
-    best: the checkpoint with the highest eval PSNR; FileNotFoundError if none carries one.
+    best: the checkpoint with the highest eval PSNR; NoBestCheckpointError (a FileNotFoundError)
+      if none carries one.
     best_or_latest: the best, else (no evaluation was saved) the latest.
+
+  Returns:
+    (params, step).
   """
   with create_manager(workdir, save_every=1, keep=1, read_only=True) as manager:
     if step is None:
@@ -193,7 +202,19 @@ def restore_params(workdir: PathLike, abstract_state: Any,
         step = manager.latest_step()
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(workdir)}')
-    return restore(manager, abstract_state, step)['params'], step
+    item = {'params': abstract_params}
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True)))
+    return restored['state']['params'], step
+
+
+def checkpoint_steps(workdir: PathLike) -> list[int]:
+  """Steps saved under `{workdir}/checkpoints` (sorted), read from the folder names."""
+  ckpt = checkpoint_dir(workdir)
+  if not ckpt.is_dir():
+    return []
+  return sorted(int(p.name) for p in ckpt.iterdir() if p.is_dir() and p.name.isdigit())
 
 
 def write_config(workdir: PathLike, config: ml_collections.ConfigDict) -> None:
@@ -217,14 +238,6 @@ STRUCTURE_IF_ZERO = ('loss.adversarial_weight', 'optim.grad_clip_norm')
 # extending a run, logging, evaluation and checkpoint cadence.
 FREE_FIELDS = ('num_train_steps', 'log_every_steps', 'eval_every_steps',
                'checkpoint_every_steps', 'keep_checkpoints', 'num_image_summaries')
-
-
-def saved_steps(workdir: PathLike) -> list:
-  """Steps saved under `{workdir}/checkpoints`, from the folder names (no Orbax needed)."""
-  ckpt = checkpoint_dir(workdir)
-  if not ckpt.is_dir():
-    return []
-  return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit() and p.is_dir())
 
 
 def _flatten(tree: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
@@ -262,7 +275,7 @@ def check_resume_config(workdir: PathLike, config: ml_collections.ConfigDict, *,
       fields differ (outside FREE_FIELDS) and `allow_change` is False. The message names them.
   """
   path = workdir_path(workdir) / CONFIG_FILE
-  if not saved_steps(workdir) or not path.exists():
+  if not checkpoint_steps(workdir) or not path.exists():
     return {}  # Nothing trained yet: the new config simply replaces an earlier one.
   changes = config_changes(json.loads(path.read_text()),
                            json.loads(config.to_json_best_effort()))

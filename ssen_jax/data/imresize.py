@@ -14,32 +14,13 @@ MATLAB's `imresize(img, scale, 'bicubic')` (the default method) is reproduced ex
   rounded (half away from zero) and saturated too; float input stays float and is not clipped.
 
 Each axis is a dense (out_len, in_len) weight matrix from `resize_weights`, so the same weights serve
-numpy (here), jax.numpy (`imresize_jnp`) and TensorFlow (`ssen_jax.input_pipeline.imresize_tf`)
-and all three give the same uint8 images. Compute is float64 in numpy and TensorFlow; the jnp
-version follows the enabled precision (float32 unless `jax_enable_x64`).
+numpy (here) and TensorFlow (`input_pipeline.imresize_tf`), and both give the same uint8 images
+(float64 compute). The kernel is `ssen_jax.ops.resize.cubic_kernel`, the networks' bicubic skip's.
 """
 import functools
 import math
 
 import numpy as np
-
-
-def cubic_kernel(x: np.ndarray, a: float = -0.5) -> np.ndarray:
-  """Keys cubic convolution kernel (MATLAB's `cubic`, a = -0.5).
-
-  Args:
-    x: array of any shape, distances in pixels.
-    a: the Keys parameter; MATLAB uses -0.5.
-
-  Returns:
-    Kernel values, same shape as `x`, float64.
-  """
-  absx = np.abs(np.asarray(x, np.float64))
-  absx2 = absx * absx
-  absx3 = absx2 * absx
-  near = ((a + 2) * absx3 - (a + 3) * absx2 + 1) * (absx <= 1)
-  far = (a * absx3 - 5 * a * absx2 + 8 * a * absx - 4 * a) * ((absx > 1) & (absx <= 2))
-  return near + far
 
 
 def output_size(in_len: int, scale: float) -> int:
@@ -56,6 +37,8 @@ def _mirror(indices: np.ndarray, in_len: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=256)
 def _resize_weights_cached(in_len: int, out_len: int, scale: float) -> np.ndarray:
+  # Imported here: the numpy path should not pay for importing jax until weights are needed.
+  from ssen_jax.ops.resize import cubic_kernel  # pylint: disable=import-outside-toplevel
   kernel_width = 4.0
   if scale < 1:  # Antialiasing: a wider, lower kernel when shrinking.
     kernel_width /= scale
@@ -143,27 +126,3 @@ def imresize(img: np.ndarray, scale: float) -> np.ndarray:
     if is_uint8:
       out = round_uint8(out).astype(np.float64)
   return out.astype(np.uint8) if is_uint8 else out
-
-
-def imresize_jnp(img, scale: float, *, round_to_uint8: bool = False):
-  """`imresize` in jax.numpy for batched float images (jit-able; `scale` must be static).
-
-  Args:
-    img: (N, H, W, C) or (H, W, C) float array. With `round_to_uint8` the values are taken to be
-      uint8 levels in [0, 255] and the result is rounded after each axis like MATLAB's uint8 path.
-    scale: resize factor.
-    round_to_uint8: emulate uint8 input (intermediate and final rounding + saturation).
-
-  Returns:
-    (N, ceil(H * scale), ceil(W * scale), C) (or unbatched) array of `img`'s dtype.
-  """
-  import jax.numpy as jnp  # Kept local: the numpy path must not pay for importing jax.
-  batched = img.ndim == 4
-  x = img if batched else img[None]
-  for axis, matrix in resize_plan(x.shape[1], x.shape[2], scale):
-    m = jnp.asarray(matrix, x.dtype)
-    x = jnp.einsum('oh,nhwc->nowc' if axis == 0 else 'ow,nhwc->nhoc', m, x,
-                   precision='highest')
-    if round_to_uint8:
-      x = jnp.clip(jnp.floor(x + 0.5), 0, 255)
-  return x if batched else x[0]

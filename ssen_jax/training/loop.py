@@ -16,10 +16,12 @@ from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
 
-from ssen_jax import checkpointing
-from ssen_jax import datasets
-from ssen_jax import evaluation
-from ssen_jax import steps
+from ssen_jax.core import checkpointing
+from ssen_jax.core import sharding
+from ssen_jax.eval import protocol
+from ssen_jax.eval import tables
+from ssen_jax.inference import restore
+from ssen_jax.training import steps
 
 
 class Preempted(Exception):
@@ -43,7 +45,7 @@ class NonFiniteLossError(RuntimeError):
 def resolve_data_paths(config: ml_collections.ConfigDict) -> Dict[str, str]:
   """Training file pattern and evaluation folder, building the demo data when asked for."""
   if config.data.demo:
-    from ssen_jax import demo_data  # Built on first use from scikit-image's files; no download.
+    from ssen_jax.data import demo_data  # Built on first use from scikit-image's files; no download.
     root = config.data.demo_dir or os.path.join(
         os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'ssen_jax')
     demo = demo_data.build_demo_data(root)
@@ -57,8 +59,7 @@ def resolve_data_paths(config: ml_collections.ConfigDict) -> Dict[str, str]:
 def load_eval_examples(config: ml_collections.ConfigDict, eval_dir: str) -> List[dict]:
   if not eval_dir:
     return []
-  loader = datasets.load_cufed5 if config.data.eval_dataset == 'cufed5' else datasets.load_folder
-  examples = loader(eval_dir, config.model.scale)
+  examples = protocol.load_dataset(config.data.eval_dataset, eval_dir, config.model.scale)
   if config.data.eval_max_images:
     examples = examples[:config.data.eval_max_images]
   return examples
@@ -70,21 +71,19 @@ def _initial_state(trainer: steps.Trainer, config: ml_collections.ConfigDict, ma
     state = checkpointing.restore_latest_good(manager, trainer.abstract_state())
     logging.info('Resumed from step %d.', int(state['step']))
     return state
-  state = trainer.init_state(config.seed)
-  if config.gan.init_workdir:
-    source_config = checkpointing.read_config(config.gan.init_workdir)
-    source = steps.Trainer(source_config, trainer.mesh)
-    params, step = checkpointing.restore_params(config.gan.init_workdir, source.abstract_state(),
-                                                best_or_latest=True)
-    state = dict(state, params=params)
-    logging.info('Generator initialised from %s (step %d).', config.gan.init_workdir, step)
-  return state
+  if not config.gan.init_workdir:
+    return trainer.init_state(config.seed)
+  # The best evaluated checkpoint, else (the run saved no evaluation) the latest.
+  source = restore.load_generator(config.gan.init_workdir, best_or_latest=True,
+                                  sharding=sharding.replicated(trainer.mesh))
+  logging.info('Generator initialised from %s (step %d).', config.gan.init_workdir, source.step)
+  return trainer.init_state(config.seed, params=source.params)
 
 
 def _check_finite(step: int, metrics: Dict[str, Any], manager) -> None:
   """Raises NonFiniteLossError if step `step` made the loss, the gradients or the new state
   (parameters and optimiser state, `params_finite` computed inside the step) non-finite."""
-  value = lambda k: float(evaluation.local_value(metrics[k]))
+  value = lambda k: float(sharding.local_value(metrics[k]))
   bad = None
   for key, what in (('loss', 'loss'), ('disc_loss', 'discriminator loss'),
                     ('grad_norm', 'gradient norm')):
@@ -108,7 +107,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   `allow_config_change` and are recorded in `config_history.json`.
 
   Returns:
-    The last evaluation's results (`evaluation.evaluate_model`), or {} without an eval set.
+    The last evaluation's results (`protocol.evaluate_model`), or {} without an eval set.
 
   Raises:
     checkpointing.ConfigChangeError: see above.
@@ -116,9 +115,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   changes = checkpointing.check_resume_config(workdir, config, allow_change=allow_config_change)
   checkpointing.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
   if changes:
-    checkpointing.record_config_change(workdir, changes, checkpointing.saved_steps(workdir)[-1])
+    checkpointing.record_config_change(workdir, changes,
+                                       checkpointing.checkpoint_steps(workdir)[-1])
   checkpointing.write_config(workdir, config)
-  mesh = steps.create_mesh()
+  mesh = sharding.create_mesh()
   trainer = steps.Trainer(config, mesh)
   if config.batch_size % jax.device_count():
     raise ValueError(f'batch_size {config.batch_size} is not divisible by the '
@@ -126,7 +126,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   paths = resolve_data_paths(config)
   eval_examples = load_eval_examples(config, paths.get('eval_dir', ''))
-  sr_jit = trainer.make_sr_fn()
+  sr_jit = restore.make_sr_fn(trainer.model, trainer.uses_ref)
 
   def run_eval(state, step, preemption=None):
     logging.info('Step %d: evaluating %d examples.', step, len(eval_examples))
@@ -136,23 +136,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         if preemption.any_host_requested():
           raise _EvalInterrupted()
         return sr_jit(*args)
-    results = evaluation.evaluate_model(eval_examples, sr_fn, state['params'],
-                                        scale=config.model.scale, uses_ref=trainer.uses_ref)
-    writer.write_scalars(step, evaluation.scalar_summary(results))
+    results = protocol.evaluate_model(eval_examples, sr_fn, state['params'],
+                                      scale=config.model.scale, uses_ref=trainer.uses_ref)
+    writer.write_scalars(step, tables.scalar_summary(results))
     if config.num_image_summaries:
-      writer.write_images(step, evaluation.summary_images(
+      writer.write_images(step, protocol.summary_images(
           eval_examples, sr_fn, state['params'], scale=config.model.scale,
           uses_ref=trainer.uses_ref, count=config.num_image_summaries))
-    logging.info('Step %d eval: %s', step, evaluation.describe(results))
+    logging.info('Step %d eval: %s', step, tables.describe(results))
     return results
 
-  from ssen_jax import input_pipeline  # TensorFlow is imported by the input pipeline only.
+  from ssen_jax.data import input_pipeline  # TensorFlow is imported by the input pipeline only.
 
   checkpointing.set_aside_unreadable_latest(workdir)
   manager = checkpointing.create_manager(workdir, save_every=config.checkpoint_every_steps,
                                          keep=config.keep_checkpoints)
   state = _initial_state(trainer, config, manager)
-  start = int(evaluation.local_value(state['step']))
+  start = int(sharding.local_value(state['step']))
   total = config.num_train_steps
   last_results: Dict[str, Any] = {}
   if start >= total:
@@ -179,7 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     with checkpointing.PreemptionFlag() as preemption:
       for step in range(start + 1, total + 1):
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
-          batch = steps.global_batch(next(train_iter), mesh)
+          batch = sharding.global_batch(next(train_iter), mesh)
           state, metrics = trainer.train_step(state, batch)
         if pending is not None:
           _check_finite(*pending, manager)
@@ -191,7 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         do_eval = bool(eval_examples) and (step % config.eval_every_steps == 0 or is_last)
         if step % config.log_every_steps == 0 or is_last:
           _check_finite(step, metrics, manager)
-          scalars = jax.tree.map(lambda *xs: float(np.mean([evaluation.local_value(x) for x in xs])),
+          scalars = jax.tree.map(lambda *xs: float(np.mean([sharding.local_value(x) for x in xs])),
                                  *window)
           writer.write_scalars(step, {f'train/{k}': v for k, v in scalars.items()})
           window = []

@@ -1,0 +1,219 @@
+"""Running a restored generator on images of any size: tiling under a memory budget.
+
+Tiling (`Upscaler`): large inputs are cut into equal-size overlapping LR tiles. Tile origins are
+multiples of ALIGN = 8 LR pixels: the offset estimator's three stride-2 convolutions then sample
+the same grid in a tile as in the whole image, so a tile reproduces the untiled output away from its
+cut edges. Each tile's reference is the matching `scale` x region of the fitted reference. In the
+overlap of two tiles, the first `overlap * 3 // 8` pixels from a cut edge are discarded (they see
+the zero padding of the cut) and the rest is blended with a linear ramp (feathering). Only cut edges
+are treated so: image borders are borders in both runs. Exactness limits: non-local blocks (global
+attention) and RCAN's channel attention (global pooling) see only their tile, so trained models
+with them differ slightly from untiled runs; everything else is local (docs/performance.md has the
+measured differences).
+
+Memory model: XLA's own accounting of one compiled model call, `memory_analysis()` (arguments incl.
+parameters + outputs + temporaries - aliased). The whole image is compiled first; if it fits the
+budget it runs untiled with that executable. Otherwise the bytes per LR pixel of that compilation
+give a square tile size, whose compilation is checked against the budget again (shrinking 15% per
+try, as dense attention below `nonlocal_dense_max` positions grows faster than linearly). Where
+XLA gives no analysis, ANALYTIC_BYTES_PER_FEATURE * features bytes per LR pixel is assumed (a bound
+above the measured bytes per feature channel, docs/performance.md). The host also holds the
+full-size reference and the blending accumulators (~0.5 KB per LR pixel), outside the budget.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+# JAX is imported where first needed: the command-line tools check their inputs (files, images,
+# output path) first and answer a bad one within a second.
+
+ALIGN = 8  # Tile origins (LR px): 2**3 for the offset estimator's three stride-2 convolutions.
+DEFAULT_OVERLAP = 32  # LR px shared by neighbouring tiles; see `blend_weights`.
+ANALYTIC_BYTES_PER_FEATURE = 256  # Per LR pixel and feature channel, when XLA reports nothing.
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiling.
+
+
+@dataclasses.dataclass(frozen=True)
+class TilePlan:
+  """Equal-size LR tiles: (size_y, size_x) and the origins along each axis (multiples of ALIGN)."""
+  size: tuple[int, int]
+  ys: tuple[int, ...]
+  xs: tuple[int, ...]
+  overlap: int
+
+  @property
+  def count(self) -> int:
+    return len(self.ys) * len(self.xs)
+
+
+def axis_tiles(length: int, tile: int, overlap: int) -> tuple[int, tuple[int, ...]]:
+  """Tile size and origins along one axis of `length` LR pixels.
+
+  The size is the largest value <= `tile` congruent to `length` modulo ALIGN, so that equal tiles
+  with ALIGN-aligned origins end exactly at the border (one compilation for all tiles); the
+  origins are spread evenly with neighbours sharing at least `overlap` pixels.
+
+  Raises:
+    ValueError: `tile` below `overlap + 2 * ALIGN` (no room for an aligned stride).
+  """
+  if tile >= length:
+    return length, (0,)
+  if tile < overlap + 2 * ALIGN:
+    raise ValueError(f'tile size {tile} is too small for overlap {overlap}: use at least '
+                     f'{overlap + 2 * ALIGN} (overlap + {2 * ALIGN})')
+  size = tile - (tile - length) % ALIGN
+  stride = (size - overlap) // ALIGN * ALIGN
+  positions = (length - size) // ALIGN  # Aligned origins available for the last tile.
+  gaps = -(-(length - size) // stride)
+  return size, tuple(ALIGN * (k * positions // gaps) for k in range(gaps + 1))
+
+
+def blend_weights(start: int, size: int, length: int, overlap: int, scale: int) -> np.ndarray:
+  """Feathering weights (scale*size,) of one tile along one axis, in HR pixels.
+
+  At a cut edge the weight is 0 for the first `overlap * 3 // 8` LR pixels, then rises linearly to
+  1 over the remaining overlap - 2 * margin. Neighbours share >= `overlap` pixels, so where one
+  tile's weight is 0 the other's is 1, and every output pixel is a convex blend of tiles that each
+  saw at least `margin` LR pixels of context beyond it.
+  """
+  margin = overlap * 3 // 8
+  ramp = max(overlap - 2 * margin, 1)
+  t = (np.arange(size * scale) + 0.5) / scale  # HR pixel centres in LR units from the origin.
+  w = np.ones_like(t)
+  if start > 0:
+    w = np.minimum(w, np.clip((t - margin) / ramp, 0, 1))
+  if start + size < length:
+    w = np.minimum(w, np.clip((size - t - margin) / ramp, 0, 1))
+  return w
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the model.
+
+
+def default_memory_bytes() -> int:
+  """Budget without --max_memory_gb: 90% of the accelerator's memory, else half the host RAM."""
+  import jax  # pylint: disable=import-outside-toplevel
+  try:
+    stats = jax.local_devices()[0].memory_stats()
+  except Exception:  # pylint: disable=broad-except  # Backends without statistics.
+    stats = None
+  if stats and stats.get('bytes_limit'):
+    return int(0.9 * stats['bytes_limit'])
+  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2
+
+
+class Upscaler:
+  """Runs a generator on whole images or tiles, one compiled executable per input shape."""
+
+  def __init__(self, gen: Any, log: Callable[[str], None] = lambda _: None):
+    """`gen`: an `ssen_jax.inference.restore.Generator`."""
+    import jax  # pylint: disable=import-outside-toplevel
+    self.gen = gen
+    self.log = log
+    self._fn = gen.sr_fn
+    self._compiled: dict[tuple[int, int], Any] = {}
+    self._param_bytes = sum(int(np.prod(x.shape)) * x.dtype.itemsize
+                            for x in jax.tree.leaves(gen.params))
+
+  def compiled(self, h: int, w: int):
+    """The executable for LR (1, h, w, 3) (compiled on first use)."""
+    if (h, w) not in self._compiled:
+      import jax  # pylint: disable=import-outside-toplevel
+      import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+      s = self.gen.scale
+      lr = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
+      ref = jax.ShapeDtypeStruct((1, s * h, s * w, 3), jnp.float32) if self.gen.uses_ref else None
+      start = time.perf_counter()
+      self._compiled[(h, w)] = self._fn.lower(self.gen.params, lr, ref).compile()
+      self.log(f'compiled for LR {h}x{w} in {time.perf_counter() - start:.1f} s')
+    return self._compiled[(h, w)]
+
+  def estimate_bytes(self, h: int, w: int) -> int:
+    """Device bytes of one call on an LR (h, w) input (XLA's analysis, or the analytic model)."""
+    stats = None
+    try:
+      stats = self.compiled(h, w).memory_analysis()
+    except Exception:  # pylint: disable=broad-except  # Not every backend implements it.
+      pass
+    if stats is None:
+      per_px = ANALYTIC_BYTES_PER_FEATURE * int(self.gen.config.model.features)
+      return self._param_bytes + per_px * h * w
+    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes +
+               stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+
+  def plan(self, h: int, w: int, *, tile: Optional[int] = None,
+           max_bytes: Optional[int] = None, overlap: int = DEFAULT_OVERLAP) -> Optional[TilePlan]:
+    """None (untiled) if the image fits `max_bytes`, else the tiles; `tile` forces a tile size.
+
+    Raises:
+      ValueError: the budget cannot hold even the smallest tile, or `tile` is too small.
+    """
+    if tile is None:
+      max_bytes = default_memory_bytes() if max_bytes is None else max_bytes
+      need = self.estimate_bytes(h, w)
+      self.log(f'memory: LR {h}x{w} needs {need / 2**30:.3g} GB of a {max_bytes / 2**30:.3g} GB '
+               'budget (XLA memory analysis)')
+      if need <= max_bytes:
+        return None
+      per_px = max(need - self._param_bytes, 1) / (h * w)
+      tile = int(math.sqrt(max(max_bytes - self._param_bytes, 0) / per_px))
+      smallest = overlap + 2 * ALIGN
+      while True:
+        tile = max(tile, smallest)
+        size_y, _ = axis_tiles(h, tile, overlap)
+        size_x, _ = axis_tiles(w, tile, overlap)
+        need = self.estimate_bytes(size_y, size_x)
+        self.log(f'memory: an LR {size_y}x{size_x} tile needs {need / 2**30:.3g} GB')
+        if need <= max_bytes:
+          break
+        if tile == smallest:
+          raise ValueError(f'the memory budget ({max_bytes / 2**30:.3g} GB) is too small: a '
+                           f'{size_y}x{size_x} LR tile (overlap {overlap}) needs '
+                           f'{need / 2**30:.3g} GB')
+        tile = int(tile * 0.85)
+    size_y, ys = axis_tiles(h, tile, overlap)
+    size_x, xs = axis_tiles(w, tile, overlap)
+    if len(ys) * len(xs) == 1:
+      return None
+    return TilePlan((size_y, size_x), ys, xs, overlap)
+
+  def _run(self, lr: np.ndarray, ref: Optional[np.ndarray]) -> np.ndarray:
+    exe = self.compiled(*lr.shape[:2])
+    out = exe(self.gen.params, lr[None], None if ref is None else ref[None])
+    return np.asarray(out)[0]
+
+  def __call__(self, lr: np.ndarray, ref: Optional[np.ndarray],
+               plan: Optional[TilePlan] = None) -> np.ndarray:
+    """Super-resolves lr (H, W, 3) with ref (sH, sW, 3) (None for reference-free models).
+
+    Returns:
+      (sH, sW, 3) float32 in [0, 1].
+    """
+    lr = np.ascontiguousarray(lr, np.float32)
+    ref = None if ref is None or not self.gen.uses_ref else np.ascontiguousarray(ref, np.float32)
+    if plan is None:
+      return self._run(lr, ref)
+    s, (h, w), (th, tw) = self.gen.scale, lr.shape[:2], plan.size
+    acc = np.zeros((s * h, s * w, 3), np.float32)
+    total = np.zeros((s * h, s * w, 1), np.float32)
+    for y in plan.ys:
+      wy = blend_weights(y, th, h, plan.overlap, s)
+      for x in plan.xs:
+        wx = blend_weights(x, tw, w, plan.overlap, s)
+        tile_ref = None if ref is None else ref[s * y:s * (y + th), s * x:s * (x + tw)]
+        out = self._run(lr[y:y + th, x:x + tw], tile_ref)
+        weight = (wy[:, None] * wx[None, :])[..., None].astype(np.float32)
+        acc[s * y:s * (y + th), s * x:s * (x + tw)] += weight * out
+        total[s * y:s * (y + th), s * x:s * (x + tw)] += weight
+    return acc / total
+

@@ -1,0 +1,120 @@
+"""Training workdirs made from given parameters (imported PyTorch weights).
+
+`write_workdir` writes what `python -m ssen_jax.main` writes: `config.json` and an Orbax checkpoint
+of the whole training state, here holding the given generator parameters with fresh optimiser
+(and, for GAN configs, discriminator) states. `main` can therefore fine-tune such a workdir, and
+every tool restores it like any other (`ssen_jax.inference.restore`). `import_pth` is what
+`python -m ssen_jax.convert_torch` does.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+
+from ssen_jax.core import checkpointing
+from ssen_jax.core import config as config_lib
+from ssen_jax.core import sharding
+from ssen_jax.inference import restore
+from ssen_jax.interop import convert
+from ssen_jax.training import steps
+
+
+def write_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict, params: Any,
+                  *, step: int = 0) -> None:
+  """Writes config.json and an Orbax checkpoint of the state starting from `params` at `step`.
+
+  Args:
+    workdir: the folder to write (created if needed).
+    config: the full config; its architecture must match `params`.
+    params: the generator's flax parameters (numpy or jax arrays).
+    step: the checkpoint step.
+  """
+  trainer = steps.Trainer(config, sharding.create_mesh(jax.local_devices()[:1]))
+  state = trainer.init_state(config.seed, params=params)
+  state['step'] = jax.device_put(np.asarray(step, np.int32), state['step'].sharding)
+  pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+  checkpointing.write_config(workdir, config)
+  with checkpointing.create_manager(workdir, save_every=1, keep=1) as manager:
+    checkpointing.save(manager, step, state, force=True)
+    manager.wait_until_finished()
+
+
+def _count(tree) -> int:
+  if isinstance(tree, Mapping):
+    return sum(_count(v) for v in tree.values())
+  return int(np.size(tree))
+
+
+def _is_training_workdir(path: pathlib.Path) -> bool:
+  """TensorBoard logs, a config history or checkpoints of steps other than 0 (conversions save
+  step 0 only)."""
+  if (any(path.glob('events.out.tfevents.*'))
+      or (path / checkpointing.CONFIG_HISTORY_FILE).exists()):
+    return True
+  return any(step != 0 for step in checkpointing.checkpoint_steps(path))
+
+
+def import_pth(pth: str, config_spec: str, out: str, *, overwrite: bool = False) -> str:
+  """Converts a PyTorch .pth into the training workdir `out`; returns a summary line.
+
+  The workdir is built in a temporary folder beside `out` and moved into place at the end; with
+  `overwrite`, only `out`/config.json and `out`/checkpoints are replaced: the old ones are moved
+  aside first, put back if the new ones cannot be moved in, and deleted only after. A training
+  workdir (training checkpoints or logs) is never overwritten.
+
+  Raises:
+    convert.ConversionError, config_lib.ConfigError: bad input (the message may list several
+      problems); nothing is written.
+    ImportError: torch is not installed.
+  """
+  out_dir = pathlib.Path(out)
+  if out_dir.exists() and not out_dir.is_dir():
+    raise convert.ConversionError(f'--out {out_dir} exists and is not a folder')
+  if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+    raise convert.ConversionError(f'--out {out_dir} is not empty; pass --overwrite to replace '
+                                  'its config.json and checkpoints/')
+  if out_dir.is_dir() and _is_training_workdir(out_dir):
+    raise convert.ConversionError(
+        f'--out {out_dir} is a training workdir (it has training checkpoints or logs); '
+        '--overwrite would destroy the run: choose another --out')
+  config = config_lib.load_config(config_spec)
+  state_dict = convert.read_state_dict(pth)
+  try:
+    params = restore.params_from_state_dict(state_dict, config)
+  except convert.ConversionError as e:
+    raise convert.ConversionError(
+        f'{pth} does not fit the architecture of {config_spec}: {e}') from None
+  out_dir.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent))
+  try:
+    write_workdir(tmp, config, params)
+    if not out_dir.exists():
+      tmp.rename(out_dir)
+    else:  # Old entries move aside first and are deleted only once the new ones are in place.
+      names = ('checkpoints', checkpointing.CONFIG_FILE)
+      old = tmp / 'replaced'
+      old.mkdir()
+      for name in names:
+        if (out_dir / name).exists():
+          (out_dir / name).rename(old / name)
+      try:
+        for name in names:
+          (tmp / name).rename(out_dir / name)
+      except OSError:
+        for name in names:  # Put the old ones back.
+          if (old / name).exists():
+            if (out_dir / name).is_dir():
+              shutil.rmtree(out_dir / name)
+            (old / name).replace(out_dir / name)
+        raise
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return (f'wrote {out_dir}: {config.model.variant} x{config.model.scale} from {pth} '
+          f'({_count(params):,} parameters, step 0)')
