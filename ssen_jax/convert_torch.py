@@ -12,8 +12,9 @@ written.
 DIR receives `config.json` and an Orbax checkpoint at step 0 holding the converted parameters and
 a fresh optimiser state (so DIR can also start a fine-tuning run; `ssen_jax.training.workdir`). A
 non-empty DIR is refused without --overwrite, which replaces only DIR/config.json and
-DIR/checkpoints. The workdir is built in a temporary folder beside DIR and moved into place at the
-end.
+DIR/checkpoints (the old ones are deleted only once the new ones are in place); a training workdir
+is always refused. The workdir is built in a temporary folder beside DIR and moved into place at
+the end.
 """
 from __future__ import annotations
 

@@ -12,7 +12,9 @@ their own channel), `scale` pixels shaved per border. A model is restored from -
 CUFED5-style sets, beside bicubic.
 """
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 
 from absl import app
@@ -37,13 +39,44 @@ def define_flags() -> None:
       'folder: HR images directly in --dataset_dir; cufed5: XXX_0.png HR + XXX_1..5.png refs.')
   flags.DEFINE_string('dataset_dir', None, 'Folder holding the dataset.')
   flags.DEFINE_integer('scale', 4, 'SR factor (also the border shave).')
-  flags.DEFINE_string('output_json', None, 'Optional path for the results as JSON.')
+  flags.DEFINE_string('output_json', None, 'Optional path for the results as JSON (checked '
+                      'before any compute; written atomically).')
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing --output_json file.')
   flags.mark_flag_as_required('dataset_dir')
 
 
 def _fail(message: str) -> None:
   print(f'error: {message}', file=sys.stderr)
   sys.exit(1)
+
+
+def check_output_json(path: str, overwrite: bool) -> None:
+  """Fails before any compute if `path` exists (without `overwrite`) or its folder cannot take
+  a file."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if os.path.isdir(path):
+    _fail(f'--output_json {path} is a folder')
+  if os.path.exists(path) and not overwrite:
+    _fail(f'--output_json {path} exists; pass --overwrite to replace it')
+  if not os.path.isdir(folder):
+    _fail(f'folder {folder} of --output_json does not exist')
+  try:
+    with tempfile.NamedTemporaryFile(dir=folder, prefix='.probe-'):
+      pass
+  except OSError as e:
+    _fail(f'cannot write in {folder} (--output_json): {e.strerror or e}')
+
+
+def _write_json(path: str, results: dict) -> None:
+  """Temporary file in the same folder, then rename: an existing file is never left truncated."""
+  folder = os.path.dirname(os.path.abspath(path))
+  try:
+    with tempfile.NamedTemporaryFile('w', dir=folder, prefix='.output_json-', suffix='.tmp',
+                                     delete=False) as f:
+      json.dump(results, f, indent=2)
+    os.replace(f.name, path)
+  except OSError as e:
+    _fail(f'cannot write {path}: {e}')
 
 
 def evaluate_workdir(examples: list[dict], *, scale: int) -> tuple[str, dict]:
@@ -79,6 +112,8 @@ def main(argv: Sequence[str]) -> None:
   method = FLAGS.method or ('model' if FLAGS.workdir else 'bicubic')
   if method == 'model' and not FLAGS.workdir:
     _fail('--method=model needs --workdir')
+  if FLAGS.output_json:
+    check_output_json(FLAGS.output_json, FLAGS.overwrite)
   try:
     examples = protocol.load_dataset(FLAGS.dataset, FLAGS.dataset_dir, scale)
   except datasets.DatasetError as e:
@@ -96,11 +131,7 @@ def main(argv: Sequence[str]) -> None:
   results.update(method=method, dataset=FLAGS.dataset, dataset_dir=FLAGS.dataset_dir,
                  scale=scale, protocol=tables.protocol_line(scale))
   if FLAGS.output_json:
-    try:
-      with open(FLAGS.output_json, 'w') as f:
-        json.dump(results, f, indent=2)
-    except OSError as e:
-      _fail(f'cannot write {FLAGS.output_json}: {e}')
+    _write_json(FLAGS.output_json, results)
 
 
 if __name__ == '__main__':

@@ -1,5 +1,9 @@
 r"""Trains and evaluates SSEN: `python -m ssen_jax.main --config configs/refsr.py --workdir DIR`.
 
+Exit status: 0 when the run finished, 1 with a one-line error, 143
+(`checkpointing.PREEMPTED_EXIT_CODE`) when SIGTERM on any host made every host save the same step
+and stop (also during an evaluation): rerun the same command to resume.
+
 Config fields are overridden on the command line (`--config.batch_size=16`); variants are chosen
 after a colon (`--config configs/refsr.py:demo`). Rerunning the same command resumes from the
 latest checkpoint in the workdir. On several hosts (TPU pod slices, SLURM GPU clusters) every host
@@ -24,6 +28,10 @@ _COORDINATOR = flags.DEFINE_string(
     'JAX (e.g. several processes on one machine); implies --multihost=on.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'With --coordinator_address.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'With --coordinator_address.')
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    'allow_config_change', False, 'Resume a workdir with a config that differs from its '
+    'config.json in fields that keep the shapes (seed, learning rate, data, ...); the change is '
+    'recorded in config_history.json. Shape changes (model.*, ...) are always refused.')
 
 
 def _cluster_detected() -> bool:
@@ -39,8 +47,13 @@ def _cluster_detected() -> bool:
 class _LibraryInfoFilter(logging.logging.Filter):
   """Drops INFO records from Orbax and JAX internals so that training progress stays readable."""
   NOISY = ('/orbax/', '/jax/_src/', '/tensorstore/')
+  # Orbax warns at every save without metrics once best_fn is set; saves between evaluations
+  # carry none by design (ssen_jax.core.checkpointing.create_manager).
+  EXPECTED = ('Requested `tracked_metric`; did not provide metrics.',)
 
   def filter(self, record):
+    if record.getMessage() in self.EXPECTED:
+      return False
     return record.levelno > logging.logging.INFO or not any(
         part in record.pathname for part in self.NOISY)
 
@@ -51,9 +64,41 @@ def quiet_library_logs() -> None:
     handler.addFilter(_LibraryInfoFilter())
 
 
+def _fail(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(1)
+
+
+def parse_flags(argv):
+  """absl's parsing, with a bad config override (`--config.batch_sise=16`, a wrong type) as one
+  line instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e))
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    text = str(e).strip('\'"').replace('\\n', '\n').replace("\\'", "'")
+    _fail('bad --config override: ' + '; '.join(l.strip('\'" ') for l in text.splitlines()))
+
+
+def check_workdir(workdir: str) -> None:
+  """Creates the workdir and checks that it takes files, before anything is computed."""
+  if '://' in workdir:  # Buckets: Orbax reports access problems itself.
+    return
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_test-{os.getpid()}')
+    with open(probe, 'w'):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    _fail(f'--workdir {workdir} is not a writable folder: {e.strerror or e}')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  check_workdir(_WORKDIR.value)
   import jax  # Imported after flag parsing so that --help stays fast.
 
   explicit = _COORDINATOR.value is not None
@@ -61,14 +106,20 @@ def main(argv):
     # CPU processes exchange collectives through gloo; accelerators ignore this setting.
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  from ssen_jax.core import checkpointing
   from ssen_jax.training import loop
   quiet_library_logs()
   logging.info('JAX process %d/%d, %d local / %d global devices (%s).', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.default_backend())
   try:
-    loop.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
-  except (loop.NonFiniteLossError, ValueError, FileNotFoundError) as e:
+    loop.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value,
+                            allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  except loop.Preempted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(checkpointing.PREEMPTED_EXIT_CODE)
+  except (loop.NonFiniteLossError, ValueError, FileNotFoundError,
+          checkpointing.CorruptCheckpointError) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
@@ -76,4 +127,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -105,7 +105,12 @@ def test_overwrite_and_bad_input(files, tmp_path):
   (full / 'keep.txt').write_text('x')
   (full / 'config.json').write_text('{}')
   ok = [files / 'model.pth', '--config', CONFIG, '--out', full]
+  run = tmp_path / 'run'  # A training workdir: --overwrite must not touch it.
+  (run / 'checkpoints' / '5').mkdir(parents=True)
+  (run / 'events.out.tfevents.1.host').write_text('')
   cases = [
+      ([files / 'model.pth', '--config', CONFIG, '--out', run, '--overwrite'],
+       ['is a training workdir', 'choose another --out']),
       ([files / 'nope.pth', '--config', CONFIG, '--out', tmp_path / 'a'], ['does not exist']),
       ([files, '--config', CONFIG, '--out', tmp_path / 'a'], ['is not a file']),
       ([files / 'junk.pth', '--config', CONFIG, '--out', tmp_path / 'a'],
@@ -122,6 +127,7 @@ def test_overwrite_and_bad_input(files, tmp_path):
     assert_error(proc, *words)
   assert procs[-1].returncode != 0 and 'config' in procs[-1].stderr
   assert not (tmp_path / 'a').exists()
+  assert sorted(p.name for p in run.rglob('*')) == ['5', 'checkpoints', 'events.out.tfevents.1.host']
   # A mismatched state_dict: every problem listed, nothing written; infer says it in one line.
   # (Run together with the --overwrite conversion checked below.)
   bad, infer_bad, replaced = run_parallel([

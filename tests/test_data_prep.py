@@ -68,17 +68,26 @@ def test_bad_image_stops_or_is_skipped(cufed_dir, tmp_path):
   convert.convert('cufed', cufed_dir, out, num_shards=2, progress=False)
   before = {p: (out / p).read_bytes() for p in os.listdir(out)}
   (cufed_dir / 'ref/000004.png').write_bytes(b'\x89PNG\r\n\x1a\ntruncated')
+  with pytest.raises(convert.ConvertError, match=r'already holds cufed output.*--overwrite'):
+    convert.convert('cufed', cufed_dir, out, num_shards=3, skip_bad=True, progress=False)
   with pytest.raises(convert.ConvertError, match=r'ref/000004\.png.*--skip_bad'):
-    convert.convert('cufed', cufed_dir, out, num_shards=3, progress=False)
+    convert.convert('cufed', cufed_dir, out, num_shards=3, progress=False, overwrite=True)
   # The failed run left the previous output untouched and no temporary folder behind.
   assert {p: (out / p).read_bytes() for p in os.listdir(out)} == before
-  m = convert.convert('cufed', cufed_dir, out, num_shards=3, skip_bad=True, progress=False)
+  m = convert.convert('cufed', cufed_dir, out, num_shards=3, skip_bad=True, progress=False,
+                      overwrite=True)
   assert m['num_examples'] == 5 and len(m['skipped_bad']) == 1
   assert 'ref/000004.png' in m['skipped_bad'][0]
   # The 2-shard files of the first run are gone: a glob sees each example once.
   assert sorted(_read(str(out / 'cufed-*.tfrecord'))) == ['000000', '000001', '000002', '000003',
                                                             '000005']
   assert sorted(os.listdir(out)) == sorted(['cufed.json'] + datasets.shard_names('cufed', 3))
+
+
+def test_unwritable_output_dir_is_one_error(cufed_dir, tmp_path):
+  (tmp_path / 'file').write_text('')
+  with pytest.raises(convert.ConvertError, match=r'--output_dir .* is not a writable folder'):
+    convert.convert('cufed', cufed_dir, tmp_path / 'file' / 'out', num_shards=2, progress=False)
 
 
 def test_stale_temporary_folder_is_removed(cufed_dir, tmp_path):

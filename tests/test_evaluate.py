@@ -37,6 +37,25 @@ def test_set5_bicubic_matches_paper_table2(set5_dir, tmp_path):
   assert '| butterfly | 22.1' in proc.stdout
 
 
+def test_output_json_is_checked_before_compute_and_never_truncated(set5_dir, tmp_path):
+  existing = tmp_path / 'res.json'
+  existing.write_text('{"kept": true}')
+  refused = _run('--dataset_dir', str(set5_dir), '--output_json', str(existing))
+  assert refused.returncode == 1 and refused.stdout == ''  # Nothing evaluated.
+  assert refused.stderr.strip() == (f'error: --output_json {existing} exists; pass --overwrite '
+                                    'to replace it')
+  assert existing.read_text() == '{"kept": true}'
+  (tmp_path / 'file').write_text('')
+  unwritable = _run('--dataset_dir', str(set5_dir), '--output_json',
+                    str(tmp_path / 'file' / 'res.json'))
+  assert unwritable.returncode == 1 and unwritable.stdout == ''
+  assert unwritable.stderr.startswith('error: folder') and 'does not exist' in unwritable.stderr
+  replaced = _run('--dataset_dir', str(set5_dir), '--output_json', str(existing), '--overwrite')
+  assert replaced.returncode == 0, replaced.stderr
+  assert json.loads(existing.read_text())['num_images'] == 5
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['file', 'res.json']  # No temporary left.
+
+
 def test_bad_input_exits_with_one_line(tmp_path):
   missing = _run('--dataset_dir', str(tmp_path / 'nope'))
   empty_dir = tmp_path / 'empty'

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+from ssen_jax.core import checkpointing
 from ssen_jax.core import sharding
 from ssen_jax.data import demo_data
 from ssen_jax.inference import restore
@@ -158,11 +159,13 @@ def test_kill_and_resume_is_bitwise_identical(demo_dir, tmp_path):
     assert time.time() < deadline
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  assert proc.wait() == -signal.SIGKILL, 'the run must have been killed, not have finished'
+  assert not (killed / 'checkpoints' / '6').exists(), 'the kill must land before the last step'
   resumed = subprocess.run(_main_cmd(killed, *common), env=_env(), cwd=REPO,
                            capture_output=True, text=True)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert 'Resumed from step' in resumed.stderr
+  resumed_from = int(re.search(r'Resumed from step (\d+)', resumed.stderr).group(1))
+  assert 3 <= resumed_from < 6
   a, step_a = final_params(tmp_path / 'straight')
   b, step_b = final_params(killed)
   assert step_a == step_b == 6
@@ -185,10 +188,151 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(demo_dir, tmp_path):
   assert_all_finite(params)
 
 
+def test_non_finite_parameters_with_finite_loss_are_never_saved(demo_dir, tmp_path):
+  # An infinite learning rate: step 1's loss and gradients are finite (computed before the
+  # update), its new parameters are not. The old guard looked at the loss only and saved them.
+  config = tiny_config(demo_dir)
+  config.optim.learning_rate = 1e39
+  config.eval_every_steps = 1000
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r'^parameters or optimiser state became non-finite at step 1;'):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not [p for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()]
+
+
+def test_resume_refuses_a_changed_config_before_writing(demo_dir, tmp_path):
+  config = tiny_config(demo_dir)
+  config.num_train_steps = 1
+  config.eval_every_steps = 1000
+  train.train_and_evaluate(config, str(tmp_path))
+  stored = (tmp_path / 'config.json').read_bytes()
+
+  wider = tiny_config(demo_dir)
+  wider.model.features = 16
+  with pytest.raises(checkpointing.ConfigChangeError, match=r'model\.features \(8 -> 16\)'):
+    train.train_and_evaluate(wider, str(tmp_path), allow_config_change=True)
+  reseeded = tiny_config(demo_dir)
+  reseeded.update(seed=7, num_train_steps=2, eval_every_steps=1000)
+  with pytest.raises(checkpointing.ConfigChangeError,
+                     match=r'seed \(0 -> 7\); pass --allow_config_change'):
+    train.train_and_evaluate(reseeded, str(tmp_path))
+  assert (tmp_path / 'config.json').read_bytes() == stored  # Refused runs write nothing.
+  assert not (tmp_path / 'config_history.json').exists()
+
+  train.train_and_evaluate(reseeded, str(tmp_path), allow_config_change=True)
+  assert checkpointing.read_config(tmp_path).seed == 7
+  history = json.loads((tmp_path / 'config_history.json').read_text())
+  assert len(history) == 1 and history[0]['effective_from_step'] == 2
+  assert history[0]['changes']['seed'] == {'old': 0, 'new': 7}
+  assert history[0]['changes']['num_train_steps'] == {'old': 1, 'new': 2}
+
+
+@pytest.mark.parametrize('damaged', ['all_files', 'array_data'])
+def test_corrupt_latest_checkpoint_is_set_aside(demo_dir, tmp_path, caplog, damaged):
+  config = tiny_config(demo_dir)
+  config.eval_every_steps = 1000
+  train.train_and_evaluate(config, str(tmp_path))  # Checkpoints at steps 1 and 2.
+  json_files = ('_CHECKPOINT_METADATA', '_METADATA', 'metrics')
+  for f in (tmp_path / 'checkpoints' / '2').rglob('*'):  # A save cut short: files truncated.
+    if f.is_file() and (damaged == 'all_files' or f.name not in json_files):
+      f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 3])
+  config.num_train_steps = 3
+  with caplog.at_level('INFO'):
+    train.train_and_evaluate(config, str(tmp_path))
+  warning = [r.getMessage() for r in caplog.records if 'cannot be restored' in r.getMessage()]
+  assert warning and 'resuming from step 1' in warning[0], warning
+  assert any(r.getMessage() == 'Resumed from step 1.' for r in caplog.records)
+  aside = list((tmp_path / 'checkpoints').glob('2.corrupt-*'))
+  assert len(aside) == 1 and any(aside[0].rglob('*'))  # Renamed, not deleted.
+  params, step = final_params(tmp_path)
+  assert step == 3
+  assert_all_finite(params)
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     return s.getsockname()[1]
+
+
+def _wait_for(paths, pattern, procs, timeout=400):
+  """Waits until one of the log files matches `pattern` (regex); returns the match."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    for path in paths:
+      m = re.search(pattern, pathlib.Path(path).read_text(errors='replace'))
+      if m:
+        return m
+    for p, path in zip(procs, paths):
+      assert p.poll() is None, f'ended early: {pathlib.Path(path).read_text()[-3000:]}'
+    time.sleep(0.1)
+  raise AssertionError(f'{pattern!r} not seen in {timeout} s')
+
+
+def _launch(workdir, args, logs, processes):
+  port = _free_port()
+  multi = [f'--coordinator_address=127.0.0.1:{port}', f'--num_processes={processes}']
+  procs = []
+  for i, log in enumerate(logs):
+    extra = multi + [f'--process_id={i}'] if processes > 1 else []
+    procs.append(subprocess.Popen(_main_cmd(workdir, *args, *extra), env=_env(2), cwd=REPO,
+                                  stdout=open(log, 'w'), stderr=subprocess.STDOUT))
+  return procs
+
+
+_PREEMPT_ARGS = ['--config.num_train_steps=100000', '--config.optim.cycle_steps=100000',
+                 '--config.data.eval_max_images=0', '--config.num_image_summaries=0',
+                 '--config.log_every_steps=1', '--config.checkpoint_every_steps=2']
+
+
+def _preempted_steps(procs, logs, signalled_at):
+  saved = []
+  for p, log in zip(procs, logs):
+    rc = p.wait(timeout=120)
+    text = pathlib.Path(log).read_text()
+    assert rc == checkpointing.PREEMPTED_EXIT_CODE, text[-3000:]
+    saved.append(int(re.search(r'Preemption: step (\d+) saved', text).group(1)))
+  assert time.time() - signalled_at < 120
+  return saved
+
+
+def test_sigterm_on_one_host_saves_and_exits_143(demo_dir, tmp_path):
+  logs = [tmp_path / 'log0']
+  args = [f'--config.data.demo=True', f'--config.data.demo_dir={demo_dir}',
+          '--config.eval_every_steps=100000', *_PREEMPT_ARGS]
+  procs = _launch(tmp_path / 'w', args, logs, 1)
+  _wait_for(logs, r'\[4\] train/', procs)  # Mid-run: step 4 of 100000 logged.
+  procs[0].send_signal(signal.SIGTERM)
+  [step] = _preempted_steps(procs, logs, time.time())
+  assert 4 <= step < 100000
+  assert checkpointing.checkpoint_steps(tmp_path / 'w')[-1] == step
+
+
+def test_sigterm_to_one_of_two_hosts_in_training_and_in_evaluation(demo_dir, tmp_path):
+  """SIGTERM to process 1 only: both save the same step and exit 143; then, resumed, SIGTERM
+  during an evaluation cuts it short on both hosts, which save the evaluation's step."""
+  workdir, logs = tmp_path / 'w', [tmp_path / 'a0', tmp_path / 'a1']
+  common = [f'--config.data.demo=True', f'--config.data.demo_dir={demo_dir}', *_PREEMPT_ARGS]
+  procs = _launch(workdir, [*common, '--config.eval_every_steps=100000'], logs, 2)
+  _wait_for(logs, r'\[2\] train/', procs)
+  procs[1].send_signal(signal.SIGTERM)
+  saved = _preempted_steps(procs, logs, time.time())
+  assert saved[0] == saved[1] >= 2
+  assert checkpointing.checkpoint_steps(workdir)[-1] == saved[0]
+
+  eval_step = saved[0] + 2
+  logs = [tmp_path / 'b0', tmp_path / 'b1']
+  procs = _launch(workdir, [*common, f'--config.eval_every_steps={eval_step}'], logs, 2)
+  _wait_for(logs, rf'Step {eval_step}: evaluating', procs)
+  procs[1].send_signal(signal.SIGTERM)
+  saved = _preempted_steps(procs, logs, time.time())
+  assert saved == [eval_step, eval_step]
+  for log in logs:
+    text = pathlib.Path(log).read_text()
+    assert f'Resumed from step {eval_step - 2}' in text
+    assert f'SIGTERM during the evaluation of step {eval_step}' in text
+    assert f'Step {eval_step} eval:' not in text  # Cut short, not finished.
+  assert checkpointing.checkpoint_steps(workdir)[-1] == eval_step
 
 
 def test_two_processes_train_together(demo_dir, tmp_path):

@@ -33,8 +33,9 @@ Choices:
   tile border. --tile_size 0 keeps whole images.
 * PNG sources already RGB 8-bit are stored byte-for-byte; anything else (JPEG, grayscale, palette,
   16-bit, alpha) is decoded, converted to RGB uint8 and re-encoded as PNG.
-* Shards are written under OUTPUT/.NAME.tmp-PID/ and renamed into place only after every image was
-  read; shards of an earlier run with another shard count are deleted afterwards. An interrupted
+* Existing output of the same NAME is refused unless --overwrite. Shards are written under
+  OUTPUT/.NAME.tmp-PID/ and renamed into place only after every image was read; with --overwrite,
+  shards of an earlier run with another shard count are deleted afterwards. An interrupted
   run leaves its partial files only in the temporary folder, which the next run removes.
 """
 import json
@@ -43,6 +44,7 @@ import os
 import pathlib
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 
@@ -67,6 +69,8 @@ def define_flags() -> None:
   flags.DEFINE_integer(
       'tile_size', None, 'div2k/folder: cut images into tiles of this size (0: whole images). '
       'Default: 480 for div2k, 0 otherwise.')
+  flags.DEFINE_bool('overwrite', False, 'Replace shards and manifest of the same --name already '
+                    'in --output_dir (also those of another shard count).')
   flags.DEFINE_integer('num_workers', None,
                        'Processes decoding/encoding images; default: the number of CPUs.')
   flags.mark_flags_as_required(['dataset', 'input_dir', 'output_dir'])
@@ -99,7 +103,8 @@ def _existing_shards(output_dir: pathlib.Path, name: str) -> list[pathlib.Path]:
 
 def convert(dataset: str, input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
             num_shards: int, name: str | None = None, skip_bad: bool = False,
-            tile_size: int | None = None, num_workers: int = 1, progress: bool = True) -> dict:
+            tile_size: int | None = None, num_workers: int = 1, progress: bool = True,
+            overwrite: bool = False) -> dict:
   """Converts one dataset; the library form of the command line.
 
   Args:
@@ -112,6 +117,8 @@ def convert(dataset: str, input_dir: str | os.PathLike, output_dir: str | os.Pat
     tile_size: tile size for div2k/folder (None: the dataset's default, 0: whole images).
     num_workers: processes for decoding/encoding (1: in this process).
     progress: show a progress bar on stderr.
+    overwrite: replace existing shards/manifest of `name` (else they are refused, before any
+      image is read).
 
   Returns:
     The manifest dict (also written to OUTPUT/NAME.json), with 'images_per_second'.
@@ -132,7 +139,19 @@ def convert(dataset: str, input_dir: str | os.PathLike, output_dir: str | os.Pat
     raise ConvertError(f'{len(jobs)} examples found in {input_dir}, fewer than --num_shards '
                        f'{num_shards}: every shard must hold at least one example')
   output_dir = pathlib.Path(output_dir)
-  output_dir.mkdir(parents=True, exist_ok=True)
+  existing = _existing_shards(output_dir, name) + [
+      p for p in [output_dir / f'{name}.json'] if p.exists()]
+  if existing and not overwrite:
+    raise ConvertError(f'{output_dir} already holds {name} output ({len(existing)} files, e.g. '
+                       f'{existing[0].name}); pass --overwrite to replace it, or choose another '
+                       '--name or --output_dir')
+  try:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=output_dir, prefix='.probe-'):
+      pass
+  except OSError as e:
+    raise ConvertError(f'--output_dir {output_dir} is not a writable folder: '
+                       f'{e.strerror or e}') from None
   for stale in _tmp_dirs(output_dir, name):  # Left over by an interrupted run.
     if not _pid_alive(stale.name.rsplit('-', 1)[-1]):
       shutil.rmtree(stale, ignore_errors=True)
@@ -216,7 +235,7 @@ def main(argv: Sequence[str]) -> None:
   try:
     m = convert(FLAGS.dataset, FLAGS.input_dir, FLAGS.output_dir, num_shards=FLAGS.num_shards,
                 name=FLAGS.name, skip_bad=FLAGS.skip_bad, tile_size=FLAGS.tile_size,
-                num_workers=workers)
+                num_workers=workers, overwrite=FLAGS.overwrite)
   except ConvertError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)

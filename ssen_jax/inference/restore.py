@@ -87,17 +87,21 @@ def abstract_params(config: ml_collections.ConfigDict,
 
 
 def load_generator(workdir: str | os.PathLike, step: Optional[int] = None, best: bool = False,
-                   sharding: Optional[jax.sharding.Sharding] = None) -> Generator:
+                   sharding: Optional[jax.sharding.Sharding] = None, *,
+                   best_or_latest: bool = False) -> Generator:
   """Restores the generator of a training workdir (or of a `convert_torch` folder).
 
   Args:
     workdir: holds config.json and checkpoints/.
     step: checkpoint step; None takes the latest (or the best with `best`).
-    best: prefer the checkpoint with the best evaluation PSNR (the latest if none has one).
+    best: the checkpoint with the best evaluation PSNR (`checkpointing.NoBestCheckpointError` if
+      none carries one).
     sharding: where the parameters go; default this host's first device.
+    best_or_latest: the best, else (no evaluation was saved) the latest (the GAN stage's init).
 
   Raises:
-    FileNotFoundError: not a workdir, no checkpoint in it, or no checkpoint at `step`.
+    FileNotFoundError: not a workdir, no checkpoint in it, or no checkpoint at `step`;
+      `checkpointing.NoBestCheckpointError` for `best` without an evaluated checkpoint.
   """
   if not checkpointing.workdir_path(workdir).is_dir():
     raise FileNotFoundError(f'workdir {workdir} does not exist or is not a folder')
@@ -110,7 +114,10 @@ def load_generator(workdir: str | os.PathLike, step: Optional[int] = None, best:
                             f'(saved: {", ".join(map(str, saved))})')
   try:
     params, restored_step = checkpointing.restore_params(
-        workdir, abstract_params(config, sharding), step=step, best=best)
+        workdir, abstract_params(config, sharding), step=step, best=best,
+        best_or_latest=best_or_latest)
+  except checkpointing.NoBestCheckpointError:
+    raise
   except FileNotFoundError:
     raise FileNotFoundError(f'workdir {workdir} holds no checkpoint (has training run?)') from None
   return Generator(config=config, model=models.create_model(config.model, config.dtype),

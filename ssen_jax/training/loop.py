@@ -24,8 +24,22 @@ from ssen_jax.inference import restore
 from ssen_jax.training import steps
 
 
+class Preempted(Exception):
+  """SIGTERM: the state of `step` was saved (on every host) and training stopped.
+
+  `main` exits with `checkpointing.PREEMPTED_EXIT_CODE`; rerunning the command resumes."""
+
+  def __init__(self, step: int):
+    super().__init__(f'preempted: saved step {step}; rerun the same command to resume')
+    self.step = step
+
+
+class _EvalInterrupted(Exception):
+  """Raised between evaluation images when a host received SIGTERM."""
+
+
 class NonFiniteLossError(RuntimeError):
-  """The loss became NaN or inf; training stopped without saving the bad state."""
+  """The loss, gradients or parameters became NaN or inf; training stopped without saving."""
 
 
 def resolve_data_paths(config: ml_collections.ConfigDict) -> Dict[str, str]:
@@ -54,32 +68,55 @@ def load_eval_examples(config: ml_collections.ConfigDict, eval_dir: str) -> List
 def _initial_state(trainer: steps.Trainer, config: ml_collections.ConfigDict, manager):
   """The latest checkpoint's state, else a fresh one (GAN stage: generator from init_workdir)."""
   if manager.latest_step() is not None:
-    state = checkpointing.restore(manager, trainer.abstract_state())
+    state = checkpointing.restore_latest_good(manager, trainer.abstract_state())
     logging.info('Resumed from step %d.', int(state['step']))
     return state
   if not config.gan.init_workdir:
     return trainer.init_state(config.seed)
-  source = restore.load_generator(config.gan.init_workdir, best=True,
+  # The best evaluated checkpoint, else (the run saved no evaluation) the latest.
+  source = restore.load_generator(config.gan.init_workdir, best_or_latest=True,
                                   sharding=sharding.replicated(trainer.mesh))
   logging.info('Generator initialised from %s (step %d).', config.gan.init_workdir, source.step)
   return trainer.init_state(config.seed, params=source.params)
 
 
 def _check_finite(step: int, metrics: Dict[str, Any], manager) -> None:
-  loss = float(sharding.local_value(metrics['loss']))
-  if not np.isfinite(loss):
+  """Raises NonFiniteLossError if step `step` made the loss, the gradients or the new state
+  (parameters and optimiser state, `params_finite` computed inside the step) non-finite."""
+  value = lambda k: float(sharding.local_value(metrics[k]))
+  bad = None
+  for key, what in (('loss', 'loss'), ('disc_loss', 'discriminator loss'),
+                    ('grad_norm', 'gradient norm')):
+    if key in metrics and not np.isfinite(value(key)):
+      bad = f'{what} became {value(key)}'
+      break
+  if bad is None and 'params_finite' in metrics and not value('params_finite'):
+    bad = 'parameters or optimiser state became non-finite'
+  if bad is not None:
     raise NonFiniteLossError(
-        f'loss became {loss} at step {step}; training stopped. The last good checkpoint '
+        f'{bad} at step {step}; training stopped without saving it. The last good checkpoint '
         f'(step {manager.latest_step()}) is intact.')
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_change: bool = False) -> Dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds checkpoints) and evaluates it.
+
+  A resumed run's config is compared with the workdir's `config.json` before anything is written
+  (`checkpointing.check_resume_config`): shape changes are refused, other changes need
+  `allow_config_change` and are recorded in `config_history.json`.
 
   Returns:
     The last evaluation's results (`protocol.evaluate_model`), or {} without an eval set.
+
+  Raises:
+    checkpointing.ConfigChangeError: see above.
   """
+  changes = checkpointing.check_resume_config(workdir, config, allow_change=allow_config_change)
   checkpointing.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
+  if changes:
+    checkpointing.record_config_change(workdir, changes,
+                                       checkpointing.checkpoint_steps(workdir)[-1])
   checkpointing.write_config(workdir, config)
   mesh = sharding.create_mesh()
   trainer = steps.Trainer(config, mesh)
@@ -91,19 +128,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   eval_examples = load_eval_examples(config, paths.get('eval_dir', ''))
   sr_jit = restore.make_sr_fn(trainer.model, trainer.uses_ref)
 
-  def run_eval(state, step):
-    results = protocol.evaluate_model(eval_examples, sr_jit, state['params'],
-                                        scale=config.model.scale, uses_ref=trainer.uses_ref)
+  def run_eval(state, step, preemption=None):
+    logging.info('Step %d: evaluating %d examples.', step, len(eval_examples))
+    sr_fn = sr_jit
+    if preemption is not None:  # Checked before every image: SIGTERM cuts the evaluation short.
+      def sr_fn(*args):
+        if preemption.any_host_requested():
+          raise _EvalInterrupted()
+        return sr_jit(*args)
+    results = protocol.evaluate_model(eval_examples, sr_fn, state['params'],
+                                      scale=config.model.scale, uses_ref=trainer.uses_ref)
     writer.write_scalars(step, tables.scalar_summary(results))
     if config.num_image_summaries:
       writer.write_images(step, protocol.summary_images(
-          eval_examples, sr_jit, state['params'], scale=config.model.scale,
+          eval_examples, sr_fn, state['params'], scale=config.model.scale,
           uses_ref=trainer.uses_ref, count=config.num_image_summaries))
     logging.info('Step %d eval: %s', step, tables.describe(results))
     return results
 
   from ssen_jax.data import input_pipeline  # TensorFlow is imported by the input pipeline only.
 
+  checkpointing.set_aside_unreadable_latest(workdir)
   manager = checkpointing.create_manager(workdir, save_every=config.checkpoint_every_steps,
                                          keep=config.keep_checkpoints)
   state = _initial_state(trainer, config, manager)
@@ -128,6 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
                                              every_steps=config.log_every_steps)
   pending: Optional[tuple] = None  # (step, metrics) checked while the next step runs.
+  preempted_at: Optional[int] = None
   window: List[Dict[str, Any]] = []
   try:
     with checkpointing.PreemptionFlag() as preemption:
@@ -141,7 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         window.append(metrics)
         progress(step)
         is_last = step == total
-        preempted = preemption.requested or manager.reached_preemption(step)
+        preempted = preemption.reached(manager, step)
         do_eval = bool(eval_examples) and (step % config.eval_every_steps == 0 or is_last)
         if step % config.log_every_steps == 0 or is_last:
           _check_finite(step, metrics, manager)
@@ -150,16 +196,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
           writer.write_scalars(step, {f'train/{k}': v for k, v in scalars.items()})
           window = []
         save_metrics = None
-        if do_eval:
+        if do_eval and not preempted:
           _check_finite(step, metrics, manager)
-          last_results = run_eval(state, step)
-          save_metrics = {checkpointing.BEST_METRIC: last_results['psnr']}
+          try:
+            last_results = run_eval(state, step, preemption)
+            save_metrics = {checkpointing.BEST_METRIC: last_results['psnr']}
+          except _EvalInterrupted:
+            logging.warning('SIGTERM during the evaluation of step %d: evaluation abandoned.',
+                            step)
+            preempted = True
         if save_metrics or is_last or preempted or manager.should_save(step):
           _check_finite(step, metrics, manager)
           checkpointing.save(manager, step, state, metrics=save_metrics,
                              force=bool(save_metrics) or is_last or preempted)
         if preempted:
-          logging.warning('Preemption requested: saved step %d, exiting.', step)
+          preempted_at = step
+          logging.warning('Preemption: saving step %d, then exiting with status %d.', step,
+                          checkpointing.PREEMPTED_EXIT_CODE)
           break
   finally:
     # An asynchronous save of an earlier (good) step may still be in flight.
@@ -167,4 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     manager.close()
     writer.flush()
     writer.close()
+  if preempted_at is not None:
+    logging.warning('Preemption: step %d saved.', preempted_at)
+    raise Preempted(preempted_at)
   return last_results

@@ -94,6 +94,13 @@ class Trainer:
 
   # -- Steps ---------------------------------------------------------------------------------
 
+  @staticmethod
+  def _all_finite(*trees) -> jax.Array:
+    """One boolean: every leaf of `trees` is finite (one fused reduction per leaf, inside the
+    step, so that the host reads a single scalar before it saves)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for t in trees for x in jax.tree.leaves(t)]
+    return jnp.all(jnp.stack(leaves))
+
   def _generate(self, params, batch: Batch) -> jax.Array:
     return self.model.apply({'params': params}, batch['lr'], batch.get('ref'))
 
@@ -116,7 +123,8 @@ class Trainer:
     params = optax.apply_updates(state['params'], updates)
     metrics = {'loss': loss, 'psnr': self._psnr(sr, batch['hr']),
                'grad_norm': optax.tree.norm(grads),
-               'learning_rate': self.schedule(state['step'])}
+               'learning_rate': self.schedule(state['step']),
+               'params_finite': self._all_finite(params, opt_state)}
     new_state = dict(state, step=state['step'] + 1, params=params, opt_state=opt_state)
     return new_state, metrics
 
@@ -151,7 +159,8 @@ class Trainer:
     params = optax.apply_updates(state['params'], updates)
     metrics = {'loss': loss, 'rec_loss': rec, 'adv_loss': adv, 'disc_loss': d_loss,
                'psnr': self._psnr(sr, hr), 'grad_norm': optax.tree.norm(grads),
-               'learning_rate': self.schedule(state['step'])}
+               'learning_rate': self.schedule(state['step']),
+               'params_finite': self._all_finite(params, opt_state, disc_params, disc_opt_state)}
     new_state = dict(state, step=state['step'] + 1, params=params, opt_state=opt_state,
                      disc_params=disc_params, disc_opt_state=disc_opt_state)
     return new_state, metrics

@@ -52,11 +52,22 @@ def _count(tree) -> int:
   return int(np.size(tree))
 
 
+def _is_training_workdir(path: pathlib.Path) -> bool:
+  """TensorBoard logs, a config history or checkpoints of steps other than 0 (conversions save
+  step 0 only)."""
+  if (any(path.glob('events.out.tfevents.*'))
+      or (path / checkpointing.CONFIG_HISTORY_FILE).exists()):
+    return True
+  return any(step != 0 for step in checkpointing.checkpoint_steps(path))
+
+
 def import_pth(pth: str, config_spec: str, out: str, *, overwrite: bool = False) -> str:
   """Converts a PyTorch .pth into the training workdir `out`; returns a summary line.
 
   The workdir is built in a temporary folder beside `out` and moved into place at the end; with
-  `overwrite`, only `out`/config.json and `out`/checkpoints are replaced.
+  `overwrite`, only `out`/config.json and `out`/checkpoints are replaced: the old ones are moved
+  aside first, put back if the new ones cannot be moved in, and deleted only after. A training
+  workdir (training checkpoints or logs) is never overwritten.
 
   Raises:
     convert.ConversionError, config_lib.ConfigError: bad input (the message may list several
@@ -69,6 +80,10 @@ def import_pth(pth: str, config_spec: str, out: str, *, overwrite: bool = False)
   if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
     raise convert.ConversionError(f'--out {out_dir} is not empty; pass --overwrite to replace '
                                   'its config.json and checkpoints/')
+  if out_dir.is_dir() and _is_training_workdir(out_dir):
+    raise convert.ConversionError(
+        f'--out {out_dir} is a training workdir (it has training checkpoints or logs); '
+        '--overwrite would destroy the run: choose another --out')
   config = config_lib.load_config(config_spec)
   state_dict = convert.read_state_dict(pth)
   try:
@@ -82,14 +97,23 @@ def import_pth(pth: str, config_spec: str, out: str, *, overwrite: bool = False)
     write_workdir(tmp, config, params)
     if not out_dir.exists():
       tmp.rename(out_dir)
-    else:
-      for name in ('checkpoints', checkpointing.CONFIG_FILE):
-        target = out_dir / name
-        if target.is_dir():
-          shutil.rmtree(target)
-        elif target.exists():
-          target.unlink()
-        (tmp / name).rename(target)
+    else:  # Old entries move aside first and are deleted only once the new ones are in place.
+      names = ('checkpoints', checkpointing.CONFIG_FILE)
+      old = tmp / 'replaced'
+      old.mkdir()
+      for name in names:
+        if (out_dir / name).exists():
+          (out_dir / name).rename(old / name)
+      try:
+        for name in names:
+          (tmp / name).rename(out_dir / name)
+      except OSError:
+        for name in names:  # Put the old ones back.
+          if (old / name).exists():
+            if (out_dir / name).is_dir():
+              shutil.rmtree(out_dir / name)
+            (old / name).replace(out_dir / name)
+        raise
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return (f'wrote {out_dir}: {config.model.variant} x{config.model.scale} from {pth} '
