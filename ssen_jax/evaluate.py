@@ -1,6 +1,6 @@
 r"""Evaluates an SR method on a benchmark folder or CUFED5 with the published protocol.
 
-  python -m ssen_jax.evaluate --method bicubic --dataset_dir ../shared/datasets/Set5
+  python -m ssen_jax.evaluate --method bicubic --dataset_dir /data/Set5
   python -m ssen_jax.evaluate --method bicubic --dataset cufed5 --dataset_dir CUFED5 \
       --output_json bicubic_cufed5.json
   python -m ssen_jax.evaluate --workdir W --dataset cufed5 --dataset_dir CUFED5 [--best]

@@ -117,8 +117,8 @@ class RefMix(NamedTuple):
   the reference is aligned, until step `shift_ramp_start`, then grows linearly to `shift_max` over
   `shift_ramp_steps` steps: a curriculum from aligned to several LR pixels of misalignment; with
   `shift_quantum` = q > 1 the shift is q times an integer uniform in [-floor(m / q), floor(m / q)],
-  e.g. whole LR pixels for q = scale), with a random gain and offset (`photometric`: gain in 1 +- p, offset
-  +- 100 p levels) and the HR's rotation and flip. With probability `unrelated_prob` it is a random
+  e.g. whole LR pixels for q = scale), with a random gain and offset (`photometric`: gain in
+  1 +- p, offset +- 100 p levels) and the HR's rotation and flip. With probability `unrelated_prob` it is a random
   crop of another training example's HR image with its own rotation and flip (nothing to transfer:
   the modulation mask has to learn to gate it). Otherwise it is the record's own reference, placed
   by `ref_augment`. All-zero probabilities reproduce the plain record-reference stream bitwise.
