@@ -86,9 +86,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   o.restart_decay = 0.9
   o.min_lr_ratio = 0.0  # Floor of each cosine cycle, as a fraction of its peak.
   o.grad_clip_norm = 0.0  # 0 disables clipping (the paper uses none).
+  # Step-size factor of SSEN's offset branch (offset estimators, offset/mask convolutions).
+  o.offset_lr_multiplier = 1.0
 
   config.loss = l = ml_collections.ConfigDict()
   l.charbonnier_eps = 1e-6  # Paper Eq. 4.
+  # Weight of an auxiliary loss pulling SSEN's output towards the features of the HR crop itself
+  # (not in the paper; 0 disables it). docs/choices.md, "Alignment loss".
+  l.align_weight = 0.0
   l.adversarial_weight = 0.0  # > 0 only in the GAN stage (configs/refsr_gan.py).
 
   config.gan = g = ml_collections.ConfigDict()

@@ -111,6 +111,8 @@ class RefSRNet(nn.Module):
         raise ValueError(f'reference must be {self.scale}x the LR size {(h, w)}, got '
                          f'{ref.shape[1:3]}; see ssen_jax.data.images.fit_reference')
       aligned, offsets, masks = self.ssen(f_lr, self.ref_features(ref), return_offsets=True)
+      # Kept only when applied with mutable=['intermediates'] (the alignment loss of training).
+      self.sow('intermediates', 'aligned', aligned)
       fused = self.fuse(jnp.concatenate([f_lr, aligned], axis=-1))
     else:
       fused = self.fuse(f_lr)

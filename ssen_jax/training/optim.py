@@ -53,8 +53,33 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict,
 
 def make_optimizer(cfg: ml_collections.ConfigDict,
                    base_lr: float | None = None) -> optax.GradientTransformation:
-  """Adam(β1, β2) on the SGDR schedule, with optional global-norm clipping."""
+  """Adam(β1, β2) on the SGDR schedule, with optional global-norm clipping.
+
+  `cfg.offset_lr_multiplier` (default 1) scales the steps of SSEN's offset branch: the dynamic
+  offset estimators (`doe_*`) and the convolutions that predict offsets and masks (`offset_conv`).
+  """
   tx = optax.adam(learning_rate_schedule(cfg, base_lr), b1=cfg.b1, b2=cfg.b2)
+  multiplier = float(cfg.get('offset_lr_multiplier', 1.0))
+  if multiplier != 1.0:
+    tx = optax.chain(tx, scale_offset_branch(multiplier))
   if cfg.grad_clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
   return tx
+
+
+def is_offset_branch(path) -> bool:
+  """Whether a parameter path lies in SSEN's offset branch (a `doe_*` module or an `offset_conv`)."""
+  names = [str(getattr(k, 'key', k)) for k in path]
+  return any(n.startswith('doe_') or n == 'offset_conv' for n in names)
+
+
+def scale_offset_branch(multiplier: float) -> optax.GradientTransformation:
+  """Multiplies the updates of the offset branch's parameters (`is_offset_branch`) by `multiplier`."""
+
+  def update_fn(updates, state, params=None):
+    del params
+    scaled = jax.tree_util.tree_map_with_path(
+        lambda path, u: u * multiplier if is_offset_branch(path) else u, updates)
+    return scaled, state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)

@@ -113,16 +113,37 @@ class Trainer:
     mse = jnp.mean((jnp.clip(sr, 0, 1) - hr) ** 2)
     return -10.0 * jnp.log10(jnp.maximum(mse, 1e-10))
 
-  def _step(self, state: State, batch: Batch) -> Tuple[State, Dict[str, jax.Array]]:
-    def loss_fn(params):
-      sr = self._generate(params, batch)
-      return self._rec_loss(sr, batch['hr']), sr
+  def _alignment_loss(self, params, aligned: jax.Array, hr: jax.Array) -> jax.Array:
+    """Charbonnier distance between SSEN's output and the (fixed) features of the HR crop itself.
 
-    (loss, sr), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+    The HR crop is the perfectly aligned reference, so `F_ref(HR)` is what SSEN should produce from
+    any reference of the same content; the target is a constant (stop_gradient), so the extractor
+    cannot satisfy the loss by collapsing its features. docs/choices.md, "Alignment loss".
+    """
+    target = jax.lax.stop_gradient(
+        self.model.apply({'params': params}, hr, method='ref_features'))
+    return optim.charbonnier_loss(aligned, target, self.config.loss.charbonnier_eps)
+
+  def _step(self, state: State, batch: Batch) -> Tuple[State, Dict[str, jax.Array]]:
+    align_weight = float(self.config.loss.get('align_weight', 0.0))
+
+    def loss_fn(params):
+      if align_weight > 0:
+        sr, inter = self.model.apply({'params': params}, batch['lr'], batch['ref'],
+                                     mutable=['intermediates'])
+        align = self._alignment_loss(params, inter['intermediates']['aligned'][0], batch['hr'])
+        rec = self._rec_loss(sr, batch['hr'])
+        return rec + align_weight * align, (sr, rec, align)
+      sr = self._generate(params, batch)
+      rec = self._rec_loss(sr, batch['hr'])
+      return rec, (sr, rec, jnp.zeros(()))
+
+    (loss, (sr, rec, align)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
     updates, opt_state = self.tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     metrics = {'loss': loss, 'psnr': self._psnr(sr, batch['hr']),
                'grad_norm': optax.tree.norm(grads),
+               **({'rec_loss': rec, 'align_loss': align} if align_weight > 0 else {}),
                'learning_rate': self.schedule(state['step']),
                'params_finite': self._all_finite(params, opt_state)}
     new_state = dict(state, step=state['step'] + 1, params=params, opt_state=opt_state)
