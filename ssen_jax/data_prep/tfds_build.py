@@ -7,8 +7,8 @@ r"""Prepares a TFDS dataset of `tfds_builders` from its manual folder; training 
   python -m ssen_jax.data_prep.tfds_build --dataset ssen_demo --data_dir /data/tfds   # no download
 
 then train with `--config.data.tfds_name=ssen_cufed --config.data.tfds_data_dir=/data/tfds`.
-TFDS's own command does the same: `tfds build ssen_cufed --imports
-ssen_jax.data_prep.tfds_builders --manual_dir ... --data_dir ...`.
+(TFDS's own `tfds build` CLI would need apache-beam in tensorflow-datasets 4.9.10; this command
+does the same `download_and_prepare` with a `DownloadConfig(manual_dir=...)` after its checks.)
 
 An already prepared dataset (same name, config and version under --data_dir) is reused as it is.
 Errors the user must fix (missing folder, wrong layout, unreadable image) are one line and exit 1.
