@@ -10,7 +10,7 @@ Variants (`--config configs/refsr.py:VARIANT`, comma-separated, e.g. `:dcn2` or 
 
 Paper run (one TPU v4-8 / 8-GPU host; prepare data first, see ssen_jax/data_prep/README.md):
   python -m ssen_jax.main --config configs/refsr.py --workdir /ckpt/ssen \
-      --config.data.train_pattern='/data/cufed/cufed-train-*.tfrecord' \
+      --config.data.tfds_name=ssen_cufed --config.data.tfds_data_dir=/data/tfds \
       --config.data.eval_dir=/data/CUFED5
 Quick start on a laptop (downloads nothing):
   python -m ssen_jax.main --config configs/refsr.py:demo --workdir /tmp/ssen_demo
