@@ -79,8 +79,17 @@ def prepare(dataset: str, manual_dir: str | os.PathLike | None,
   if not manual_dir.is_dir():
     raise datasets.DatasetError(f'--manual_dir {manual_dir} is not a folder')
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
+  try:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
+  except OSError:
+    # TFDS writes into a temporary folder and renames it into place; when several processes
+    # (the hosts of a run sharing a cache) prepare at once, the later renames fail. The winner's
+    # complete dataset is then there to use; any other failure is real.
+    again = cls(data_dir=os.fspath(data_dir), **({'config': config} if config else {}))
+    if not again.is_prepared():
+      raise
+    return again
   return builder
 
 
