@@ -164,3 +164,16 @@ def test_cli(raw, tmp_path):
   assert bad.returncode == 1 and 'Traceback' not in bad.stderr
   assert bad.stderr.strip().splitlines()[-1] == f'error: --manual_dir {tmp_path / "missing"} is ' \
       'not a folder'
+
+
+def test_training_reads_without_the_builder_code(data_dir):
+  """A training process opens a prepared dataset from its files alone (builders not imported)."""
+  code = ('import sys\n'
+          'from ssen_jax.data import input_pipeline as ip\n'
+          f'r = ip.load_tfds_records("ssen_cufed", {str(data_dir)!r}, "train", "refsr", 32, 0, 1)\n'
+          'assert "ssen_jax.data_prep.tfds_builders" not in sys.modules\n'
+          'print(int(r["hr"].shape[0]), int(r["ref"].shape[0]))\n')
+  out = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT, capture_output=True,
+                       text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split() == ['5', '5']
