@@ -10,7 +10,7 @@ Variants (`--config configs/refsr.py:VARIANT`, comma-separated, e.g. `:dcn2` or 
 
 Paper run (one TPU v4-8 / 8-GPU host; prepare data first, see ssen_jax/data_prep/README.md):
   python -m ssen_jax.main --config configs/refsr.py --workdir /ckpt/ssen \
-      --config.data.train_pattern='/data/cufed/cufed-train-*.tfrecord' \
+      --config.data.tfds_name=ssen_cufed --config.data.tfds_data_dir=/data/tfds \
       --config.data.eval_dir=/data/CUFED5
 Quick start on a laptop (downloads nothing):
   python -m ssen_jax.main --config configs/refsr.py:demo --workdir /tmp/ssen_demo
@@ -47,7 +47,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.data = d = ml_collections.ConfigDict()
   d.kind = 'refsr'  # 'refsr' (HR + reference pairs) or 'sisr' (HR only; selfsim / rcan).
-  d.train_pattern = ''  # Glob of training TFRecords (data_prep output).
+  # Training data: a TFDS dataset prepared by `python -m ssen_jax.data_prep.tfds_build` (e.g.
+  # 'ssen_cufed', 'ssen_div2k') read from tfds_data_dir ('' : TFDS's default), or else a glob of
+  # the TFRecords of `python -m ssen_jax.data_prep.convert`.
+  d.tfds_name = ''
+  d.tfds_data_dir = ''
+  d.tfds_split = 'train'
+  d.train_pattern = ''  # Glob of training TFRecords (data_prep.convert output).
   d.hr_patch = 160  # HR crop side; CUFED pairs are 160x160.
   # 'independent': the reference gets its own crop, 90-degree rotation and flip (robustness to
   # unaligned references); 'paired': crop position and rotation shared with the HR; 'mixed':
@@ -69,8 +75,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   d.eval_dataset = 'cufed5'  # 'cufed5' (per-level table) or 'folder' (benchmark folder).
   d.eval_dir = ''  # CUFED5-style folder (XXX_0.png HR, XXX_1..5.png refs) or HR folder.
   d.eval_max_images = 0  # Evaluate only the first N groups/images during training (0: all).
-  d.demo = False  # Build and use the embedded demo dataset instead of the two paths above.
-  d.demo_dir = ''  # Where the demo data is built ('' : ~/.cache/ssen_jax/demo_data).
+  d.demo = False  # Build and use the embedded demo dataset (TFDS 'ssen_demo') instead.
+  d.demo_dir = ''  # Where the demo data and its TFDS folder go ('' : ~/.cache/ssen_jax).
 
   config.batch_size = 32  # Global batch over all devices and hosts.
   config.num_train_steps = 100_000

@@ -5,7 +5,7 @@ the Charbonnier loss; discriminator and generator are updated alternately in eve
 
   python -m ssen_jax.main --config configs/refsr_gan.py --workdir /ckpt/ssen_gan \
       --config.gan.init_workdir=/ckpt/ssen \
-      --config.data.train_pattern='/data/cufed/cufed-train-*.tfrecord' \
+      --config.data.tfds_name=ssen_cufed --config.data.tfds_data_dir=/data/tfds \
       --config.data.eval_dir=/data/CUFED5
 
 Variants: the same as configs/refsr.py (e.g. `:demo` or `:tiny`), passed through.

@@ -4,7 +4,7 @@ SSEN takes the LR features as both input and reference. Evaluates on a benchmark
 images (Set5, Set14, B100, Urban100, Manga109), one Tab. 2 row.
 
   python -m ssen_jax.main --config configs/selfsim.py --workdir /ckpt/selfsim \
-      --config.data.train_pattern='/data/div2k/div2k-train-*.tfrecord' \
+      --config.data.tfds_name=ssen_div2k --config.data.tfds_data_dir=/data/tfds \
       --config.data.eval_dir=/data/benchmarks/Urban100
 
 Variants (`configs/selfsim.py:VARIANT`, comma-separated): `rcan` (RCAN alone, Tab. 2 "Baseline"),

@@ -74,3 +74,12 @@ def test_best_without_any_evaluation(tmp_path):
                                               best_or_latest=True)
   assert step == 2
   _assert_same(params, saved[2])
+
+
+def test_config_json_from_before_the_tfds_fields_resumes_unchanged():
+  """Old workdirs' config.json lack data.tfds_*; their neutral values are not a change."""
+  new = {'data': {'tfds_name': '', 'tfds_data_dir': '', 'tfds_split': 'train', 'demo': True}}
+  old = {'data': {'demo': True}}
+  assert checkpointing.config_changes(old, new) == {}
+  new['data']['tfds_name'] = 'ssen_cufed'
+  assert checkpointing.config_changes(old, new) == {'data.tfds_name': (None, 'ssen_cufed')}

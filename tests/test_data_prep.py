@@ -142,20 +142,6 @@ def test_cufed5_and_div2k_tiles(tmp_path):
   np.testing.assert_array_equal(gray_tile[..., 0], gray_tile[..., 2])
 
 
-def test_pure_python_writer_matches_tensorflow(tmp_path):
-  feats = {'name': 'x', 'hr': datasets.encode_png(skimage.data.chelsea()[:30, :40]),
-           'refs': [b'a' * 300, b'', b'\x00\xff']}
-  record = datasets.serialize_example(feats)
-  parsed = tf.io.parse_single_example(record, _SPEC)
-  assert tf.sparse.to_dense(parsed['refs']).numpy().tolist() == feats['refs']
-  assert tf.sparse.to_dense(parsed['hr']).numpy()[0] == feats['hr']
-  datasets.write_tfrecord(tmp_path / 'py.tfrecord', [record, b'second'])
-  with tf.io.TFRecordWriter(str(tmp_path / 'tf.tfrecord')) as w:
-    w.write(record)
-    w.write(b'second')
-  assert (tmp_path / 'py.tfrecord').read_bytes() == (tmp_path / 'tf.tfrecord').read_bytes()
-
-
 def test_cli_summary_and_errors(cufed_dir, tmp_path):
   run = lambda *a: subprocess.run([sys.executable, '-m', 'ssen_jax.data_prep.convert', *a], cwd=REPO_ROOT,
                                   capture_output=True, text=True, timeout=120)

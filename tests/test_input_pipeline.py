@@ -7,6 +7,7 @@ import tensorflow as tf
 from ssen_jax.data import datasets
 from ssen_jax.data import imresize as ir
 from ssen_jax.data import input_pipeline as ip
+from ssen_jax.data_prep import convert
 
 
 def _write(tmp_path, pairs, num_shards, prefix='t'):
@@ -16,9 +17,11 @@ def _write(tmp_path, pairs, num_shards, prefix='t'):
     feats = {'name': f'{i:03d}', 'hr': datasets.encode_png(hr)}
     if ref is not None:
       feats['ref'] = datasets.encode_png(ref)
-    shards[i % num_shards].append(datasets.serialize_example(feats))
+    shards[i % num_shards].append(convert.to_tf_example(feats, tf).SerializeToString())
   for name, recs in zip(datasets.shard_names(prefix, num_shards), shards):
-    datasets.write_tfrecord(tmp_path / name, recs)
+    with tf.io.TFRecordWriter(str(tmp_path / name)) as writer:
+      for rec in recs:
+        writer.write(rec)
   return str(tmp_path / f'{prefix}-*')
 
 

@@ -97,7 +97,8 @@ def test_refsr_then_gan_stage(demo_dir, tmp_path):
 def test_selfsim_on_benchmark_folder(demo_dir, tmp_path, set5_dir):
   config = tiny_config(demo_dir, module=selfsim)
   config.data.demo = False
-  config.data.train_pattern = str(pathlib.Path(demo_dir) / demo_data.DEMO_NAME / 'train/*.tfrecord')
+  from ssen_jax.data_prep import tfds_build
+  config.data.tfds_name, config.data.tfds_data_dir, _ = tfds_build.prepare_demo(demo_dir)
   config.data.eval_dir = str(set5_dir)
   config.data.eval_max_images = 1
   results = train.train_and_evaluate(config, str(tmp_path / 'selfsim'))

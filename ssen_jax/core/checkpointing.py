@@ -238,6 +238,9 @@ STRUCTURE_IF_ZERO = ('loss.adversarial_weight', 'optim.grad_clip_norm')
 # extending a run, logging, evaluation and checkpoint cadence.
 FREE_FIELDS = ('num_train_steps', 'log_every_steps', 'eval_every_steps',
                'checkpoint_every_steps', 'keep_checkpoints', 'num_image_summaries')
+# Fields added to the configs later, with the value that means what their absence meant: a
+# config.json written before them resumes without a reported change.
+ADDED_FIELDS = {'data.tfds_name': '', 'data.tfds_data_dir': '', 'data.tfds_split': 'train'}
 
 
 def _flatten(tree: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
@@ -253,6 +256,9 @@ def _flatten(tree: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
 def config_changes(old: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, tuple]:
   """{dotted field: (old, new)} for every field that differs (missing on one side: None)."""
   old, new = _flatten(old), _flatten(new)
+  for field, neutral in ADDED_FIELDS.items():
+    if field not in old and new.get(field) == neutral:
+      old[field] = neutral
   return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
           if old.get(k) != new.get(k)}
 

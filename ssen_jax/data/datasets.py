@@ -1,4 +1,4 @@
-"""Evaluation datasets (folders of images, CUFED5) and the TFRecord record format.
+"""Evaluation datasets (folders of images, CUFED5) and the training example format.
 
 Evaluation examples are dicts
 `{'name': str, 'hr': uint8 (H, W, 3), 'lr': uint8 (H/s, W/s, 3), 'refs': [uint8 (h, w, 3), ...]}`:
@@ -7,25 +7,23 @@ rounded to uint8 (the published protocol), grayscale files replicated to three c
 metrics recognise them and use their own channel). CUFED5 refs are ordered XH, H, M, L, XL
 (`XXX_1.png` ... `XXX_5.png`) and kept at their own size; folders have no refs.
 
-Training records (written by `ssen_jax.data_prep.convert` and `ssen_jax.data.demo_data`, read
-by `ssen_jax.data.input_pipeline`) are serialized `tf.train.Example`s whose features are all
-BytesLists:
+Training examples (TFDS datasets of `ssen_jax.data_prep.tfds_builders`, or the TFRecords of
+`ssen_jax.data_prep.convert`; read by `ssen_jax.data.input_pipeline`) have these features, the
+images stored as encoded PNG bytes:
 
-  FEATURE_NAME 'name'  one value, the example name (utf-8), e.g. '000123' or '0001_r0_c1'.
-  FEATURE_HR   'hr'    one value, PNG bytes of the RGB uint8 HR image.
-  FEATURE_REF  'ref'   one value, PNG bytes of the RGB uint8 reference (CUFED-style pairs only).
-  FEATURE_REFS 'refs'  five values, PNG bytes of the CUFED5 references XH..XL (CUFED5 only).
+  FEATURE_NAME 'name'  the example name (utf-8), e.g. '000123' or '0001_r0_c1'.
+  FEATURE_HR   'hr'    PNG of the RGB uint8 HR image.
+  FEATURE_REF  'ref'   PNG of the RGB uint8 reference (CUFED-style pairs only).
+  FEATURE_REFS 'refs'  five PNGs, the CUFED5 references XH..XL (CUFED5 only).
 
-This module writes that format without TensorFlow (`serialize_example`, `write_tfrecord`): the
-evaluation code and the demo data must not need it. The protobuf and TFRecord framing are simple
-enough to emit by hand; tests check the bytes against TensorFlow's own writer.
+Both stores are written with TensorFlow's own code (TFDS, `tf.io.TFRecordWriter`) in data_prep;
+this module needs neither.
 """
 import io
 import os
 import pathlib
 import re
-import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -146,7 +144,7 @@ def load_cufed5(directory: str | os.PathLike, scale: int) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Record format, written without TensorFlow.
+# Stored images and TFRecord shard names.
 
 
 def encode_png(img: np.ndarray, compress_level: int = 6) -> bytes:
@@ -155,82 +153,6 @@ def encode_png(img: np.ndarray, compress_level: int = 6) -> bytes:
   Image.fromarray(np.ascontiguousarray(img, np.uint8)).save(buf, format='PNG',
                                                             compress_level=compress_level)
   return buf.getvalue()
-
-
-def _varint(n: int) -> bytes:
-  out = bytearray()
-  while True:
-    byte = n & 0x7F
-    n >>= 7
-    if n:
-      out.append(byte | 0x80)
-    else:
-      out.append(byte)
-      return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-  """A length-delimited protobuf field (wire type 2)."""
-  return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def serialize_example(features: dict[str, bytes | Sequence[bytes]]) -> bytes:
-  """Serializes a `tf.train.Example` whose features are all BytesLists.
-
-  Args:
-    features: {key: bytes or list of bytes}; str values are utf-8 encoded.
-
-  Returns:
-    Bytes that `tf.io.parse_single_example` reads as the same features.
-  """
-  entries = b''
-  for key in sorted(features):  # Sorted keys: identical bytes for identical content.
-    values = features[key]
-    if isinstance(values, (bytes, str)):
-      values = [values]
-    values = [v.encode() if isinstance(v, str) else bytes(v) for v in values]
-    bytes_list = b''.join(_field(1, v) for v in values)  # BytesList.value = 1
-    feature = _field(1, bytes_list)  # Feature.bytes_list = 1
-    entries += _field(1, _field(1, key.encode()) + _field(2, feature))  # map entry key=1 value=2
-  return _field(1, entries)  # Example.features = 1; Features.feature (map) = 1 inside.
-
-
-def _crc32c_table() -> list[int]:
-  table = []
-  for i in range(256):
-    crc = i
-    for _ in range(8):
-      crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-    table.append(crc)
-  return table
-
-
-_CRC_TABLE = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-  """CRC-32C (Castagnoli), pure Python: about 10 MB/s, fine for the demo data's few MB."""
-  crc = 0xFFFFFFFF
-  table = _CRC_TABLE
-  for byte in data:
-    crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-  return crc ^ 0xFFFFFFFF
-
-
-def _masked_crc(data: bytes) -> bytes:
-  crc = crc32c(data)
-  return struct.pack('<I', (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
-
-
-def write_tfrecord(path: str | os.PathLike, records: Iterable[bytes]) -> int:
-  """Writes an uncompressed TFRecord file (what `tf.io.TFRecordWriter` writes); returns the count."""
-  count = 0
-  with open(path, 'wb') as f:
-    for record in records:
-      length = struct.pack('<Q', len(record))
-      f.write(length + _masked_crc(length) + record + _masked_crc(record))
-      count += 1
-  return count
 
 
 def shard_names(prefix: str, num_shards: int) -> list[str]:

@@ -4,12 +4,13 @@
 pairs) and CUFED5 (evaluation groups), small enough to train on a 2-core CPU in minutes:
 
   OUT/ssen_demo_v3/
-    train/demo_train-0000K-of-00004.tfrecord  240 pairs, records as data_prep's CUFED output
-                                               ('name', 'hr', 'ref': 160x160 RGB PNGs)
-    train/demo_train.json                     manifest (counts, features, sources)
-    train_raw/input/NAME.png, ref/NAME.png    the same pairs in the raw CUFED layout
+    train_raw/input/NAME.png, ref/NAME.png    240 training pairs (160x160) in the raw CUFED layout
     eval/XXX_0.png .. XXX_5.png               24 CUFED5-style groups, 128x128 HR and references
     README.txt                                this layout in words
+
+Training reads the pairs through TFDS: the `ssen_demo` builder of
+`ssen_jax.data_prep.tfds_builders` prepares this folder (`ssen_jax.data_prep.tfds_build.prepare`,
+which the :demo config runs on first use).
 
 Training pairs come from ten photos: `astronaut`, `rocket`, `hubble_deep_field`,
 `immunohistochemistry`, `camera`, `moon`, `coins` and the textures `brick`, `grass`, `gravel`
@@ -54,6 +55,9 @@ TRAIN_SOURCES = ('astronaut.png', 'rocket.jpg', 'hubble_deep_field.jpg', 'ihc.pn
 EVAL_SOURCES = ('motorcycle_left.png', 'motorcycle_right.png', 'chelsea.png', 'coffee.png',
                 'retina.jpg')
 NUM_TRAIN = 240
+# The demo's training pairs were stored in 4 round-robin TFRecord shards before TFDS; the
+# `ssen_demo` builder keeps that order (example i at position (i % 4, i // 4)), so the demo's
+# training stream is bit for bit the one of that storage.
 NUM_SHARDS = 4
 TRAIN_SIZE = 160
 EVAL_SIZE = 128
@@ -62,8 +66,7 @@ _SEED = 20200614
 
 class DemoData(NamedTuple):
   """Paths of a built demo dataset."""
-  root: pathlib.Path
-  train_pattern: str  # Glob of the training TFRecords (kind 'refsr').
+  root: pathlib.Path  # The manual folder of the `ssen_demo` TFDS builder.
   train_raw_dir: pathlib.Path  # Raw CUFED layout: input/*.png, ref/*.png.
   eval_dir: pathlib.Path  # CUFED5 layout: XXX_0.png .. XXX_5.png.
   num_train: int
@@ -170,15 +173,14 @@ def make_eval_groups() -> list[tuple[str, list[np.ndarray]]]:
 def _readme(num_train: int, num_eval: int) -> str:
   return (f'{DEMO_NAME}: demo RefSR data built by ssen_jax.data.demo_data from scikit-image '
           'photos.\n'
-          f'train/: {num_train} CUFED-style pairs (160x160) as TFRecords (name, hr, ref PNG).\n'
-          'train_raw/: the same pairs in the raw CUFED layout (input/, ref/).\n'
+          f'train_raw/: {num_train} CUFED-style pairs (160x160) in the raw CUFED layout '
+          '(input/, ref/).\n'
           f'eval/: {num_eval} CUFED5-style groups, XXX_0.png HR, XXX_1..5.png refs XH..XL.\n'
           f'Train sources: {", ".join(TRAIN_SOURCES)}. Eval sources: {", ".join(EVAL_SOURCES)}.\n')
 
 
 def _paths(root: pathlib.Path, num_train: int, num_eval: int) -> DemoData:
-  return DemoData(root=root, train_pattern=str(root / 'train' / 'demo_train-*-of-*.tfrecord'),
-                  train_raw_dir=root / 'train_raw', eval_dir=root / 'eval',
+  return DemoData(root=root, train_raw_dir=root / 'train_raw', eval_dir=root / 'eval',
                   num_train=num_train, num_eval=num_eval)
 
 
@@ -189,7 +191,7 @@ def build_demo_data(out_dir: str | os.PathLike) -> DemoData:
     out_dir: parent folder (created if needed).
 
   Returns:
-    `DemoData` with the training TFRecord glob, raw-pair folder and CUFED5-style eval folder.
+    `DemoData` with the raw-pair folder and the CUFED5-style eval folder.
   """
   out_dir = pathlib.Path(out_dir)
   root = out_dir / DEMO_NAME
@@ -202,23 +204,11 @@ def build_demo_data(out_dir: str | os.PathLike) -> DemoData:
   shutil.rmtree(tmp, ignore_errors=True)
   try:
     pairs, groups = make_train_pairs(), make_eval_groups()
-    for sub in ('train', 'train_raw/input', 'train_raw/ref', 'eval'):
+    for sub in ('train_raw/input', 'train_raw/ref', 'eval'):
       (tmp / sub).mkdir(parents=True)
-    shards = [[] for _ in range(NUM_SHARDS)]
-    for i, (name, hr, ref) in enumerate(pairs):
-      hr_png, ref_png = datasets.encode_png(hr), datasets.encode_png(ref)
-      (tmp / 'train_raw/input' / f'{name}.png').write_bytes(hr_png)
-      (tmp / 'train_raw/ref' / f'{name}.png').write_bytes(ref_png)
-      shards[i % NUM_SHARDS].append(datasets.serialize_example({
-          datasets.FEATURE_NAME: name, datasets.FEATURE_HR: hr_png, datasets.FEATURE_REF: ref_png}))
-    names = datasets.shard_names('demo_train', NUM_SHARDS)
-    for shard_name, records in zip(names, shards):
-      datasets.write_tfrecord(tmp / 'train' / shard_name, records)
-    (tmp / 'train' / 'demo_train.json').write_text(json.dumps({
-        'name': 'demo_train', 'num_examples': len(pairs), 'num_shards': NUM_SHARDS,
-        'shards': names, 'examples_per_shard': [len(s) for s in shards],
-        'features': [datasets.FEATURE_NAME, datasets.FEATURE_HR, datasets.FEATURE_REF],
-        'dataset': 'demo', 'sources': list(TRAIN_SOURCES)}, indent=2))
+    for name, hr, ref in pairs:
+      (tmp / 'train_raw/input' / f'{name}.png').write_bytes(datasets.encode_png(hr))
+      (tmp / 'train_raw/ref' / f'{name}.png').write_bytes(datasets.encode_png(ref))
     for gid, images in groups:
       for level, img in enumerate(images):
         (tmp / 'eval' / f'{gid}_{level}.png').write_bytes(datasets.encode_png(img))

@@ -2,7 +2,8 @@
 
 The only runtime module besides `data_prep` that imports TensorFlow (hidden from GPUs here).
 
-Reads the TFRecords of `data_prep.convert` / `data.demo_data` (keys in `ssen_jax.data.datasets`).
+Reads a TFDS dataset prepared by `data_prep.tfds_build` (the builders of `data_prep.tfds_builders`,
+the demo's included) or the TFRecords of `data_prep.convert` (keys in `ssen_jax.data.datasets`).
 Per example:
 
 1. HR: a random `hr_patch` x `hr_patch` crop (uniform offset), then one of the 8 dihedral
@@ -20,9 +21,10 @@ Determinism and exact resume: every host keeps its share of encoded PNG bytes in
 a permutation of the host's N examples with `tf.random.experimental.index_shuffle` (seeded by
 (seed, process_index, e)), and the crop/augmentation draws are stateless ops seeded by
 (seed, process_index, s, slot). So the batch at step s depends only on (seed, s, process_index),
-the host's shards and B, and starting at `start_step` yields exactly what an uninterrupted run
-yields from that step, without saving any iterator state.
+the host's examples (its TFRecord shards or its TFDS range) and B, and starting at `start_step`
+yields exactly what an uninterrupted run yields from that step, without saving any iterator state.
 """
+import os
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -266,7 +268,7 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
 
 
 def load_host_records(files: list[str], kind: str, hr_patch: int) -> dict[str, tf.Tensor]:
-  """Reads every record of `files` into memory, in file order.
+  """Reads every record of the TFRecord `files` into memory, in file order.
 
   Returns:
     {'hr': (N,) string tensor of PNG bytes[, 'ref': (N,)]}.
@@ -284,32 +286,96 @@ def load_host_records(files: list[str], kind: str, hr_patch: int) -> dict[str, t
     names += batch[datasets.FEATURE_NAME].tolist()
     hrs += batch[datasets.FEATURE_HR].tolist()
     refs += batch[datasets.FEATURE_REF].tolist()
+  return _checked_records(names, hrs, refs, str(files), kind, hr_patch)
+
+
+def _checked_records(names: list[bytes], hrs: list[bytes], refs: list[bytes], source: str,
+                     kind: str, hr_patch: int) -> dict[str, tf.Tensor]:
   if not hrs:
-    raise ValueError(f'no records in {files}')
+    raise ValueError(f'no records in {source}')
   for name, hr, ref in zip(names, hrs, refs):
     size = _png_size(hr)
     if size and min(size) < hr_patch:
-      raise ValueError(f'record {name.decode()!r} in {files} has a {size[0]}x{size[1]} HR image, '
+      raise ValueError(f'record {name.decode()!r} in {source} has a {size[0]}x{size[1]} HR image, '
                        f'smaller than hr_patch={hr_patch}')
     if kind == 'refsr' and not ref:
       raise ValueError(f"kind='refsr' needs a 'ref' feature, record {name.decode()!r} in "
-                       f'{files} has none (SISR data such as div2k needs kind=sisr)')
+                       f'{source} has none (SISR data such as div2k needs kind=sisr)')
   out = {'hr': tf.constant(hrs)}
   if kind == 'refsr':
     out['ref'] = tf.constant(refs)
   return out
 
 
-def create_train_iterator(*, file_pattern: str, kind: str, hr_patch: int, scale: int,
+def load_tfds_records(name: str, data_dir: str | None, split: str, kind: str, hr_patch: int,
+                      process_index: int, process_count: int) -> dict[str, tf.Tensor]:
+  """This host's share of a prepared TFDS dataset, in stored order, as encoded PNG bytes.
+
+  The host reads `tfds.even_splits(split, process_count)[process_index]`: contiguous, disjoint
+  ranges of the stored order whose sizes differ by at most one example. The dataset is opened from
+  its files (`tfds.builder` falls back to them when the builder class is not imported), so
+  training needs only the prepared folder.
+
+  Raises:
+    ValueError: the dataset is not prepared in `data_dir`, has no such split, fewer examples than
+      hosts, or records that do not fit `kind` / `hr_patch` (one line each).
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  where = f'{data_dir or "the default TFDS data_dir"}'
+  hint = ('prepare it with python -m ssen_jax.data_prep.tfds_build --dataset NAME --manual_dir '
+          'DIR --data_dir DATA_DIR')
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # pylint: disable=broad-except  (DatasetNotFoundError and kin)
+    raise ValueError(f'TFDS dataset {name!r} not found in {where}: {hint} '
+                     f'({type(e).__name__})') from None
+  if not tf.io.gfile.exists(os.path.join(builder.data_dir, 'dataset_info.json')):
+    raise ValueError(f'TFDS dataset {name!r} is not prepared in {where}: {hint}')
+  splits = builder.info.splits
+  if split not in splits:
+    raise ValueError(f'TFDS dataset {name!r} has no split {split!r} (it has '
+                     f'{", ".join(sorted(splits))})')
+  total = splits[split].num_examples
+  if total < process_count:
+    raise ValueError(f'TFDS dataset {name!r} split {split!r} has {total} examples but there are '
+                     f'{process_count} hosts: each host needs at least one example')
+  features = builder.info.features
+  keys = [k for k in (datasets.FEATURE_NAME, datasets.FEATURE_HR, datasets.FEATURE_REF)
+          if k in features]
+  if datasets.FEATURE_HR not in keys:
+    raise ValueError(f"TFDS dataset {name!r} has no '{datasets.FEATURE_HR}' feature")
+  host_split = tfds.even_splits(split, n=process_count)[process_index]
+  ds = builder.as_dataset(
+      split=host_split, shuffle_files=False,
+      decoders={k: tfds.decode.SkipDecoding() for k in keys},
+      read_config=tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False))
+  names, hrs, refs = [], [], []
+  for batch in ds.batch(512).as_numpy_iterator():
+    hrs += batch[datasets.FEATURE_HR].tolist()
+    names += batch[datasets.FEATURE_NAME].tolist() if datasets.FEATURE_NAME in batch \
+        else [b''] * len(batch[datasets.FEATURE_HR])
+    refs += batch[datasets.FEATURE_REF].tolist() if datasets.FEATURE_REF in batch \
+        else [b''] * len(batch[datasets.FEATURE_HR])
+  return _checked_records(names, hrs, refs, f'TFDS {name}[{host_split}] in {where}', kind,
+                          hr_patch)
+
+
+def create_train_iterator(*, file_pattern: str | None = None, kind: str, hr_patch: int, scale: int,
                           local_batch_size: int, seed: int, start_step: int, process_index: int,
                           process_count: int, ref_augment: str = 'independent',
                           independent_prob: float = 0.5, ref_mix: RefMix = RefMix(),
-                          num_threads: int | None = None
+                          num_threads: int | None = None, tfds_name: str | None = None,
+                          tfds_data_dir: str | None = None, tfds_split: str = 'train'
                           ) -> Iterator[dict[str, np.ndarray]]:
   """Endless iterator of this host's training batches, starting at `start_step`.
 
   Args:
-    file_pattern: glob of the TFRecord shards (all hosts pass the same pattern).
+    file_pattern: glob of the TFRecord shards of `data_prep.convert` (all hosts pass the same
+      pattern); each host reads the shards `host_shards` gives it. Or instead:
+    tfds_name: a TFDS dataset prepared by `data_prep.tfds_build` (e.g. 'ssen_cufed',
+      'ssen_demo'), read from `tfds_data_dir`, split `tfds_split`; each host reads its
+      `tfds.even_splits` share (`load_tfds_records`).
     kind: 'refsr' (records with 'ref', e.g. CUFED) or 'sisr' (HR only, e.g. DIV2K).
     hr_patch: HR crop size (160 for CUFED, 192 for DIV2K in the paper); multiple of `scale`.
     scale: SR factor.
@@ -337,9 +403,16 @@ def create_train_iterator(*, file_pattern: str, kind: str, hr_patch: int, scale:
     raise ValueError(f'ref_mix needs kind=refsr, got {kind!r}')
   if ref_mix.total > 1 + 1e-9:
     raise ValueError(f'ref_mix probabilities add up to more than 1: {ref_mix}')
+  if bool(file_pattern) == bool(tfds_name):
+    raise ValueError('give exactly one of file_pattern (TFRecords) and tfds_name (TFDS), got '
+                     f'{file_pattern!r} and {tfds_name!r}')
   hide_gpus_from_tf()
-  files = host_shards(file_pattern, process_index, process_count)
-  records = load_host_records(files, kind, hr_patch)
+  if tfds_name:
+    records = load_tfds_records(tfds_name, tfds_data_dir or None, tfds_split, kind, hr_patch,
+                                process_index, process_count)
+  else:
+    files = host_shards(file_pattern, process_index, process_count)
+    records = load_host_records(files, kind, hr_patch)
   num_examples = int(records['hr'].shape[0])
   batch = int(local_batch_size)
   host_seed = tf.constant([seed, process_index], tf.int64)

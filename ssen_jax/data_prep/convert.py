@@ -175,6 +175,17 @@ def convert(dataset: str, input_dir: str | os.PathLike, output_dir: str | os.Pat
   return manifest
 
 
+def to_tf_example(example: layouts.Example, tf) -> 'tf.train.Example':
+  """{key: str | bytes | [bytes]} -> a tf.train.Example of BytesLists (keys sorted)."""
+  feature = {}
+  for key in sorted(example):
+    values = example[key]
+    values = [values] if isinstance(values, (str, bytes)) else list(values)
+    values = [v.encode() if isinstance(v, str) else v for v in values]
+    feature[key] = tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+  return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
 def _write_shards(jobs: list[layouts.Job], tmp_dir: pathlib.Path, name: str, num_shards: int, *,
                   skip_bad: bool, tile_size: int, num_workers: int, progress: bool) -> dict:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only the writer needs it)
@@ -197,7 +208,7 @@ def _write_shards(jobs: list[layouts.Job], tmp_dir: pathlib.Path, name: str, num
       results = map(layouts.process_job, work)
     bar = tqdm(total=len(jobs), file=sys.stderr, unit='ex', disable=not progress, desc=name,
                dynamic_ncols=True)
-    for job, (records, error) in zip(jobs, results):
+    for job, (examples, error) in zip(jobs, results):
       bar.update(1)
       images += len(job.paths)
       if error:
@@ -206,9 +217,9 @@ def _write_shards(jobs: list[layouts.Job], tmp_dir: pathlib.Path, name: str, num
                              '(rerun with --skip_bad to skip such images)')
         bad.append(error)
         continue
-      for record in records:
+      for example in examples:
         shard = num_records % num_shards
-        writers[shard].write(record)
+        writers[shard].write(to_tf_example(example, tf).SerializeToString())
         counts[shard] += 1
         num_records += 1
     bar.close()

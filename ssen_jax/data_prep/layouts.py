@@ -1,4 +1,4 @@
-"""Raw dataset layouts: finding the examples (`LAYOUTS`) and turning one into records (`process_job`).
+"""Raw dataset layouts: finding the examples (`LAYOUTS`) and turning one into examples (`process_job`).
 
 Discovery runs in the main process and checks the layout up front, so a wrong folder fails in a
 second with one line saying what was expected. `process_job` runs in worker processes: it never
@@ -118,14 +118,19 @@ def tile_origins(length: int, tile: int) -> list[int]:
   return starts
 
 
-def process_job(args: tuple[Job, int]) -> tuple[list[bytes], str | None]:
-  """Reads one example's images and serializes its record(s).
+Example = dict[str, str | bytes | list[bytes]]
+
+
+def process_job(args: tuple[Job, int]) -> tuple[list[Example], str | None]:
+  """Reads one example's images and encodes them (no TensorFlow: runs in worker processes).
 
   Args:
     args: (job, tile_size); tile_size applies to SINGLE jobs only (0: whole image).
 
   Returns:
-    (serialized tf.train.Example records, None), or ([], 'PATH (reason)') for a bad image.
+    ([{'name': str, 'hr': PNG bytes[, 'ref': PNG bytes | 'refs': [5 x PNG bytes]]}, ...], None),
+    or ([], 'PATH (reason)') for a bad image. Keys are `datasets.FEATURE_*`; `convert` serializes
+    them as tf.train.Examples, the TFDS builders (`tfds_builders`) yield them as they are.
   """
   job, tile_size = args
   loaded = []
@@ -141,22 +146,18 @@ def process_job(args: tuple[Job, int]) -> tuple[list[bytes], str | None]:
     padded = pad_reference(ref, hr.shape[0], hr.shape[1])
     if padded is not ref:
       ref_png = None
-    return [datasets.serialize_example({
-        datasets.FEATURE_NAME: job.name, datasets.FEATURE_HR: _png(hr, hr_png),
-        datasets.FEATURE_REF: _png(padded, ref_png)})], None
+    return [{datasets.FEATURE_NAME: job.name, datasets.FEATURE_HR: _png(hr, hr_png),
+             datasets.FEATURE_REF: _png(padded, ref_png)}], None
   if job.kind == CUFED5:
-    return [datasets.serialize_example({
-        datasets.FEATURE_NAME: job.name, datasets.FEATURE_HR: _png(hr, hr_png),
-        datasets.FEATURE_REFS: [_png(img, png) for img, png in loaded[1:]]})], None
+    return [{datasets.FEATURE_NAME: job.name, datasets.FEATURE_HR: _png(hr, hr_png),
+             datasets.FEATURE_REFS: [_png(img, png) for img, png in loaded[1:]]}], None
   rows, cols = tile_origins(hr.shape[0], tile_size), tile_origins(hr.shape[1], tile_size)
   if len(rows) == 1 and len(cols) == 1:
-    return [datasets.serialize_example({datasets.FEATURE_NAME: job.name,
-                                        datasets.FEATURE_HR: _png(hr, hr_png)})], None
-  records = []
+    return [{datasets.FEATURE_NAME: job.name, datasets.FEATURE_HR: _png(hr, hr_png)}], None
+  examples = []
   for r, y in enumerate(rows):
     for c, x in enumerate(cols):
       tile = hr[y:y + tile_size, x:x + tile_size]
-      records.append(datasets.serialize_example({
-          datasets.FEATURE_NAME: f'{job.name}_r{r}_c{c}',
-          datasets.FEATURE_HR: datasets.encode_png(tile, _PNG_COMPRESS_LEVEL)}))
-  return records, None
+      examples.append({datasets.FEATURE_NAME: f'{job.name}_r{r}_c{c}',
+                       datasets.FEATURE_HR: datasets.encode_png(tile, _PNG_COMPRESS_LEVEL)})
+  return examples, None

@@ -43,17 +43,27 @@ class NonFiniteLossError(RuntimeError):
 
 
 def resolve_data_paths(config: ml_collections.ConfigDict) -> Dict[str, str]:
-  """Training file pattern and evaluation folder, building the demo data when asked for."""
-  if config.data.demo:
-    from ssen_jax.data import demo_data  # Built on first use from scikit-image's files; no download.
-    root = config.data.demo_dir or os.path.join(
+  """Training data (TFDS name and folder, or a TFRecord glob) and evaluation folder.
+
+  The demo data is built on first use from scikit-image's files (no download) and prepared as the
+  TFDS dataset 'ssen_demo' under `config.data.demo_dir`.
+  """
+  d = config.data
+  if d.demo:
+    from ssen_jax.data_prep import tfds_build  # pylint: disable=g-import-not-at-top
+    root = d.demo_dir or os.path.join(
         os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'ssen_jax')
-    demo = demo_data.build_demo_data(root)
-    return {'train_pattern': demo.train_pattern, 'eval_dir': str(demo.eval_dir)}
-  if not config.data.train_pattern:
-    raise ValueError('config.data.train_pattern is empty: point it at the TFRecords written by '
-                     'data_prep (or use the :demo config)')
-  return {'train_pattern': config.data.train_pattern, 'eval_dir': config.data.eval_dir}
+    name, data_dir, demo = tfds_build.prepare_demo(root)
+    return {'tfds_name': name, 'tfds_data_dir': data_dir, 'tfds_split': 'train',
+            'train_pattern': '', 'eval_dir': str(demo.eval_dir)}
+  if not d.tfds_name and not d.train_pattern:
+    raise ValueError('no training data: set config.data.tfds_name (a dataset prepared by '
+                     'python -m ssen_jax.data_prep.tfds_build) or config.data.train_pattern '
+                     '(TFRecords of data_prep.convert), or use the :demo config')
+  if d.tfds_name and d.train_pattern:
+    raise ValueError('set only one of config.data.tfds_name and config.data.train_pattern')
+  return {'tfds_name': d.tfds_name, 'tfds_data_dir': d.tfds_data_dir, 'tfds_split': d.tfds_split,
+          'train_pattern': d.train_pattern, 'eval_dir': d.eval_dir}
 
 
 def load_eval_examples(config: ml_collections.ConfigDict, eval_dir: str) -> List[dict]:
@@ -164,7 +174,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return last_results
 
   train_iter = input_pipeline.create_train_iterator(
-      file_pattern=paths['train_pattern'], kind=config.data.kind, hr_patch=config.data.hr_patch,
+      file_pattern=paths['train_pattern'] or None, tfds_name=paths['tfds_name'] or None,
+      tfds_data_dir=paths['tfds_data_dir'] or None, tfds_split=paths['tfds_split'],
+      kind=config.data.kind, hr_patch=config.data.hr_patch,
       scale=config.model.scale, local_batch_size=config.batch_size // jax.process_count(),
       seed=config.seed, start_step=start, process_index=jax.process_index(),
       process_count=jax.process_count(), ref_augment=config.data.ref_augment,
