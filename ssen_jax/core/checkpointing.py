@@ -240,7 +240,8 @@ FREE_FIELDS = ('num_train_steps', 'log_every_steps', 'eval_every_steps',
                'checkpoint_every_steps', 'keep_checkpoints', 'num_image_summaries')
 # Fields added to the configs later, with the value that means what their absence meant: a
 # config.json written before them resumes without a reported change.
-ADDED_FIELDS = {'data.tfds_name': '', 'data.tfds_data_dir': '', 'data.tfds_split': 'train'}
+ADDED_FIELDS = {'data.tfds_name': '', 'data.tfds_data_dir': '', 'data.tfds_split': 'train',
+                'optim.offset_lr_multiplier': 1.0, 'loss.align_weight': 0.0}
 
 
 def _flatten(tree: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
@@ -266,6 +267,8 @@ def config_changes(old: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, tuple]
 def _changes_shapes(field: str, old: Any, new: Any) -> bool:
   if any(field == f or (f.endswith('.') and field.startswith(f)) for f in SHAPE_FIELDS):
     return True
+  if field == 'optim.offset_lr_multiplier':  # Only a multiplier other than 1 adds a transform.
+    return (old in (None, 1.0)) != (new in (None, 1.0))
   return field in STRUCTURE_IF_ZERO and bool(old) != bool(new)
 
 
