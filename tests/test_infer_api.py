@@ -138,3 +138,12 @@ def test_api_equals_cli_and_folder(model, workdir, images, tmp_path):
   blocked.write_text('x')
   assert_error(run_cli('infer', '--workdir', workdir, '--lr_dir', lr_dir, '--out_dir',
                        blocked / 'sub'), 'cannot write in --out_dir')
+
+
+def test_import_stays_light():
+  import subprocess
+  import sys
+  code = ('import sys, ssen_jax; assert callable(ssen_jax.__getattr__); '
+          'assert "jax" not in sys.modules, "import ssen_jax imported jax"')
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 0, proc.stderr
