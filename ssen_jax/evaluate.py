@@ -3,24 +3,32 @@ r"""Evaluates an SR method on a benchmark folder or CUFED5 with the published pr
   python -m ssen_jax.evaluate --method bicubic --dataset_dir /data/Set5
   python -m ssen_jax.evaluate --method bicubic --dataset cufed5 --dataset_dir CUFED5 \
       --output_json bicubic_cufed5.json
-  python -m ssen_jax.evaluate --workdir W --dataset cufed5 --dataset_dir CUFED5 [--best]
+  python -m ssen_jax.evaluate --workdir W --dataset cufed5 --dataset_dir CUFED5 [--best] \
+      [--save_images DIR]
 
 Protocol (`ssen_jax.eval.protocol`, docs/conventions.md): LR = MATLAB bicubic imresize rounded to
 uint8; SR rounded to uint8; PSNR/SSIM on BT.601 Y for three-channel files (single-channel files:
 their own channel), `scale` pixels shaved per border. A model is restored from --workdir
 (`ssen_jax.inference.restore`) and scored per similarity level with the reference controls on
-CUFED5-style sets, beside bicubic.
+CUFED5-style sets, beside bicubic. One line per image on stderr, counted i/N.
+
+--save_images DIR writes every SR image scored as DIR/<group>_<level>.png (level: XH ... XL,
+oracle, unrelated; `all` on benchmark folders; `bicubic` for the baseline), never over existing
+files unless --overwrite (checked before any compute).
 """
 import json
 import os
+import pathlib
 import sys
 import tempfile
 from collections.abc import Sequence
 
 from absl import app
 from absl import flags
+from PIL import Image
 
 from ssen_jax.data import datasets
+from ssen_jax.data import images
 from ssen_jax.eval import protocol
 from ssen_jax.eval import tables
 
@@ -41,7 +49,9 @@ def define_flags() -> None:
   flags.DEFINE_integer('scale', 4, 'SR factor (also the border shave).')
   flags.DEFINE_string('output_json', None, 'Optional path for the results as JSON (checked '
                       'before any compute; written atomically).')
-  flags.DEFINE_bool('overwrite', False, 'Replace an existing --output_json file.')
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing --output_json file or images.')
+  flags.DEFINE_string('save_images', None, 'Folder for every SR image scored, as '
+                      '<group>_<level>.png.')
   flags.mark_flag_as_required('dataset_dir')
 
 
@@ -79,9 +89,45 @@ def _write_json(path: str, results: dict) -> None:
     _fail(f'cannot write {path}: {e}')
 
 
-def evaluate_workdir(examples: list[dict], *, scale: int) -> tuple[str, dict]:
+def check_save_images(folder: str, examples: list[dict], overwrite: bool) -> pathlib.Path:
+  """Creates --save_images and fails before any compute if it cannot take files or already holds
+  images of these examples (without `overwrite`)."""
+  path = pathlib.Path(folder)
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path, prefix='.probe-'):
+      pass
+  except OSError as e:
+    _fail(f'cannot write in --save_images {path}: {e.strerror or e}')
+  if not overwrite:
+    names = {ex['name'] for ex in examples}
+    clash = sorted(p.name for p in path.glob('*.png') if p.stem.rsplit('_', 1)[0] in names)
+    if clash:
+      _fail(f'--save_images {path} already holds {len(clash)} of these images ({clash[0]}, ...); '
+            'pass --overwrite to replace them')
+  return path
+
+
+def image_saver(folder: pathlib.Path | None, suffix: str = ''):
+  """save_fn(name, sr_uint8) writing folder/<name><suffix>.png, or None."""
+  if folder is None:
+    return None
+
+  def save(name, sr):
+    try:
+      images.save_png_atomic(Image.fromarray(sr), folder / f'{name}{suffix}.png')
+    except OSError as e:
+      _fail(f'cannot write {folder / f"{name}{suffix}.png"}: {e}')
+
+  return save
+
+
+def evaluate_workdir(examples: list[dict], *, scale: int,
+                     save_dir: pathlib.Path | None = None) -> tuple[str, dict]:
   """Scores the model of --workdir beside bicubic; returns a paper-style table and the JSON."""
-  from ssen_jax.inference import restore  # JAX and the models: only for model evaluation.
+  from ssen_jax.core import compilation_cache  # JAX and the models: only for model evaluation.
+  from ssen_jax.inference import restore
+  compilation_cache.enable()  # ~/.cache/ssen_jax/jax_cache, or $SSEN_JAX_CACHE_DIR.
   try:
     gen = restore.load_generator(FLAGS.workdir, FLAGS.checkpoint_step, FLAGS.best)
   except (FileNotFoundError, ValueError) as e:
@@ -90,8 +136,10 @@ def evaluate_workdir(examples: list[dict], *, scale: int) -> tuple[str, dict]:
     _fail(f'the model in {FLAGS.workdir} is x{gen.scale}, but --scale is {scale}')
   model = protocol.evaluate_model(examples, gen.sr_fn, gen.params, scale=scale,
                                   uses_ref=gen.uses_ref,
-                                  log_fn=lambda line: print(line, file=sys.stderr))
-  bicubic = protocol.evaluate_examples(examples, protocol.bicubic_sr_fn(scale), scale=scale)
+                                  log_fn=lambda line: print(line, file=sys.stderr),
+                                  save_fn=image_saver(save_dir))
+  bicubic = protocol.evaluate_examples(examples, protocol.bicubic_sr_fn(scale), scale=scale,
+                                       save_fn=image_saver(save_dir, '_bicubic'))
   name = f'{gen.config.model.variant} (step {gen.step})'
   per_level = FLAGS.dataset == 'cufed5'
   table = tables.paper_table([('Bicubic', bicubic), (name, model)], scale=scale,
@@ -118,12 +166,17 @@ def main(argv: Sequence[str]) -> None:
     examples = protocol.load_dataset(FLAGS.dataset, FLAGS.dataset_dir, scale)
   except datasets.DatasetError as e:
     _fail(str(e))
+  save_dir = (check_save_images(FLAGS.save_images, examples, FLAGS.overwrite)
+              if FLAGS.save_images else None)
   if method == 'model':
-    table, results = evaluate_workdir(examples, scale=scale)
+    table, results = evaluate_workdir(examples, scale=scale, save_dir=save_dir)
     print(table)
   else:
     try:
-      results = protocol.evaluate_examples(examples, protocol.bicubic_sr_fn(scale), scale=scale)
+      results = protocol.evaluate_examples(
+          examples, protocol.bicubic_sr_fn(scale), scale=scale,
+          log_fn=lambda line: print(line, file=sys.stderr),
+          save_fn=image_saver(save_dir, '_bicubic'))
     except ValueError as e:
       _fail(str(e))
     title = f'{method} x{scale} on {FLAGS.dataset_dir} ({FLAGS.dataset})'

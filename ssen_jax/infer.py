@@ -1,31 +1,46 @@
-r"""Super-resolves one image with a trained model.
+r"""Super-resolves one image, or every image of a folder, with a trained model.
 
   python -m ssen_jax.infer --workdir DIR --lr LR.png [--ref REF.png] --out SR.png \
       [--checkpoint STEP_OR_PATH] [--best] [--max_memory_gb G | --tile N] [--overlap N] \
-      [--overwrite]
+      [--overwrite] [--allow_large_images]
+  python -m ssen_jax.infer --workdir DIR --lr_dir IN --out_dir OUT [--ref REF | --ref_dir REFS]
 
 Model: the latest checkpoint of --workdir (or --checkpoint STEP, or --best). --checkpoint may
 instead name a PyTorch .pth file (architecture from --config FILE[:variant], else from the
-workdir's config.json) or a folder written by `ssen_jax.convert_torch`.
+workdir's config.json) or a folder written by `ssen_jax.convert_torch`. The command runs the Python
+API's model (`ssen_jax.inference.api.Model`, `ssen_jax.load_model`).
 
 Reference: --ref is fitted to scale x the LR size (crop top-left, reflect-pad; see
-`ssen_jax.data.images.fit_reference`). Without --ref the LR image upscaled by MATLAB bicubic is the reference
-(self-reference). Models without a reference input (baseline, rcan, selfsim) ignore --ref.
+`ssen_jax.data.images.fit_reference`). Without --ref the LR image upscaled by MATLAB bicubic is the
+reference (self-reference). Models without a reference input (baseline, rcan, selfsim) ignore --ref.
+
+Folders: --lr_dir IN --out_dir OUT writes OUT/<stem>.png per image of IN (bitwise what the
+one-image command writes), restoring the model once and compiling once per distinct input size;
+--ref_dir REFS takes each image's reference from the file with the same stem in REFS. One progress
+line per image (with ETA) on stderr; an unreadable image or one without a reference is named and
+skipped, and the command then exits with status 1 after a one-line summary; existing outputs are
+kept unless --overwrite.
 
 Input/output: any LR size from 1x1 up; PNG/JPEG/...; grayscale in, grayscale out; alpha is kept
 (bicubic-upscaled); 16-bit grayscale PNG in, 16-bit out. The output is a PNG written atomically
-(temporary file + rename), never over an existing file without --overwrite.
+(temporary file + rename), never over an existing file without --overwrite. Images over Pillow's
+decompression-bomb limit (about 89.5 million pixels) are refused unless --allow_large_images.
 
 Memory: the whole image runs in one call when XLA's memory analysis of that call fits
---max_memory_gb (default: 90% of the accelerator memory, or half the host RAM on CPU); otherwise
-in overlapping tiles with feathered seams (--tile N forces N x N LR tiles). See
-`ssen_jax.inference.tiling` for the tiling and memory model. Timing and the tile count go to stderr.
-Repeated runs on images of one size compile faster with a persistent JAX compilation cache:
-`export JAX_COMPILATION_CACHE_DIR=~/.cache/jax`.
+--max_memory_gb (default: 90% of the accelerator memory, or half the host RAM on CPU, where the
+budget also covers the full-size host arrays, 512 B per LR pixel); otherwise in balanced
+overlapping tiles with feathered seams (--tile N forces tiles of at most N x N LR pixels). See
+`ssen_jax.inference.tiling`. Timing and the tile count go to stderr.
+
+Compilation cache: JAX's persistent cache is on, in ~/.cache/ssen_jax/jax_cache (or
+$SSEN_JAX_CACHE_DIR, or --compilation_cache_dir); --nocompilation_cache turns it off.
 """
 from __future__ import annotations
 
+import os
+import pathlib
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 
@@ -45,17 +60,25 @@ def define_flags() -> None:
   flags.DEFINE_string('lr', None, 'Low-resolution input image.')
   flags.DEFINE_string('ref', None, 'Reference image (default: the bicubic-upscaled input).')
   flags.DEFINE_string('out', None, 'Output PNG.')
+  flags.DEFINE_string('lr_dir', None, 'Folder of LR images (instead of --lr).')
+  flags.DEFINE_string('out_dir', None, 'Output folder for --lr_dir: OUT/<stem>.png per image.')
+  flags.DEFINE_string('ref_dir', None, 'Folder of references for --lr_dir, matched by stem.')
   flags.DEFINE_string('checkpoint', None, 'A step of --workdir, a PyTorch .pth file, or a folder '
                       'written by ssen_jax.convert_torch.')
   flags.DEFINE_string('config', None, 'FILE[:variant] giving the architecture of a .pth.')
   flags.DEFINE_bool('best', False, 'Use the checkpoint with the best eval PSNR.')
-  flags.DEFINE_float('max_memory_gb', None, 'Memory budget of one model call (GB); tiles when '
-                     'the image does not fit. Default: 90%% of the accelerator, or half the RAM.')
-  flags.DEFINE_integer('tile', None, 'Force tiles of this many LR pixels per side.')
+  flags.DEFINE_float('max_memory_gb', None, 'Memory budget (GB): one model call, plus the host '
+                     'arrays on CPU; tiles when the image does not fit. Default: 90%% of the '
+                     'accelerator, or half the RAM.')
+  flags.DEFINE_integer('tile', None, 'Force tiles of at most this many LR pixels per side.')
   flags.DEFINE_integer('overlap', tiling.DEFAULT_OVERLAP, 'LR pixels shared by neighbouring '
                        'tiles (3/8 of it discarded at each cut edge, the rest feathered).')
-  flags.DEFINE_bool('overwrite', False, 'Replace an existing --out file.')
-  flags.mark_flags_as_required(['lr', 'out'])
+  flags.DEFINE_bool('overwrite', False, 'Replace existing output files.')
+  flags.DEFINE_bool('allow_large_images', False, 'Read images over Pillow\'s decompression-bomb '
+                    'limit (~89.5 million pixels).')
+  flags.DEFINE_bool('compilation_cache', True, 'Use JAX\'s persistent compilation cache.')
+  flags.DEFINE_string('compilation_cache_dir', None, 'Its folder (default $SSEN_JAX_CACHE_DIR, '
+                      'else ~/.cache/ssen_jax/jax_cache).')
 
 
 def _log(message: str) -> None:
@@ -67,63 +90,129 @@ def _fail(message: str) -> None:
   sys.exit(1)
 
 
-def main(argv: Sequence[str]) -> None:
-  start = time.perf_counter()
-  # Library INFO/WARNING logs (Orbax, XLA start-up) would bury the few lines this tool prints.
-  logging.set_verbosity(logging.ERROR)
-  if len(argv) > 1:
-    _fail(f'unexpected arguments: {" ".join(argv[1:])}')
+def _check_flags() -> None:
   if FLAGS.tile is not None and FLAGS.tile < 1:
     _fail(f'--tile must be positive, got {FLAGS.tile}')
   if FLAGS.overlap < 0:
     _fail(f'--overlap must be >= 0, got {FLAGS.overlap}')
   if FLAGS.max_memory_gb is not None and not FLAGS.max_memory_gb > 0:
     _fail(f'--max_memory_gb must be positive, got {FLAGS.max_memory_gb}')
+  if bool(FLAGS.lr) == bool(FLAGS.lr_dir):
+    _fail('give either --lr (one image, with --out) or --lr_dir (a folder, with --out_dir)')
+  if FLAGS.lr and (not FLAGS.out or FLAGS.out_dir or FLAGS.ref_dir):
+    _fail('--lr takes --out (not --out_dir / --ref_dir)')
+  if FLAGS.lr_dir and (not FLAGS.out_dir or FLAGS.out):
+    _fail('--lr_dir takes --out_dir (not --out)')
+  if FLAGS.ref and FLAGS.ref_dir:
+    _fail('give --ref (one reference for all) or --ref_dir (one per image), not both')
+
+
+def _check_out_dir(path: str) -> pathlib.Path:
+  """Creates --out_dir if needed and checks that it takes files (before any compute)."""
+  out = pathlib.Path(path)
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=out, prefix='.probe-'):
+      pass
+  except OSError as e:
+    _fail(f'cannot write in --out_dir {out}: {e.strerror or e}')
+  return out
+
+
+def _load_model():
+  from ssen_jax.core import compilation_cache  # pylint: disable=import-outside-toplevel  # JAX.
+  from ssen_jax.inference import api  # pylint: disable=import-outside-toplevel
+  from ssen_jax.inference import restore  # pylint: disable=import-outside-toplevel
+  if FLAGS.compilation_cache:
+    _, note = compilation_cache.enable(FLAGS.compilation_cache_dir)
+    if 'off' in note:
+      _log(f'note: {note}')
+  gen = restore.load_model(FLAGS.workdir, FLAGS.checkpoint, FLAGS.config, FLAGS.best)
+  return api.Model(gen, max_memory_gb=FLAGS.max_memory_gb, tile=FLAGS.tile,
+                   overlap=FLAGS.overlap, log=_log)
+
+
+def main(argv: Sequence[str]) -> None:
+  start = time.perf_counter()
+  # Library INFO/WARNING logs (Orbax, XLA start-up) would bury the few lines this tool prints.
+  logging.set_verbosity(logging.ERROR)
+  if len(argv) > 1:
+    _fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  _check_flags()
+  if FLAGS.lr_dir:
+    run_folder(start)
+    return
+  large = FLAGS.allow_large_images
   try:
     out = images.check_output(FLAGS.out, FLAGS.overwrite)
-    lr_img = images.read_image(FLAGS.lr)
-    ref_img = images.read_image(FLAGS.ref) if FLAGS.ref else None
+    lr_img = images.read_image(FLAGS.lr, allow_large=large)
+    ref_img = images.read_image(FLAGS.ref, allow_large=large) if FLAGS.ref else None
     if FLAGS.tile is not None:  # A forced tile size is checked before the model is loaded.
       for length in lr_img.rgb.shape[:2]:
         tiling.axis_tiles(length, FLAGS.tile, FLAGS.overlap)
-    from ssen_jax.inference import restore  # pylint: disable=import-outside-toplevel  # JAX.
-    gen = restore.load_model(FLAGS.workdir, FLAGS.checkpoint, FLAGS.config, FLAGS.best)
+    model = _load_model()
   except (FileNotFoundError, ValueError, ImportError) as e:  # ValueError: DatasetError etc.
     _fail(str(e))
   for note in lr_img.notes + (ref_img.notes if ref_img else []):
     _log(f'note: {note}')
-  scale, (h, w) = gen.scale, lr_img.rgb.shape[:2]
-  ref = None
-  if gen.uses_ref:
-    ref = images.prepare_reference(ref_img.rgb if ref_img else None, lr_img.rgb, scale)
-    if ref_img is None:
-      _log('note: no --ref: the bicubic-upscaled input is the reference (self-reference)')
-  elif ref_img is not None:
-    _log(f'note: the {gen.config.model.variant} model takes no reference; --ref is ignored')
+  scale, (h, w) = model.scale, lr_img.rgb.shape[:2]
+  if model.uses_ref and ref_img is None:
+    _log('note: no --ref: the bicubic-upscaled input is the reference (self-reference)')
+  elif not model.uses_ref and ref_img is not None:
+    _log(f'note: the {model.variant} model takes no reference; --ref is ignored')
   loaded = time.perf_counter()
-  upscaler = tiling.Upscaler(gen, log=_log)
-  max_bytes = None if FLAGS.max_memory_gb is None else int(FLAGS.max_memory_gb * 2**30)
   try:
-    plan = upscaler.plan(h, w, tile=FLAGS.tile, max_bytes=max_bytes, overlap=FLAGS.overlap)
+    plan = model.plan(h, w)
   except ValueError as e:
     _fail(str(e))
-  upscaler.compiled(*((h, w) if plan is None else plan.size))
   if plan is None:
     _log(f'untiled: LR {h}x{w}')
   else:
     _log(f'tiled: {plan.count} tiles ({len(plan.ys)}x{len(plan.xs)}) of LR {plan.size[0]}x'
          f'{plan.size[1]}, overlap {plan.overlap}')
   run_start = time.perf_counter()
-  sr = upscaler(lr_img.rgb, ref, plan)
+  image = model.upscale_file(lr_img, ref_img)
   run_end = time.perf_counter()
-  alpha = None if lr_img.alpha is None else images.upscale_alpha(lr_img.alpha, scale)
   try:
-    images.save_png_atomic(images.to_pil(sr, lr_img, alpha), out)
+    images.save_png_atomic(image, out)
   except OSError as e:
     _fail(f'cannot write {out}: {e}')
-  _log(f'wrote {out} ({scale * h}x{scale * w}, {gen.config.model.variant} step {gen.step}); '
+  _log(f'wrote {out} ({scale * h}x{scale * w}, {model.variant} step {model.step}); '
        f'time: load {loaded - start:.2f} s, plan+compile {run_start - loaded:.2f} s, '
        f'run {run_end - run_start:.2f} s, total {time.perf_counter() - start:.2f} s')
+
+
+def run_folder(start: float) -> None:
+  """--lr_dir: every image of the folder, one model restore (`inference.folder`)."""
+  from ssen_jax.inference import folder  # pylint: disable=import-outside-toplevel
+  lr_dir = pathlib.Path(FLAGS.lr_dir)
+  if not lr_dir.is_dir():
+    _fail(f'--lr_dir {lr_dir} is not a folder')
+  if FLAGS.ref_dir and not os.path.isdir(FLAGS.ref_dir):
+    _fail(f'--ref_dir {FLAGS.ref_dir} is not a folder')
+  files = folder.list_images(lr_dir)
+  if not files:
+    _fail(f'--lr_dir {lr_dir} holds no image files ({", ".join(folder.IMAGE_SUFFIXES)})')
+  out_dir = _check_out_dir(FLAGS.out_dir)
+  try:
+    ref_img = (images.read_image(FLAGS.ref, allow_large=FLAGS.allow_large_images)
+               if FLAGS.ref else None)
+    model = _load_model()
+  except (FileNotFoundError, ValueError, ImportError) as e:
+    _fail(str(e))
+  if model.uses_ref and not (FLAGS.ref or FLAGS.ref_dir):
+    _log('note: no --ref / --ref_dir: each input is its own reference (self-reference)')
+  elif not model.uses_ref and (FLAGS.ref or FLAGS.ref_dir):
+    _log(f'note: the {model.variant} model takes no reference; the references are ignored')
+  _log(f'{len(files)} images in {lr_dir} -> {out_dir} ({model.variant} step {model.step})')
+  result = folder.upscale_folder(
+      model, files, out_dir, ref=ref_img,
+      ref_dir=pathlib.Path(FLAGS.ref_dir) if FLAGS.ref_dir else None,
+      overwrite=FLAGS.overwrite, allow_large=FLAGS.allow_large_images, log=_log)
+  _log(('error: ' if result.failed else 'done: ')
+       + result.summary(time.perf_counter() - start))
+  if result.failed:
+    sys.exit(1)
 
 
 if __name__ == '__main__':

@@ -7,7 +7,8 @@ For each chosen LR pixel, every sampling location of the L stacked deformable co
 per pixel, (9G)^L with G offset groups) is drawn on the reference, one colour per point, beside the
 input with the points marked (`ssen_jax.inference.offsets` computes and draws them). Same model
 selection (`ssen_jax.inference.restore.load_model`), reference rule and bad-input behaviour as
-`ssen_jax.infer`.
+`ssen_jax.infer`. The model runs untiled, so LR inputs over
+`ssen_jax.inference.offsets.MAX_LR_PIXELS` (512 x 512) are refused with one line naming the limit.
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ def define_flags() -> None:
   flags.DEFINE_string('config', None, 'FILE[:variant] giving the architecture of a .pth.')
   flags.DEFINE_bool('best', False, 'Use the checkpoint with the best eval PSNR.')
   flags.DEFINE_bool('overwrite', False, 'Replace an existing --out file.')
+  flags.DEFINE_bool('allow_large_images', False, 'Read images over Pillow\'s decompression-bomb '
+                    'limit (the LR input is still limited to offsets.MAX_LR_PIXELS).')
   flags.mark_flags_as_required(['lr', 'points', 'out'])
 
 
@@ -71,11 +74,16 @@ def main(argv: Sequence[str]) -> None:
     _fail(f'unexpected arguments: {" ".join(argv[1:])}')
   try:
     out = images.check_output(FLAGS.out, FLAGS.overwrite)
-    lr_img = images.read_image(FLAGS.lr)
-    ref_img = images.read_image(FLAGS.ref) if FLAGS.ref else None
+    lr_img = images.read_image(FLAGS.lr, allow_large=FLAGS.allow_large_images)
+    ref_img = (images.read_image(FLAGS.ref, allow_large=FLAGS.allow_large_images)
+               if FLAGS.ref else None)
     h, w = lr_img.rgb.shape[:2]
     points = parse_points(FLAGS.points, h, w)
-    from ssen_jax.inference import restore  # pylint: disable=import-outside-toplevel  # JAX.
+    from ssen_jax.inference import offsets  # pylint: disable=import-outside-toplevel  # JAX.
+    from ssen_jax.inference import restore  # pylint: disable=import-outside-toplevel
+    from ssen_jax.core import compilation_cache  # pylint: disable=import-outside-toplevel
+    offsets.check_size(h, w)
+    compilation_cache.enable()
     gen = restore.load_model(FLAGS.workdir, FLAGS.checkpoint, FLAGS.config, FLAGS.best)
   except (FileNotFoundError, ValueError, ImportError) as e:  # ValueError: DatasetError etc.
     _fail(str(e))
@@ -84,7 +92,6 @@ def main(argv: Sequence[str]) -> None:
     _fail(f'model has no deformable layers ({m.variant}, num_dcn_layers={m.num_dcn_layers})')
   if ref_img is not None and not gen.uses_ref:
     print(f'note: the {m.variant} model is its own reference; --ref is ignored', file=sys.stderr)
-  from ssen_jax.inference import offsets  # pylint: disable=import-outside-toplevel
   fig, samples = offsets.sampling_figure(gen, lr_img.rgb, ref_img.rgb if ref_img else None, points)
   for i, (p, (pos, weight)) in enumerate(zip(points, samples)):
     live = weight > 0

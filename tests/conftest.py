@@ -6,11 +6,15 @@ see docs/conventions.md). Importing them here, first, makes every test module sa
 """
 import os
 import pathlib
+import tempfile
 
 # Eight simulated CPU devices for the sharding tests (must precede the first jax import). Tests
 # that do not build a mesh run on device 0 as usual.
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# The tools' persistent compilation cache (on by default, ~/.cache/ssen_jax) goes to a temporary
+# folder: tests never write into the real home. Subprocesses inherit it.
+os.environ.setdefault('SSEN_JAX_CACHE_DIR', tempfile.mkdtemp(prefix='ssen_jax_test_cache-'))
 
 try:  # The parity tests need torch; the rest of the suite does not.
   import torch  # noqa: F401

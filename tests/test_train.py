@@ -94,7 +94,8 @@ def test_refsr_then_gan_stage(demo_dir, tmp_path):
   assert moved < 10 * gan.optim.learning_rate
 
 
-def test_selfsim_on_benchmark_folder(demo_dir, tmp_path, set5_dir):
+def test_selfsim_on_benchmark_folder(demo_dir, tmp_path, set5_dir, caplog):
+  caplog.set_level('INFO')
   config = tiny_config(demo_dir, module=selfsim)
   config.data.demo = False
   from ssen_jax.data_prep import tfds_build
@@ -103,6 +104,9 @@ def test_selfsim_on_benchmark_folder(demo_dir, tmp_path, set5_dir):
   config.data.eval_max_images = 1
   results = train.train_and_evaluate(config, str(tmp_path / 'selfsim'))
   assert results['levels'] == {} and np.isfinite(results['psnr'])
+  # Evaluation progress (i/N per image) and its wall time are logged.
+  assert re.search(r'Step \d+ eval 1/1 \w+: PSNR', caplog.text), caplog.text[-2000:]
+  assert re.search(r'Step \d+ eval: .*\(\d+\.\d s\)', caplog.text), caplog.text[-2000:]
   params, _ = final_params(tmp_path / 'selfsim')
   assert 'ssen' in params and 'groups_0' in params
   assert_all_finite(params)

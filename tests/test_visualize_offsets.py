@@ -105,6 +105,8 @@ def test_cli_figure_and_bad_input(files, tmp_path):
   spread = right.max(-1).astype(int) - right.min(-1)  # ... and the dimmed gray reference has
   assert (spread > 40).sum() > 200  # coloured samples on it.
   base = ['--lr', files / 'lr.png', '--ref', files / 'ref.png', '--out', tmp_path / 'o.png']
+  big = tmp_path / 'big.png'  # Over offsets.MAX_LR_PIXELS: refused before the model is loaded.
+  Image.fromarray(np.zeros((520, 510, 3), np.uint8)).save(big)
   ssen = ['--workdir', files / 'ssen'] + base
   cases = [
       (['--workdir', files / 'baseline', '--points', '1,1'] + base,
@@ -117,6 +119,8 @@ def test_cli_figure_and_bad_input(files, tmp_path):
       (['--workdir', tmp_path, '--points', '1,1'] + base, ['not a training workdir']),
       (['--workdir', files / 'ssen', '--lr', files / 'lr.png', '--out', out, '--points', '1,1'],
        ['exists', '--overwrite']),
+      (['--workdir', files / 'ssen', '--lr', big, '--out', tmp_path / 'o.png', '--points', '1,1'],
+       ['520x510 = 265,200 pixels', 'limit of 262,144']),
   ]
   for proc, (_, words) in zip(run_many('visualize_offsets', [a for a, _ in cases]), cases):
     assert_error(proc, *words)

@@ -19,6 +19,7 @@ import dataclasses
 import os
 import pathlib
 import tempfile
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -75,52 +76,119 @@ def from_pil(img: Image.Image, name: str = 'image', png_header: bytes = b'') -> 
     return ImageFile(np.repeat(arr.astype(np.float32)[..., None], 3, axis=-1), None, gray=True,
                      bits=16)
   has_alpha = mode in _ALPHA_MODES or 'transparency' in img.info
-  rgba = np.asarray(img.convert('RGBA'), np.float32) / 255.0
+  # uint8 first, float32 per plane: no full-size float32 RGBA copy (same values as rgba / 255).
+  rgba8 = np.asarray(img.convert('RGBA'))
+  rgb = np.asarray(rgba8[..., :3], np.float32) / np.float32(255.0)
+  alpha = np.asarray(rgba8[..., 3], np.float32) / np.float32(255.0) if has_alpha else None
+  del rgba8
   notes = []
   depth, colour_type = _png_header(png_header)
   if depth == 16 and colour_type in (2, 4, 6):
     notes.append(f'{name} is a 16-bit colour PNG: Pillow reads it at 8 bits per channel, '
                  'so the output is 8-bit')
-  return ImageFile(np.ascontiguousarray(rgba[..., :3]), rgba[..., 3] if has_alpha else None,
-                   gray=mode in _GRAY_MODES, bits=8, notes=notes)
+  return ImageFile(rgb, alpha, gray=mode in _GRAY_MODES, bits=8, notes=notes)
 
 
-def read_image(path: str | os.PathLike) -> ImageFile:
+def pixel_limit() -> Optional[int]:
+  """Pillow's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`), or None when disabled."""
+  return Image.MAX_IMAGE_PIXELS
+
+
+def read_image(path: str | os.PathLike, *, allow_large: bool = False) -> ImageFile:
   """Reads an image file (PNG, JPEG, BMP, TIFF, ...).
 
+  Images over Pillow's decompression-bomb limit (`pixel_limit()`, about 89.5 million pixels) are
+  refused with one line naming the limit, unless `allow_large` (the tools' --allow_large_images).
+  The size is read from the header, before anything is decoded.
+
   Raises:
-    DatasetError: missing file, a folder, or a truncated/unreadable image.
+    DatasetError: missing file, a folder, a truncated/unreadable image, or one over the limit.
   """
   path = pathlib.Path(path)
   if not path.exists():
     raise DatasetError(f'{path} does not exist')
   if path.is_dir():
     raise DatasetError(f'{path} is a folder, not an image file')
+  limit = pixel_limit()
   try:
     with open(path, 'rb') as f:
       head = f.read(26)
-    with Image.open(path) as img:
+    Image.MAX_IMAGE_PIXELS = None  # Checked below with a clearer message (and the flag).
+    try:
+      with warnings.catch_warnings():
+        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+        img = Image.open(path)
+    finally:
+      Image.MAX_IMAGE_PIXELS = limit
+    with img:
+      w, h = img.size
+      if limit and w * h > limit and not allow_large:
+        raise DatasetError(
+            f'{path} is {w}x{h} = {w * h:,} pixels, over the {limit:,}-pixel limit on image '
+            'size (Pillow\'s decompression-bomb guard); pass --allow_large_images if you trust '
+            'the file')
       img.load()
       return from_pil(img, path.name, head)
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    if isinstance(e, DatasetError):
+      raise
     raise DatasetError(f'cannot read image {path}: {e}') from None
+
+
+ROW_BLOCK = 256  # Rows converted at a time: no full-size float64 copy of a large output.
+
+
+def to_array(sr: np.ndarray, gray: bool, alpha: Optional[np.ndarray] = None,
+             kind: str = 'uint8') -> np.ndarray:
+  """The SR result (sH, sW, 3) float in [0, 1] as the output array of an input of its kind.
+
+  Args:
+    sr: (sH, sW, 3) float (clipped to [0, 1] here).
+    gray: single-channel output: the mean of the three channels.
+    alpha: (sH, sW) in [0, 1], appended as the last channel, or None.
+    kind: 'uint8' / 'uint16' (round half up: floor(x * max + 0.5)) or 'float32'.
+
+  Returns:
+    (sH, sW) for gray without alpha, else (sH, sW, C) with C = 1 + alpha or 3 + alpha; `kind`.
+    Converted ROW_BLOCK rows at a time in float64 (no full-size float64 copy).
+  """
+  dtype = np.dtype(kind)
+  channels = (1 if gray else 3) + (alpha is not None)
+  shape = sr.shape[:2] + (() if channels == 1 else (channels,))
+  out = np.empty(shape, dtype)
+  top = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}.get(dtype)
+
+  def convert(x):
+    x = np.clip(np.asarray(x, np.float64), 0.0, 1.0)
+    return x.astype(dtype) if top is None else np.floor(x * top + 0.5).astype(dtype)
+
+  for y in range(0, sr.shape[0], ROW_BLOCK):
+    x = np.clip(np.asarray(sr[y:y + ROW_BLOCK], np.float64), 0.0, 1.0)
+    if gray:
+      x = x.mean(axis=-1, keepdims=True)
+    block = convert(x)
+    if alpha is not None:
+      block = np.concatenate([block, convert(alpha[y:y + ROW_BLOCK])[..., None]], axis=-1)
+    out[y:y + ROW_BLOCK] = block.reshape(out[y:y + ROW_BLOCK].shape)
+  return out
+
+
+def output_kind(like: ImageFile, alpha: Optional[np.ndarray] = None) -> str:
+  """The output array type of a file: 16-bit grayscale without alpha stays 16-bit, else uint8."""
+  return 'uint16' if like.bits == 16 and like.gray and alpha is None else 'uint8'
 
 
 def to_pil(sr: np.ndarray, like: ImageFile, alpha: Optional[np.ndarray] = None) -> Image.Image:
   """The SR result (sH, sW, 3) float in [0, 1] as a Pillow image of the input's kind.
 
   Grayscale inputs give L (8-bit) or I;16 (16-bit) images, the mean of the three channels; colour
-  gives RGB; `alpha` (sH, sW) in [0, 1] adds an alpha channel (LA / RGBA, 8-bit).
+  gives RGB; `alpha` (sH, sW) in [0, 1] adds an alpha channel (LA / RGBA, 8-bit). Values:
+  `to_array`.
   """
-  x = np.clip(np.asarray(sr, np.float64), 0.0, 1.0)
-  if like.gray:
-    x = x.mean(axis=-1)
-  if like.bits == 16 and like.gray and alpha is None:
-    return Image.fromarray(np.floor(x * 65535 + 0.5).astype(np.uint16))
-  out = np.floor(x * 255 + 0.5).astype(np.uint8)  # Round half up, as metrics.to_uint8.
+  out = to_array(sr, like.gray, alpha, output_kind(like, alpha))
+  if out.dtype == np.uint16:
+    return Image.fromarray(out)
   if alpha is not None:
-    a = np.floor(np.clip(alpha, 0, 1) * 255 + 0.5).astype(np.uint8)
-    out = np.concatenate([out.reshape(out.shape[:2] + (-1,)), a[..., None]], axis=-1)
     return Image.fromarray(out, 'LA' if like.gray else 'RGBA')
   return Image.fromarray(out, 'L' if like.gray else 'RGB')
 
@@ -176,14 +244,41 @@ def fit_reference(ref: np.ndarray, height: int, width: int) -> np.ndarray:
   return np.pad(ref, pad, mode='symmetric') if any(p[1] for p in pad) else ref
 
 
+BLOCK_MIN_PIXELS = 512 * 512  # LR pixels above which the x`scale` resizes run in blocks.
+_BLOCK, _MARGIN = 64, 8  # LR block side and the context around it (the kernel reaches 3 px).
+
+
+def upscale_blocks(img: np.ndarray, scale: int) -> np.ndarray:
+  """MATLAB bicubic x`scale` of (H, W[, C]) float in [0, 1] -> float32, clipped to [0, 1].
+
+  Small images are resized whole (float64, as `imresize`); above BLOCK_MIN_PIXELS LR pixels the
+  image is resized in 64 x 64 LR blocks with 8 px of context (the cubic kernel reaches 3 px), so no
+  full-size float64 copy is made. Each block computes the same weights as the whole image; only
+  the float64 summation order may differ (below float32 resolution).
+  """
+  h, w = img.shape[:2]
+  if h * w <= BLOCK_MIN_PIXELS:
+    return np.clip(imresize_lib.imresize(img.astype(np.float64), scale), 0, 1).astype(np.float32)
+  out = np.empty((scale * h, scale * w) + img.shape[2:], np.float32)
+  for y in range(0, h, _BLOCK):
+    y0, y1 = max(y - _MARGIN, 0), min(y + _BLOCK + _MARGIN, h)
+    for x in range(0, w, _BLOCK):
+      x0, x1 = max(x - _MARGIN, 0), min(x + _BLOCK + _MARGIN, w)
+      up = imresize_lib.imresize(img[y0:y1, x0:x1].astype(np.float64), scale)
+      by, bx = min(_BLOCK, h - y), min(_BLOCK, w - x)
+      out[scale * y:scale * (y + by), scale * x:scale * (x + bx)] = np.clip(
+          up[scale * (y - y0):scale * (y - y0 + by), scale * (x - x0):scale * (x - x0 + bx)], 0, 1)
+  return out
+
+
 def self_reference(lr: np.ndarray, scale: int) -> np.ndarray:
   """(H, W, 3) in [0, 1] -> its MATLAB bicubic x`scale` upscaling (sH, sW, 3) float32 in [0, 1]."""
-  return np.clip(imresize_lib.imresize(lr.astype(np.float64), scale), 0, 1).astype(np.float32)
+  return upscale_blocks(lr, scale)
 
 
 def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
-  """(H, W) alpha -> (sH, sW) by MATLAB bicubic, clipped to [0, 1]."""
-  return np.clip(imresize_lib.imresize(alpha.astype(np.float64), scale), 0, 1)
+  """(H, W) alpha -> (sH, sW) float32 by MATLAB bicubic, clipped to [0, 1]."""
+  return upscale_blocks(alpha, scale)
 
 
 def prepare_reference(ref: Optional[np.ndarray], lr: np.ndarray, scale: int) -> np.ndarray:

@@ -53,7 +53,8 @@ def bicubic_sr_fn(scale: int) -> SrFn:
 
 
 def evaluate_examples(examples: Sequence[dict], sr_fn: SrFn, *, scale: int,
-                      log_fn: Callable[[str], None] | None = None) -> dict:
+                      log_fn: Callable[[str], None] | None = None,
+                      save_fn: Callable[[str, np.ndarray], None] | None = None) -> dict:
   """Runs `sr_fn` on every example and scores it.
 
   Args:
@@ -61,7 +62,8 @@ def evaluate_examples(examples: Sequence[dict], sr_fn: SrFn, *, scale: int,
       optional `gray`: the HR file has a single channel).
     sr_fn: `sr_fn(lr_uint8 (h, w, 3), refs) -> (H, W, 3)` uint8 or float in [0, 1].
     scale: SR factor and border shave.
-    log_fn: called with one line per image (e.g. `print`), or None.
+    log_fn: called with one line per image, counted `i/N` (e.g. `print`), or None.
+    save_fn: called with (example name, SR uint8 (H, W, 3)) for every image scored, or None.
 
   Returns:
     {'num_images', 'psnr', 'ssim', 'psnr_rgb', 'seconds', 'per_image': [{'name', 'psnr', 'ssim',
@@ -74,7 +76,7 @@ def evaluate_examples(examples: Sequence[dict], sr_fn: SrFn, *, scale: int,
     raise ValueError('no examples to evaluate')
   per_image = []
   start = time.perf_counter()
-  for ex in examples:
+  for i, ex in enumerate(examples, 1):
     sr = np.asarray(sr_fn(ex['lr'], ex['refs']))
     if sr.shape[:2] != ex['hr'].shape[:2]:
       raise ValueError(f'{ex["name"]}: SR output {sr.shape} does not match HR {ex["hr"].shape}')
@@ -84,8 +86,11 @@ def evaluate_examples(examples: Sequence[dict], sr_fn: SrFn, *, scale: int,
            'ssim': metrics.ssim_y(sr, ex['hr'], scale, gray=gray),
            'psnr_rgb': metrics.psnr_rgb(sr, ex['hr'], scale)}
     per_image.append(row)
+    if save_fn:
+      save_fn(ex['name'], metrics.to_uint8(sr))
     if log_fn:
-      log_fn(f'{row["name"]}: PSNR {row["psnr"]:.3f} dB, SSIM {row["ssim"]:.4f}')
+      log_fn(f'{i}/{len(examples)} {row["name"]}: PSNR {row["psnr"]:.3f} dB, '
+             f'SSIM {row["ssim"]:.4f}')
   return {'num_images': len(per_image),
           'psnr': float(np.mean([r['psnr'] for r in per_image])),
           'ssim': float(np.mean([r['ssim'] for r in per_image])),
@@ -119,6 +124,11 @@ def model_sr_fn(sr_jit: Callable, params: Any, *, scale: int, uses_ref: bool,
   return sr_fn
 
 
+def _named(save_fn, run: str):
+  """save_fn(name, sr) -> save_fn(f'{name}_{run}', sr), or None."""
+  return None if save_fn is None else (lambda name, sr: save_fn(f'{name}_{run}', sr))
+
+
 def control_examples(examples: Sequence[dict]) -> Dict[str, List[dict]]:
   """The reference-use controls as examples with a single reference each.
 
@@ -136,13 +146,16 @@ def control_examples(examples: Sequence[dict]) -> Dict[str, List[dict]]:
 
 
 def evaluate_model(examples: Sequence[dict], sr_jit: Callable, params: Any, *, scale: int,
-                   uses_ref: bool, log_fn: Optional[Callable[[str], None]] = None
+                   uses_ref: bool, log_fn: Optional[Callable[[str], None]] = None,
+                   save_fn: Optional[Callable[[str, np.ndarray], None]] = None
                    ) -> Dict[str, Any]:
   """Scores a model on evaluation examples from `ssen_jax.data.datasets`.
 
   Per-level sets (every example has the five CUFED5 references) give one run per level and per
   control (module docstring); a model without a reference is run once and that run fills every
-  row. Other sets give one run.
+  row. Other sets give one run. `log_fn` gets one line per image (`[run] i/N name: ...`);
+  `save_fn(name, sr_uint8)` every SR image scored, named `<example>_<run>` (run: the level, a
+  control, or `all` for single-run sets).
 
   Returns:
     {'psnr', 'ssim', 'psnr_rgb', 'levels': {level: results} or {}, 'controls': {'oracle': results,
@@ -153,7 +166,7 @@ def evaluate_model(examples: Sequence[dict], sr_jit: Callable, params: Any, *, s
   if not per_level or not uses_ref:
     res = evaluate_examples(
         examples, model_sr_fn(sr_jit, params, scale=scale, uses_ref=uses_ref), scale=scale,
-        log_fn=log_fn)
+        log_fn=log_fn, save_fn=_named(save_fn, 'all'))
     out = {'psnr': res['psnr'], 'ssim': res['ssim'], 'psnr_rgb': res['psnr_rgb'],
            'levels': {}, 'controls': {}, 'ref_gain': None, 'per_level': False, 'all': res}
     if per_level:  # A reference-free model on a per-level set: one run, every row.
@@ -166,7 +179,8 @@ def evaluate_model(examples: Sequence[dict], sr_jit: Callable, params: Any, *, s
   for name, exs, level in runs:
     results[name] = evaluate_examples(
         exs, model_sr_fn(sr_jit, params, scale=scale, uses_ref=True, level=level), scale=scale,
-        log_fn=(lambda line, n=name: log_fn(f'[{n}] {line}')) if log_fn else None)
+        log_fn=(lambda line, n=name: log_fn(f'[{n}] {line}')) if log_fn else None,
+        save_fn=_named(save_fn, name))
   levels = {name: results[name] for name in LEVELS}
   return {'psnr': float(np.mean([r['psnr'] for r in levels.values()])),
           'ssim': float(np.mean([r['ssim'] for r in levels.values()])),

@@ -35,6 +35,9 @@ from ssen_jax.data import images
 COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
 _TAPS = np.array([(i - 1, j - 1) for i in range(3) for j in range(3)], np.float64)  # tap=i*3+j
+# The figure runs the model untiled (the offset maps of the whole image) and draws two panels at
+# scale x the input: inputs are limited to this many LR pixels (crop the region of interest).
+MAX_LR_PIXELS = 512 * 512
 MIN_PANEL = 320  # Small images are enlarged (nearest) so that each panel is at least this wide.
 
 
@@ -145,6 +148,14 @@ def render(input_panel: np.ndarray, ref_panel: np.ndarray, points: Sequence[tupl
   return fig
 
 
+def check_size(h: int, w: int) -> None:
+  """Raises ValueError (one line naming the limit) for inputs over MAX_LR_PIXELS."""
+  if h * w > MAX_LR_PIXELS:
+    raise ValueError(f'the LR image is {h}x{w} = {h * w:,} pixels, over the offsets figure\'s '
+                     f'limit of {MAX_LR_PIXELS:,} (512x512; the model runs untiled): crop the '
+                     'region of interest')
+
+
 def sampling_figure(gen: Any, lr: np.ndarray, ref: np.ndarray | None,
                     points: Sequence[tuple[int, int]]):
   """Runs the model on lr (H, W, 3) and draws the sampling locations of `points`.
@@ -158,6 +169,7 @@ def sampling_figure(gen: Any, lr: np.ndarray, ref: np.ndarray | None,
   Returns:
     (figure, [(positions (M, 2) on the LR grid, weights (M,)) per point]).
   """
+  check_size(*lr.shape[:2])
   s = gen.scale
   if gen.uses_ref:
     ref, centre = images.prepare_reference(ref, lr, s), 0.0

@@ -18,7 +18,14 @@ give a square tile size, whose compilation is checked against the budget again (
 try, as dense attention below `nonlocal_dense_max` positions grows faster than linearly). Where
 XLA gives no analysis, ANALYTIC_BYTES_PER_FEATURE * features bytes per LR pixel is assumed (a bound
 above the measured bytes per feature channel, docs/performance.md). The host also holds the
-full-size reference and the blending accumulators (~0.5 KB per LR pixel), outside the budget.
+full-size arrays of the image (LR, fitted reference and blend accumulators in float32, the uint8
+output: HOST_BYTES_PER_LR_PIXEL = 512 B per LR pixel; no float64 full-size copies): on CPU, where
+device memory is host memory, they are counted in the budget (the model calls get the rest); on
+an accelerator the budget is the device's and the host arrays come on top.
+
+Tiles are balanced (`plan_tiles`, `axis_tiles`): the fewest tiles the budget allows, then the
+smallest equal tiles that cover the image with them (a 2048 x 2048 LR image whose budget allows
+1648 x 1648 tiles runs 2 x 2 tiles of 1040, 1.03x its pixels, not 2 x 2 of 1648, 2.6x).
 """
 from __future__ import annotations
 
@@ -36,6 +43,9 @@ import numpy as np
 ALIGN = 8  # Tile origins (LR px): 2**3 for the offset estimator's three stride-2 convolutions.
 DEFAULT_OVERLAP = 32  # LR px shared by neighbouring tiles; see `blend_weights`.
 ANALYTIC_BYTES_PER_FEATURE = 256  # Per LR pixel and feature channel, when XLA reports nothing.
+# Host arrays per LR pixel at scale 4 (16 HR px): LR float32 12, fitted reference float32 192,
+# blend accumulators float32 192 + 64, output uint8 48 (+ alpha), rounded up.
+HOST_BYTES_PER_LR_PIXEL = 512
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,12 +65,37 @@ class TilePlan:
     return len(self.ys) * len(self.xs)
 
 
-def axis_tiles(length: int, tile: int, overlap: int) -> tuple[int, tuple[int, ...]]:
-  """Tile size and origins along one axis of `length` LR pixels.
+def _origins(length: int, size: int, count: int) -> tuple[int, ...]:
+  """`count` ALIGN-aligned origins from 0 to length - size, spread evenly."""
+  positions = (length - size) // ALIGN  # Aligned origins available for the last tile.
+  gaps = count - 1
+  return tuple(sorted({ALIGN * (k * positions // gaps) for k in range(count)}))
 
-  The size is the largest value <= `tile` congruent to `length` modulo ALIGN, so that equal tiles
-  with ALIGN-aligned origins end exactly at the border (one compilation for all tiles); the
-  origins are spread evenly with neighbours sharing at least `overlap` pixels.
+
+def _cover(length: int, count: int, overlap: int) -> tuple[int, tuple[int, ...]]:
+  """The smallest equal tile (size = length mod ALIGN) of which `count` cover `length` with
+  neighbours sharing >= `overlap` pixels, and its origins."""
+  if count == 1:
+    return length, (0,)
+  size = -(-(length + (count - 1) * overlap) // count)
+  size = max(size, overlap + ALIGN + 1)
+  size += (length - size) % ALIGN  # Up to the next size congruent to length mod ALIGN.
+  while size < length:
+    starts = _origins(length, size, count)
+    if all(b - a <= size - overlap for a, b in zip(starts, starts[1:])):
+      return size, starts
+    size += ALIGN
+  return length, (0,)
+
+
+def axis_tiles(length: int, tile: int, overlap: int) -> tuple[int, tuple[int, ...]]:
+  """Tile size and origins along one axis of `length` LR pixels (balanced).
+
+  The fewest tiles of at most `tile` pixels, then the smallest equal size that covers the axis
+  with them: the size is congruent to `length` modulo ALIGN, so that equal tiles with
+  ALIGN-aligned origins end exactly at the border (one compilation for all tiles), and the
+  origins are spread evenly with neighbours sharing at least `overlap` pixels. (A 2048 px axis
+  with `tile` 1648 gives two tiles of 1040, not two of 1648.)
 
   Raises:
     ValueError: `tile` below `overlap + 2 * ALIGN` (no room for an aligned stride).
@@ -70,11 +105,39 @@ def axis_tiles(length: int, tile: int, overlap: int) -> tuple[int, tuple[int, ..
   if tile < overlap + 2 * ALIGN:
     raise ValueError(f'tile size {tile} is too small for overlap {overlap}: use at least '
                      f'{overlap + 2 * ALIGN} (overlap + {2 * ALIGN})')
-  size = tile - (tile - length) % ALIGN
-  stride = (size - overlap) // ALIGN * ALIGN
-  positions = (length - size) // ALIGN  # Aligned origins available for the last tile.
-  gaps = -(-(length - size) // stride)
-  return size, tuple(ALIGN * (k * positions // gaps) for k in range(gaps + 1))
+  for count in range(2, length // ALIGN + 3):
+    size, starts = _cover(length, count, overlap)
+    if size <= tile:
+      return size, starts
+  raise AssertionError('unreachable: stride ALIGN always fits')  # pragma: no cover
+
+
+def plan_tiles(h: int, w: int, max_pixels: int, overlap: int) -> Optional[TilePlan]:
+  """Balanced tiles for an LR (h, w) image whose tiles may hold `max_pixels` LR pixels each.
+
+  The fewest tiles whose area fits, then the smallest total area (pixels computed); None when the
+  whole image fits. Raises ValueError when even the smallest tile does not fit.
+  """
+  if h * w <= max_pixels:
+    return None
+  smallest = overlap + 2 * ALIGN
+  best = None
+  for ny in range(1, h // ALIGN + 3):
+    size_y, ys = _cover(h, ny, overlap)
+    if best is not None and len(ys) > best[0]:
+      break
+    cap = max_pixels // size_y
+    if cap < min(w, smallest):
+      continue
+    size_x, xs = axis_tiles(w, cap, overlap)
+    key = (len(ys) * len(xs), len(ys) * len(xs) * size_y * size_x)
+    if best is None or key < best[:2]:
+      best = key + (TilePlan((size_y, size_x), ys, xs, overlap),)
+    if size_y == h and ny > 1:
+      break
+  if best is None:
+    raise ValueError(f'a tile of {max_pixels} LR pixels is too small for overlap {overlap}')
+  return None if best[0] == 1 else best[2]
 
 
 def blend_weights(start: int, size: int, length: int, overlap: int, scale: int) -> np.ndarray:
@@ -158,34 +221,42 @@ class Upscaler:
     Raises:
       ValueError: the budget cannot hold even the smallest tile, or `tile` is too small.
     """
-    if tile is None:
-      max_bytes = default_memory_bytes() if max_bytes is None else max_bytes
-      need = self.estimate_bytes(h, w)
-      self.log(f'memory: LR {h}x{w} needs {need / 2**30:.3g} GB of a {max_bytes / 2**30:.3g} GB '
-               'budget (XLA memory analysis)')
-      if need <= max_bytes:
-        return None
-      per_px = max(need - self._param_bytes, 1) / (h * w)
-      tile = int(math.sqrt(max(max_bytes - self._param_bytes, 0) / per_px))
-      smallest = overlap + 2 * ALIGN
-      while True:
-        tile = max(tile, smallest)
-        size_y, _ = axis_tiles(h, tile, overlap)
-        size_x, _ = axis_tiles(w, tile, overlap)
-        need = self.estimate_bytes(size_y, size_x)
-        self.log(f'memory: an LR {size_y}x{size_x} tile needs {need / 2**30:.3g} GB')
-        if need <= max_bytes:
-          break
-        if tile == smallest:
-          raise ValueError(f'the memory budget ({max_bytes / 2**30:.3g} GB) is too small: a '
-                           f'{size_y}x{size_x} LR tile (overlap {overlap}) needs '
-                           f'{need / 2**30:.3g} GB')
-        tile = int(tile * 0.85)
-    size_y, ys = axis_tiles(h, tile, overlap)
-    size_x, xs = axis_tiles(w, tile, overlap)
-    if len(ys) * len(xs) == 1:
+    if tile is not None:
+      size_y, ys = axis_tiles(h, tile, overlap)
+      size_x, xs = axis_tiles(w, tile, overlap)
+      return None if len(ys) * len(xs) == 1 else TilePlan((size_y, size_x), ys, xs, overlap)
+    max_bytes = default_memory_bytes() if max_bytes is None else max_bytes
+    host = self.host_bytes(h, w)
+    call_budget = max_bytes - host
+    need = self.estimate_bytes(h, w)
+    self.log(f'memory: LR {h}x{w} needs {need / 2**30:.3g} GB per call (XLA memory analysis) '
+             f'+ {host / 2**30:.3g} GB of host arrays, budget {max_bytes / 2**30:.3g} GB')
+    if need <= call_budget:
       return None
-    return TilePlan((size_y, size_x), ys, xs, overlap)
+    per_px = max(need - self._param_bytes, 1) / (h * w)
+    max_pixels = int(max(call_budget - self._param_bytes, 0) / per_px)
+    smallest = (overlap + 2 * ALIGN) ** 2
+    while True:
+      try:
+        plan = plan_tiles(h, w, max(max_pixels, smallest), overlap)
+      except ValueError:
+        plan = None
+      size = plan.size if plan else (h, w)
+      need = self.estimate_bytes(*size)
+      self.log(f'memory: an LR {size[0]}x{size[1]} tile needs {need / 2**30:.3g} GB')
+      if need <= call_budget and plan is not None:
+        return plan
+      if max_pixels <= smallest:
+        raise ValueError(f'the memory budget ({max_bytes / 2**30:.3g} GB) is too small: a '
+                         f'{size[0]}x{size[1]} LR tile (overlap {overlap}) needs '
+                         f'{need / 2**30:.3g} GB beside {host / 2**30:.3g} GB of host arrays')
+      max_pixels = int(max_pixels * 0.72)  # 15% less per side.
+
+  def host_bytes(self, h: int, w: int) -> int:
+    """Host arrays of a whole image held beside the model calls, counted in the budget on CPU
+    (where device memory is host memory): HOST_BYTES_PER_LR_PIXEL per LR pixel."""
+    import jax  # pylint: disable=import-outside-toplevel
+    return HOST_BYTES_PER_LR_PIXEL * h * w if jax.default_backend() == 'cpu' else 0
 
   def _run(self, lr: np.ndarray, ref: Optional[np.ndarray]) -> np.ndarray:
     exe = self.compiled(*lr.shape[:2])
@@ -215,5 +286,6 @@ class Upscaler:
         weight = (wy[:, None] * wx[None, :])[..., None].astype(np.float32)
         acc[s * y:s * (y + th), s * x:s * (x + tw)] += weight * out
         total[s * y:s * (y + th), s * x:s * (x + tw)] += weight
-    return acc / total
+    np.divide(acc, total, out=acc)  # In place: no second full-size array.
+    return acc
 

@@ -7,6 +7,7 @@ bitwise-identical parameters. Metrics go to TensorBoard and the log through clu'
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Dict, List, Optional
 
 import jax
@@ -140,20 +141,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   def run_eval(state, step, preemption=None):
     logging.info('Step %d: evaluating %d examples.', step, len(eval_examples))
+    eval_start = time.perf_counter()
     sr_fn = sr_jit
     if preemption is not None:  # Checked before every image: SIGTERM cuts the evaluation short.
       def sr_fn(*args):
         if preemption.any_host_requested():
           raise _EvalInterrupted()
         return sr_jit(*args)
-    results = protocol.evaluate_model(eval_examples, sr_fn, state['params'],
-                                      scale=config.model.scale, uses_ref=trainer.uses_ref)
+    results = protocol.evaluate_model(
+        eval_examples, sr_fn, state['params'], scale=config.model.scale,
+        uses_ref=trainer.uses_ref,
+        log_fn=lambda line: logging.info('Step %d eval %s', step, line))
     writer.write_scalars(step, tables.scalar_summary(results))
     if config.num_image_summaries:
       writer.write_images(step, protocol.summary_images(
           eval_examples, sr_fn, state['params'], scale=config.model.scale,
           uses_ref=trainer.uses_ref, count=config.num_image_summaries))
-    logging.info('Step %d eval: %s', step, tables.describe(results))
+    logging.info('Step %d eval: %s (%.1f s)', step, tables.describe(results),
+                 time.perf_counter() - eval_start)
     return results
 
   from ssen_jax.data import input_pipeline  # TensorFlow is imported by the input pipeline only.

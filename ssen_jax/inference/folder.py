@@ -1,0 +1,87 @@
+"""Folder inference: every image of a folder through one restored `api.Model`.
+
+`OUT/<stem>.png` per image, written as the one-image command writes it (same `Model.upscale_file`,
+so the files are bitwise equal); one compilation per distinct input size. The reference is one
+file for all images, the file with the same stem in a reference folder, or the self-reference. An
+image that cannot be read or has no reference is named and skipped; existing outputs are kept
+(skipped with a note) unless `overwrite`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import time
+from typing import Callable, Optional
+
+from ssen_jax.data import images
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm',
+                  '.gif')
+
+
+def list_images(folder: str | os.PathLike) -> list[pathlib.Path]:
+  """The image files (by suffix) directly in `folder`, sorted by name."""
+  return sorted(p for p in pathlib.Path(folder).iterdir()
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def find_reference(ref_dir: pathlib.Path, stem: str) -> Optional[pathlib.Path]:
+  matches = [p for p in list_images(ref_dir) if p.stem == stem]
+  return matches[0] if matches else None
+
+
+@dataclasses.dataclass
+class FolderResult:
+  written: list[str] = dataclasses.field(default_factory=list)
+  kept: list[str] = dataclasses.field(default_factory=list)  # Existing outputs, not replaced.
+  failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (name, why)
+
+  def summary(self, seconds: float) -> str:
+    return (f'{len(self.written)} written, {len(self.kept)} kept (exist; --overwrite replaces '
+            f'them), {len(self.failed)} failed'
+            + (f' ({", ".join(n for n, _ in self.failed)})' if self.failed else '')
+            + f' in {seconds:.1f} s')
+
+
+def upscale_folder(model, files: list[pathlib.Path], out_dir: pathlib.Path, *,
+                   ref: Optional[images.ImageFile] = None,
+                   ref_dir: Optional[pathlib.Path] = None, overwrite: bool = False,
+                   allow_large: bool = False,
+                   log: Callable[[str], None] = lambda _: None) -> FolderResult:
+  """Super-resolves `files` into `out_dir` (module docstring); one progress line per image."""
+  result = FolderResult()
+  start = time.perf_counter()
+  done = 0
+  n = len(files)
+  for i, path in enumerate(files, 1):
+    out = out_dir / f'{path.stem}.png'
+
+    def progress(what: str) -> None:
+      elapsed = time.perf_counter() - start
+      eta = elapsed / max(done, 1) * (n - i) if done else float('nan')
+      eta_text = f'ETA {eta:.0f} s' if done else 'ETA ?'
+      log(f'[{i}/{n}] {path.name}: {what} ({elapsed:.1f} s elapsed, {eta_text})')
+
+    if out.exists() and not overwrite:
+      result.kept.append(path.name)
+      progress(f'{out} exists, kept')
+      continue
+    try:
+      lr_img = images.read_image(path, allow_large=allow_large)
+      ref_img = ref
+      if ref_dir is not None and model.uses_ref:
+        ref_path = find_reference(ref_dir, path.stem)
+        if ref_path is None:
+          raise images.DatasetError(f'no reference {path.stem}.* in {ref_dir}')
+        ref_img = images.read_image(ref_path, allow_large=allow_large)
+      image = model.upscale_file(lr_img, ref_img)
+      images.save_png_atomic(image, out)
+    except (ValueError, OSError) as e:  # DatasetError is a ValueError.
+      result.failed.append((path.name, str(e)))
+      progress(f'skipped: {e}')
+      continue
+    done += 1
+    result.written.append(path.name)
+    progress(f'wrote {out}')
+  return result

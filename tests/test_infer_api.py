@@ -1,0 +1,149 @@
+"""The Python API (`ssen_jax.load_model`, `model(lr, ref=None)`), folder inference, balanced tiles
+and the image-size limit. Tiny config with random weights (tests/test_infer.py's workdir)."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssen_jax.data import images as image_io
+from ssen_jax.inference import api
+from ssen_jax.inference import tiling
+
+from test_infer import LR_SIZE, assert_error, images, make_workdir, run_cli  # noqa: F401
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  path = tmp_path_factory.mktemp('api') / 'wd'
+  make_workdir(path, 'tiny,no_nonlocal')
+  return path
+
+
+@pytest.fixture(scope='module')
+def model(workdir):
+  import ssen_jax
+  return ssen_jax.load_model(workdir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiles.
+
+
+@pytest.mark.parametrize('h,w,budget', [(2048, 2048, 1648 * 1648), (2048, 2048, 700 * 700),
+                                        (1000, 333, 200 * 200), (61, 75, 48 * 48),
+                                        (4096, 1000, 1000 * 1000)])
+def test_plan_is_balanced_covers_and_bounded(h, w, budget):
+  overlap = 32
+  plan = tiling.plan_tiles(h, w, budget, overlap)
+  sy, sx = plan.size
+  assert sy * sx <= budget
+  for length, size, starts in ((h, sy, plan.ys), (w, sx, plan.xs)):
+    assert starts[0] == 0 and starts[-1] + size == length  # Covers.
+    assert all(s % tiling.ALIGN == 0 for s in starts)
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert all(size - g >= overlap for g in gaps)  # Neighbours share >= overlap ...
+    # ... and not much more: the smallest equal tile for that count (within an alignment step).
+    n = len(starts)
+    if n > 1:
+      assert size <= (length + (n - 1) * overlap) / n + 2 * tiling.ALIGN
+  computed = plan.count * sy * sx / (h * w)
+  print(f'\n[plan] {h}x{w}, budget {budget}: {len(plan.ys)}x{len(plan.xs)} tiles of {sy}x{sx}, '
+        f'{computed:.3f}x the pixels')
+  if (h, w, budget) == (2048, 2048, 1648 * 1648):
+    assert computed <= 1.2  # Not 2x2 tiles of 1648 (2.6x).
+
+
+def test_image_size_limit(tmp_path, monkeypatch):
+  Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / 'big.png')
+  monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 1000)
+  with pytest.raises(image_io.DatasetError) as e:
+    image_io.read_image(tmp_path / 'big.png')
+  assert '50x40 = 2,000 pixels' in str(e.value) and '1,000-pixel limit' in str(e.value)
+  assert '--allow_large_images' in str(e.value) and '\n' not in str(e.value)
+  assert image_io.read_image(tmp_path / 'big.png', allow_large=True).rgb.shape == (40, 50, 3)
+  assert Image.MAX_IMAGE_PIXELS == 1000  # Restored.
+
+
+# ---------------------------------------------------------------------------------------------
+# The API.
+
+
+def test_api_kinds_and_errors(model, images):
+  lr = np.asarray(Image.open(images / 'lr.png'))
+  ref = np.asarray(Image.open(images / 'ref.png'))
+  sr = model(lr, ref)
+  assert sr.dtype == np.uint8 and sr.shape == (4 * LR_SIZE[0], 4 * LR_SIZE[1], 3)
+  srf = model(lr.astype(np.float32) / 255, ref.astype(np.float64) / 255)
+  assert srf.dtype == np.float32 and srf.shape == sr.shape
+  assert np.abs(np.floor(srf * 255 + 0.5) - sr).max() <= 1
+  # ref=None: the bicubic-upscaled input is the reference.
+  selfref = image_io.self_reference(lr.astype(np.float32) / 255, 4)
+  np.testing.assert_array_equal(model(lr.astype(np.float32) / 255),
+                                model(lr.astype(np.float32) / 255, selfref))
+  own = model(lr)
+  assert own.shape == sr.shape and np.abs(own.astype(int) - sr).mean() > 0.5
+  gray = lr.mean(-1).astype(np.uint8)
+  assert model(gray).shape == sr.shape[:2] and model(gray[..., None]).shape == sr.shape[:2] + (1,)
+  rgba = np.dstack([lr, np.full(LR_SIZE, 200, np.uint8)])
+  out = model(rgba)
+  assert out.shape == sr.shape[:2] + (4,) and (out[..., 3] == 200).all()
+  assert model(gray.astype(np.uint16) * 257).dtype == np.uint16
+  bad = [(lr[0, :, 0], 'HxW'), (np.zeros((4, 4, 5), np.uint8), 'channels'),
+         (lr.astype(np.int32), 'dtype int32'), (lr / 255.0 * 2, 'outside [0, 1]'),
+         (np.full((4, 4, 3), np.nan, np.float32), 'NaN'), (np.zeros((0, 4, 3)), 'empty')]
+  for arr, words in bad:
+    with pytest.raises(ValueError, match=words.replace('[', r'\[').replace(']', r'\]')) as e:
+      model(arr)
+    assert '\n' not in str(e.value)
+  with pytest.raises(ValueError, match='ref'):
+    model(lr, ref.astype(np.int64))
+
+
+def test_api_equals_cli_and_folder(model, workdir, images, tmp_path):
+  lr_dir, ref_dir, out_dir = tmp_path / 'in', tmp_path / 'refs', tmp_path / 'out'
+  for d in (lr_dir, ref_dir):
+    d.mkdir()
+  lr = np.asarray(Image.open(images / 'lr.png'))
+  Image.fromarray(lr).save(lr_dir / 'a.png')
+  Image.fromarray(lr[:40, :48]).save(lr_dir / 'b.png')  # A second size.
+  Image.fromarray(lr[:40, :48]).save(lr_dir / 'c.png')  # No reference in --ref_dir.
+  (lr_dir / 'd.png').write_bytes((images / 'truncated.png').read_bytes())
+  for stem in 'abd':
+    Image.open(images / 'ref.png').save(ref_dir / f'{stem}.jpg' if stem == 'b' else
+                                        ref_dir / f'{stem}.png')
+  one = tmp_path / 'one.png'
+  proc = run_cli('infer', '--workdir', workdir, '--lr', lr_dir / 'a.png', '--ref',
+                 ref_dir / 'a.png', '--out', one)
+  assert proc.returncode == 0, proc.stderr
+  cli = np.asarray(Image.open(one))
+  ref = np.asarray(Image.open(ref_dir / 'a.png'))
+  np.testing.assert_array_equal(model(lr, ref), cli)  # The API computes what the CLI writes.
+  proc = run_cli('infer', '--workdir', workdir, '--lr_dir', lr_dir, '--ref_dir', ref_dir,
+                 '--out_dir', out_dir)
+  lines = proc.stderr.strip().splitlines()
+  print('\n[folder] ' + '\n[folder] '.join(lines))
+  assert proc.returncode == 1
+  assert sorted(p.name for p in out_dir.iterdir()) == ['a.png', 'b.png']
+  assert (out_dir / 'a.png').read_bytes() == one.read_bytes()  # Bitwise the one-image output.
+  assert sum('[' in l and '/4]' in l and 'ETA' in l for l in lines) == 4
+  assert any('c.png' in l and 'no reference' in l for l in lines)
+  assert any('d.png' in l and 'cannot read' in l for l in lines)
+  assert lines[-1].startswith('error: 2 written') and 'c.png, d.png' in lines[-1]
+  assert sum('compiled for LR' in l for l in lines) == 2  # One compilation per size.
+  # Again: existing outputs kept (noted), unless --overwrite.
+  before = (out_dir / 'a.png').stat().st_mtime_ns
+  proc = run_cli('infer', '--workdir', workdir, '--lr_dir', lr_dir, '--ref', ref_dir / 'a.png',
+                 '--out_dir', out_dir)
+  assert 'exists, kept' in proc.stderr and (out_dir / 'a.png').stat().st_mtime_ns == before
+  blocked = tmp_path / 'file'
+  blocked.write_text('x')
+  assert_error(run_cli('infer', '--workdir', workdir, '--lr_dir', lr_dir, '--out_dir',
+                       blocked / 'sub'), 'cannot write in --out_dir')
+
+
+def test_import_stays_light():
+  import subprocess
+  import sys
+  code = ('import sys, ssen_jax; assert callable(ssen_jax.__getattr__); '
+          'assert "jax" not in sys.modules, "import ssen_jax imported jax"')
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 0, proc.stderr
