@@ -200,6 +200,28 @@ def test_non_finite_parameters_with_finite_loss_are_never_saved(demo_dir, tmp_pa
   assert not [p for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()]
 
 
+def test_eval_image_too_small_to_score_stops_before_the_first_step(demo_dir, tmp_path):
+  """An evaluation image smaller than shave + SSIM window: one line and exit 1 at start-up, not a
+  traceback at the first evaluation after training steps."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  eval_dir = tmp_path / 'eval'
+  eval_dir.mkdir()
+  Image.fromarray(np.full((12, 12, 3), 128, np.uint8)).save(eval_dir / 'tiny.png')
+  train_pattern = pathlib.Path(demo_dir) / demo_data.DEMO_NAME / 'train' / '*.tfrecord'
+  proc = subprocess.run(
+      _main_cmd(tmp_path / 'w', f'--config.data.train_pattern={train_pattern}',
+                f'--config.data.eval_dir={eval_dir}', '--config.data.eval_dataset=folder',
+                '--config.log_every_steps=1', '--config.eval_every_steps=2'),
+      env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr and 'train/' not in proc.stderr
+  errors = [l for l in proc.stderr.splitlines() if l.startswith('error: ')]
+  assert errors == ['error: evaluation image tiny is 12x12 (HR, cropped to a multiple of 4); '
+                    'scoring shaves 4 pixels per border and SSIM needs an 11x11 window, so every '
+                    'image must be at least 19x19'], proc.stderr[-3000:]
+  assert checkpointing.checkpoint_steps(tmp_path / 'w') == []
+
+
 def test_resume_refuses_a_changed_config_before_writing(demo_dir, tmp_path):
   config = tiny_config(demo_dir)
   config.num_train_steps = 1

@@ -57,11 +57,15 @@ def resolve_data_paths(config: ml_collections.ConfigDict) -> Dict[str, str]:
 
 
 def load_eval_examples(config: ml_collections.ConfigDict, eval_dir: str) -> List[dict]:
+  """The evaluation examples (the first `eval_max_images`), their sizes checked before training
+  starts: an image too small to score is a one-line error now, not after the first steps."""
   if not eval_dir:
     return []
-  examples = protocol.load_dataset(config.data.eval_dataset, eval_dir, config.model.scale)
+  examples = protocol.load_dataset(config.data.eval_dataset, eval_dir, config.model.scale,
+                                   check=False)
   if config.data.eval_max_images:
     examples = examples[:config.data.eval_max_images]
+  protocol.check_sizes(examples, config.model.scale)
   return examples
 
 
