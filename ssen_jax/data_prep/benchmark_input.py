@@ -6,10 +6,12 @@ r"""Measures training input throughput (examples/s, and per CPU core) for CUFED-
 For each thread count T the tf.data private thread pool is limited to T threads, so examples/s / T
 is the cost per core. Prints a Markdown table; asserts nothing (timings vary with the machine).
 """
+import contextlib
 import os
+import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from absl import app
 from absl import flags
@@ -43,13 +45,26 @@ def measure(file_pattern: str, *, kind: str = 'refsr', hr_patch: int = 160, batc
   return num_batches * batch_size / (time.perf_counter() - start)
 
 
+@contextlib.contextmanager
+def private_demo_data() -> Iterator[str]:
+  """The demo data's training pattern, built in a fresh private folder (tempfile.mkdtemp: mode
+  0700, an unpredictable name) that is removed afterwards."""
+  from ssen_jax.data import demo_data  # pylint: disable=g-import-not-at-top
+  root = tempfile.mkdtemp(prefix='ssen_demo-')
+  try:
+    yield demo_data.build_demo_data(root).train_pattern
+  finally:
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def main(argv: Sequence[str]) -> None:
   del argv
-  pattern = FLAGS.file_pattern
-  if pattern is None:
-    from ssen_jax.data import demo_data  # pylint: disable=g-import-not-at-top
-    pattern = demo_data.build_demo_data(os.path.join(tempfile.gettempdir(), 'ssen_demo')
-                                        ).train_pattern
+  with contextlib.ExitStack() as stack:
+    pattern = FLAGS.file_pattern or stack.enter_context(private_demo_data())
+    _report(pattern)
+
+
+def _report(pattern: str) -> None:
   cpus = os.cpu_count() or 1
   threads = [int(t) for t in FLAGS.threads] if FLAGS.threads else sorted({1, cpus})
   print(f'Input pipeline, {FLAGS.kind}, HR {FLAGS.hr_patch}x{FLAGS.hr_patch}, batch '
