@@ -16,7 +16,9 @@ Commands:
   status    the TPU's state and whether training runs on each worker
   logs      the end of the training log on one worker
   stop      SIGTERM the trainer on every worker (it saves a checkpoint, then exits)
-  resume    one check: recreate + reinstall + rerun when preempted, rerun when stopped
+  resume    one check: recreate + reinstall + rerun when preempted or gone, rerun the trainer
+            when it stopped; a STOPPED or TERMINATED TPU is deleted and recreated only with
+            --recreate or after a "yes" typed at the prompt (else: one line, exit 1)
   watch     resume every --interval seconds until training ends
   delete    delete the TPU VM
 
@@ -48,6 +50,8 @@ Flags:
   --lines N              log lines shown by logs (default 100)
   --interval SECONDS     watch: seconds between checks (default 300)
   --max_restarts N       watch: give up after N recoveries (default 20)
+  --recreate             resume/watch: delete and recreate a STOPPED or TERMINATED TPU without
+                         asking (a PREEMPTED or missing one is always recreated)
   --dry_run              print the commands (a runnable script) instead of running them
   --dry_run_state STATE  dry runs of resume/watch: assume this TPU state (default PREEMPTED)
   -h, --help             this help
@@ -67,7 +71,7 @@ esac
 NAME='' ZONE='' PROJECT='' ACCELERATOR=v4-32 VERSION='' SPOT=0 PREEMPTIBLE=0
 REPO=$SSEN_REPO_ROOT REF='' REMOTE_DIR=ssen_jax PYTHON_VERSION=3.11
 CONFIG=configs/refsr.py WORKDIR='' MULTIHOST='' WORKER=0 LINES=100 INTERVAL=300 MAX_RESTARTS=20
-DRY_RUN_STATE=PREEMPTED
+DRY_RUN_STATE=PREEMPTED RECREATE=0
 EXTRA=() ENV_VARS=() STAGES=()
 
 parse_init "$@"
@@ -95,6 +99,7 @@ while parse_next; do
     --lines) flag_value; LINES=$VALUE ;;
     --interval) flag_value; INTERVAL=$VALUE ;;
     --max_restarts) flag_value; MAX_RESTARTS=$VALUE ;;
+    --recreate) no_value; RECREATE=1 ;;
     --dry_run) no_value; DRY_RUN=1 ;;
     --dry_run_state) flag_value; DRY_RUN_STATE=$VALUE ;;
     *) unknown_flag ;;
@@ -163,6 +168,16 @@ LOC=("--zone=$ZONE")
 if [[ -n $PROJECT ]]; then LOC+=("--project=$PROJECT"); fi
 D=$(shell_quote "$REMOTE_DIR")  # The remote directory, quoted for the workers' shell.
 
+# `run` for commands naming the private temporary folder: a dry run prints it as "$tmp", the
+# variable its plan sets with mktemp -d.
+run_tmp() {
+  if ((DRY_RUN)); then
+    run "$@" | sed 's#@TMP@#"$tmp"#g'
+  else
+    run "$@"
+  fi
+}
+
 # Runs a POSIX shell command on the workers (all, or one number).
 on_workers() {
   local workers=$1 command=$2
@@ -185,14 +200,25 @@ delete_tpu() {
 install_all() {
   local fetch
   if [[ $REPO_KIND == local ]]; then
-    # The working tree as it is (uncommitted edits included), without .venv, caches and workdirs.
-    local tarball="${TMPDIR:-/tmp}/ssen_jax-$NAME.tar.gz"
+    # The working tree as it is (uncommitted edits included), without .venv, caches and workdirs,
+    # packed in a private folder of mktemp -d (no predictable /tmp name another user could take).
+    local tmp
+    if ((DRY_RUN)); then
+      printf '%s\n' 'tmp=$(mktemp -d)'
+      tmp=@TMP@  # Printed as "$tmp" by run_tmp.
+    else
+      tmp=$(mktemp -d) || return
+    fi
+    local tarball=$tmp/ssen_jax.tar.gz
     local skip=(.git .venv '*.egg-info' __pycache__ .pytest_cache build workdirs tmp .whl
       launch/logs)
-    run tar -czf "$tarball" "${skip[@]/#/--exclude=}" -C "$REPO" . || return
-    run "${GCLOUD[@]}" scp "$tarball" "$NAME:ssen_jax.tar.gz" "${LOC[@]}" --worker=all --quiet ||
-      return
-    run rm -f "$tarball"
+    if ! run_tmp tar -czf "$tarball" "${skip[@]/#/--exclude=}" -C "$REPO" . ||
+      ! run_tmp "${GCLOUD[@]}" scp "$tarball" "$NAME:ssen_jax.tar.gz" "${LOC[@]}" --worker=all \
+        --quiet; then
+      run_tmp rm -rf "$tmp"
+      return 1
+    fi
+    run_tmp rm -rf "$tmp"
     fetch="mkdir -p $D && tar -xzf ssen_jax.tar.gz -C $D && rm ssen_jax.tar.gz"
   else
     local r q
@@ -284,6 +310,20 @@ training_running() {
   return "$rc"
 }
 
+# Whether the TPU (STOPPED or TERMINATED: someone may have stopped it on purpose, and it may hold
+# what a recreation loses) may be deleted: --recreate, or "yes" typed at a terminal.
+may_delete_stopped() {
+  ((RECREATE)) && return 0
+  if ((!DRY_RUN)) && [[ -t 0 ]]; then
+    local answer=''
+    printf '%s: %s is %s. Delete it and create a new one (its disks are lost)? [yes/no] ' \
+      "$PROG" "$NAME" "$STATE" >&2
+    read -r answer || true
+    [[ $answer == yes ]] && return 0
+  fi
+  return 1
+}
+
 recreate_and_run() {
   if [[ $STATE != MISSING ]]; then delete_tpu --quiet || return; fi
   create_tpu || return
@@ -296,6 +336,7 @@ recreate_and_run() {
 #   10 the TPU is READY but training does not run (finished, failed or stopped)
 #   11 the TPU is changing state, or gcloud could not tell: look again later
 #   12 the TPU was preempted (or is gone) and has been recreated, reinstalled and restarted
+#   13 the TPU is STOPPED or TERMINATED and may not be deleted (no --recreate, no "yes")
 #   1  a recovery step failed (e.g. no capacity for the new TPU)
 check_once() {
   local rc=0
@@ -310,7 +351,16 @@ check_once() {
         3) say "$NAME: READY, training does not run"; return 10 ;;
         *) say "$NAME: READY, but worker 0 did not answer (ssh exit $rc)"; return 11 ;;
       esac ;;
-    PREEMPTED | TERMINATED | STOPPED | MISSING)
+    TERMINATED | STOPPED)
+      if ! may_delete_stopped; then
+        say "$NAME: $STATE: not deleted"
+        return 13
+      fi
+      say "$NAME: $STATE: recreating it (--recreate), reinstalling and resuming from the latest" \
+        "checkpoint"
+      recreate_and_run || return 1
+      return 12 ;;
+    PREEMPTED | MISSING)
       say "$NAME: $STATE: recreating it, reinstalling and resuming from the latest checkpoint"
       recreate_and_run || return 1
       return 12 ;;
@@ -330,8 +380,15 @@ resume_once() {
       say "rerunning the training command; it resumes from the latest checkpoint"
       start_training ;;
     11) note "nothing done: $NAME is $STATE or did not answer; try again later"; exit 1 ;;
+    13) stopped_refusal ;;
     *) note "recovery failed"; exit 1 ;;
   esac
+}
+
+stopped_refusal() {
+  note "nothing done: $NAME is $STATE; start it (gcloud compute tpus tpu-vm start $NAME)" \
+    "or pass --recreate to delete and recreate it"
+  exit 1
 }
 
 # watch: a resume, then a check every INTERVAL seconds until training ends (the TPU is READY and the
@@ -355,6 +412,7 @@ watch_loop() {
           note "recovery $restarts of at most $MAX_RESTARTS done"
         fi ;;
       1) note "recovery failed; trying again in ${INTERVAL}s" ;;
+      13) stopped_refusal ;;
     esac
     # Until the TPU has been seen usable, no trainer means "not started yet", not "ended".
     if ((rc == 0 || rc == 10 || rc == 12)); then first=0; fi

@@ -147,3 +147,14 @@ def test_overwrite_and_bad_input(files, tmp_path):
   assert json.loads((full / 'config.json').read_text())['model']['variant'] == 'ssen'
   assert checkpointing.checkpoint_steps(full) == [0]
   assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.')] == []  # No temp dirs.
+
+
+def test_unwritable_out_is_one_line_before_reading_the_pth(files, tmp_path):
+  """An --out that cannot be created is reported before the .pth is read: with junk.pth the
+  error is still about --out."""
+  (tmp_path / 'file').write_text('')
+  out = tmp_path / 'file' / 'w'
+  for proc in run_many('convert_torch', [[files / name, '--config', CONFIG, '--out', out]
+                                         for name in ('model.pth', 'junk.pth')]):
+    assert_error(proc, f'--out {out} is not writable', 'Not a directory')
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['file']

@@ -1,5 +1,6 @@
 """ssen_jax.data_prep.convert on tiny fake layouts built from real images (skimage.data)."""
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -154,3 +155,26 @@ def test_cli_summary_and_errors(cufed_dir, tmp_path):
   assert bad.returncode != 0 and 'Traceback' not in bad.stderr
   assert bad.stderr.strip().splitlines()[-1] == f'error: input folder {tmp_path / "missing"} ' \
       'does not exist'
+
+
+def test_benchmark_input_demo_data_goes_to_a_private_temporary_folder(monkeypatch, tmp_path):
+  """Not a fixed /tmp/ssen_demo that another user could create first: a fresh mkdtemp folder
+  (mode 0700), removed afterwards."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from ssen_jax.data_prep import benchmark_input  # pylint: disable=g-import-not-at-top
+  from ssen_jax.data_prep import tfds_build  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
+  roots = []
+
+  def prepare_demo(root):
+    roots.append((pathlib.Path(root), os.stat(root).st_mode & 0o777))
+    return 'ssen_demo', f'{root}/tfds', None
+
+  monkeypatch.setattr(tfds_build, 'prepare_demo', prepare_demo)
+  for _ in range(2):
+    with benchmark_input.private_demo_data() as (name, data_dir):
+      assert name == 'ssen_demo' and data_dir.startswith(str(roots[-1][0]))
+      assert roots[-1][0].is_dir()
+  (a, mode_a), (b, mode_b) = roots
+  assert a != b and a.parent == b.parent == tmp_path and mode_a == mode_b == 0o700
+  assert list(tmp_path.iterdir()) == []

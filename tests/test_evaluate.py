@@ -77,6 +77,28 @@ def test_bad_input_exits_with_one_line(tmp_path):
   assert no_flag.returncode != 0 and 'dataset_dir' in no_flag.stderr
 
 
+def test_image_smaller_than_shave_plus_ssim_window_is_one_line(tmp_path):
+  """HR 12x12 at x4: 4 pixels of shave leave 4x4, less than SSIM's 11x11 window. Refused before
+  anything is computed, for bicubic and (same loader) model evaluation; 19x19 is the minimum."""
+  Image.fromarray(skimage.data.chelsea()[:300, :300]).save(tmp_path / 'a_big.png')
+  Image.fromarray(skimage.data.chelsea()[:12, :12]).save(tmp_path / 'b_small.png')
+  for args in [(), ('--workdir', str(tmp_path / 'no_such_workdir'))]:
+    proc = _run('--dataset_dir', str(tmp_path), *args)
+    assert proc.returncode == 1 and proc.stdout == ''
+    assert proc.stderr.strip() == (
+        'error: evaluation image b_small is 12x12 (HR, cropped to a multiple of 4); scoring '
+        'shaves 4 pixels per border and SSIM needs an 11x11 window, so every image must be at '
+        'least 19x19'), proc.stderr
+  assert metrics.min_image_size(4) == 19
+  ok = datasets.make_example('ok', skimage.data.coffee()[:20, :20], 4)  # 20x20: scored.
+  assert protocol.evaluate_examples([ok], protocol.bicubic_sr_fn(4), scale=4)['num_images'] == 1
+  small = datasets.make_example('s', skimage.data.coffee()[:16, :40], 4)
+  calls = []
+  with pytest.raises(datasets.DatasetError, match='s is 16x40'):
+    protocol.evaluate_examples([ok, small], lambda lr, refs: calls.append(1), scale=4)
+  assert not calls  # Checked before the first image is computed.
+
+
 def test_grayscale_and_odd_sizes_in_folder(tmp_path):
   gray = skimage.data.camera()[:203, :150]  # Cropped to 200x148 for x4.
   Image.fromarray(gray).save(tmp_path / 'cam.png')

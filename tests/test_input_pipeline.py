@@ -100,6 +100,31 @@ def test_each_epoch_is_a_permutation_and_hosts_are_disjoint(flat_pattern):
     _iter(flat_pattern, kind='sisr', process_count=5, process_index=0)
 
 
+def test_hosts_read_equal_shards_and_equal_epochs(flat_pattern, tmp_path):
+  """A shard count the host count does not divide is refused in one line; shards of unequal size
+  are balanced by `examples_per_host` (the loop passes the minimum over hosts): every epoch of
+  every host has that many examples."""
+  with pytest.raises(ValueError, match=r'^4 shards match .*, not a multiple of the 3 hosts: '
+                     r'every host must read the same number of shards \(rerun data_prep with '
+                     r'--num_shards a multiple of 3\)$'):
+    _iter(flat_pattern, kind='sisr', process_count=3, process_index=0)
+  # 7 examples in 2 shards: host 0 reads 4, host 1 reads 3; both use 3 per epoch.
+  pairs = [(np.full((32, 32, 3), 20 * i + 10, np.uint8), None) for i in range(7)]
+  pattern = _write(tmp_path, pairs, num_shards=2, prefix='odd')
+  seen = []
+  def balance(n):
+    seen.append(n)
+    return 3
+  for host in range(2):
+    it = _iter(pattern, kind='sisr', process_index=host, process_count=2, local_batch_size=3,
+               examples_per_host=balance)
+    epochs = [sorted(_ids(b)) for b in _take(it, 3)]  # One batch of 3 = one epoch.
+    assert epochs[0] == epochs[1] == epochs[2] == ([0, 2, 4] if host == 0 else [1, 3, 5])
+  assert seen == [4, 3]
+  with pytest.raises(ValueError, match='examples_per_host gave 5'):
+    _iter(pattern, kind='sisr', process_count=2, process_index=0, examples_per_host=lambda n: 5)
+
+
 def test_bad_configurations(photo_pattern, flat_pattern, tmp_path):
   with pytest.raises(ValueError, match="needs a 'ref'"):
     _iter(flat_pattern)

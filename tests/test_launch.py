@@ -238,7 +238,10 @@ def test_tpu_dry_run_is_what_runs(command, env, tmp_path, small_repo):
   args = [command, *TPU, '--workdir', 'gs://b/r', '--repo', small_repo, '--extra', SPACED]
   planned = replay(ok('tpu_vm.sh', *args, '--dry_run', env=env).stdout, env, tmp_path)
   ok('tpu_vm.sh', *args, env=env)
-  assert planned and calls(env) == planned
+  # The tarball lies in a fresh mktemp -d folder, another one each run.
+  private = lambda made: [[re.sub(r'^.*/ssen_jax\.tar\.gz$', 'TARBALL', a) for a in c]
+                          for c in made]
+  assert planned and private(calls(env)) == private(planned)
   ssh = [c for c in planned if c[4] == 'ssh']
   assert all('--worker=all' in c for c in ssh) or command == 'logs'
 
@@ -287,7 +290,9 @@ def test_tpu_install_copies_repo_and_makes_venv(env, tmp_path, small_repo):
   repo = small_repo
   (repo / '.venv').mkdir()  # Never shipped.
   (repo / '.venv' / 'big').write_text('x')
-  env = {**env, 'FAKE_REMOTE_HOME': str(home)}
+  tmp = tmp_path / 'tmp'
+  tmp.mkdir()
+  env = {**env, 'FAKE_REMOTE_HOME': str(home), 'TMPDIR': str(tmp)}
   proc = ok('tpu_vm.sh', 'install', *TPU, '--repo', repo, '--stage', 'gs://b/CUFED5=data/CUFED5',
             env=env)
   assert 'installed' in proc.stdout
@@ -300,8 +305,12 @@ def test_tpu_install_copies_repo_and_makes_venv(env, tmp_path, small_repo):
       f'{d} pip install --quiet --python .venv/bin/python -e . jax[tpu]']
   made = calls(env)
   assert [c[4] for c in made[:2]] == ['scp', 'ssh']
-  assert made[0][5:] == [f'{tmp_path}/ssen_jax-ssen-test.tar.gz', 'ssen-test:ssen_jax.tar.gz',
-                         '--zone=us-central2-b', '--worker=all', '--quiet']
+  assert made[0][6:] == ['ssen-test:ssen_jax.tar.gz', '--zone=us-central2-b', '--worker=all',
+                         '--quiet']
+  # Packed in a private mktemp -d folder (not a predictable /tmp name), removed after the copy.
+  folder = pathlib.Path(made[0][5]).parent
+  assert made[0][5].endswith('/ssen_jax.tar.gz') and folder.parent == tmp
+  assert re.fullmatch(r'tmp\.\w+', folder.name) and list(tmp.iterdir()) == []
   assert made[2] == ['gcloud', 'storage', 'rsync', '--recursive', 'gs://b/CUFED5', 'data/CUFED5']
   assert (d / 'data' / 'CUFED5').is_dir()
 
@@ -319,15 +328,16 @@ def _subcommands(made):
   return [c[4] for c in made if c[0] == 'gcloud' and c[1] == 'compute']
 
 
-@pytest.mark.parametrize('state,expected', [
-    ('PREEMPTED', ['describe', 'delete', 'create', 'scp', 'ssh', 'ssh']),
-    ('TERMINATED', ['describe', 'delete', 'create', 'scp', 'ssh', 'ssh']),
-    ('MISSING', ['describe', 'create', 'scp', 'ssh', 'ssh']),
+@pytest.mark.parametrize('state,expected,flags', [
+    ('PREEMPTED', ['describe', 'delete', 'create', 'scp', 'ssh', 'ssh'], []),
+    ('TERMINATED', ['describe', 'delete', 'create', 'scp', 'ssh', 'ssh'], ['--recreate']),
+    ('STOPPED', ['describe', 'delete', 'create', 'scp', 'ssh', 'ssh'], ['--recreate']),
+    ('MISSING', ['describe', 'create', 'scp', 'ssh', 'ssh'], []),
 ])
-def test_tpu_resume_recreates_after_preemption(state, expected, env, tmp_path, small_repo):
+def test_tpu_resume_recreates_after_preemption(state, expected, flags, env, tmp_path, small_repo):
   pathlib.Path(env['FAKE_STATES']).write_text(state)
   args = ['resume', *TPU, '--spot', '--workdir', 'gs://b/r', '--repo', small_repo, '--extra',
-          SPACED]
+          SPACED, *flags]
   ok('tpu_vm.sh', *args, env=env)
   made = calls(env)
   assert _subcommands(made) == expected
@@ -339,6 +349,24 @@ def test_tpu_resume_recreates_after_preemption(state, expected, env, tmp_path, s
   proc = ok('tpu_vm.sh', *args, '--dry_run', '--dry_run_state', state, env=env)
   assert [a[4] for a in commands(proc.stdout) if a[0] == 'gcloud'] == expected
   assert not calls(env)
+
+
+@pytest.mark.parametrize('command', ['resume', 'watch'])
+@pytest.mark.parametrize('state', ['STOPPED', 'TERMINATED'])
+def test_tpu_stopped_is_never_deleted_without_asking(command, state, env, small_repo):
+  """A stopped TPU may have been stopped on purpose: without --recreate (and no terminal to ask
+  at) resume and watch delete nothing, say so in one line and exit 1; dry runs plan no delete."""
+  pathlib.Path(env['FAKE_STATES']).write_text(f'{state} {state}')
+  args = [command, *TPU, '--workdir', 'gs://b/r', '--interval', '0', '--repo', small_repo]
+  proc = run('tpu_vm.sh', *args, env=env, input='yes\n')  # Not a terminal: never read.
+  assert proc.returncode == 1, proc.stderr
+  assert _subcommands(calls(env)) == ['describe']
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f'tpu_vm.sh: nothing done: ssen-test is {state}; start it (gcloud compute tpus tpu-vm '
+      'start ssen-test) or pass --recreate to delete and recreate it')
+  proc = run('tpu_vm.sh', *args, '--dry_run', '--dry_run_state', state, env=env)
+  assert proc.returncode == 1
+  assert [a[4] for a in commands(proc.stdout) if a[0] == 'gcloud'] == ['describe']
 
 
 @pytest.mark.parametrize('running_rc,expected,rc', [

@@ -205,6 +205,54 @@ def test_non_finite_parameters_with_finite_loss_are_never_saved(demo_dir, tmp_pa
   assert not [p for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()]
 
 
+def test_eval_image_too_small_to_score_stops_before_the_first_step(demo_dir, tmp_path):
+  """An evaluation image smaller than shave + SSIM window: one line and exit 1 at start-up, not a
+  traceback at the first evaluation after training steps."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  eval_dir = tmp_path / 'eval'
+  eval_dir.mkdir()
+  Image.fromarray(np.full((12, 12, 3), 128, np.uint8)).save(eval_dir / 'tiny.png')
+  train_pattern = pathlib.Path(demo_dir) / demo_data.DEMO_NAME / 'train' / '*.tfrecord'
+  proc = subprocess.run(
+      _main_cmd(tmp_path / 'w', f'--config.data.train_pattern={train_pattern}',
+                f'--config.data.eval_dir={eval_dir}', '--config.data.eval_dataset=folder',
+                '--config.log_every_steps=1', '--config.eval_every_steps=2'),
+      env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr and 'train/' not in proc.stderr
+  errors = [l for l in proc.stderr.splitlines() if l.startswith('error: ')]
+  assert errors == ['error: evaluation image tiny is 12x12 (HR, cropped to a multiple of 4); '
+                    'scoring shaves 4 pixels per border and SSIM needs an 11x11 window, so every '
+                    'image must be at least 19x19'], proc.stderr[-3000:]
+  assert checkpointing.checkpoint_steps(tmp_path / 'w') == []
+
+
+def test_resume_with_another_host_count_warns_and_records_it(demo_dir, tmp_path, caplog):
+  """The data stream depends on the host count and the batch size: a resume that changes them says
+  so in one warning and in config_history.json (here the first run is made to look like 2 hosts)."""
+  config = tiny_config(demo_dir)
+  config.update(num_train_steps=1, eval_every_steps=1000, num_image_summaries=0)
+  train.train_and_evaluate(config, str(tmp_path))
+  stream = json.loads((tmp_path / train.DATA_STREAM_FILE).read_text())
+  assert stream == {'process_count': 1, 'batch_size': config.batch_size,
+                    'local_batch_size': config.batch_size}
+  (tmp_path / train.DATA_STREAM_FILE).write_text(json.dumps(
+      dict(stream, process_count=2, local_batch_size=config.batch_size // 2)))
+  config.num_train_steps = 2
+  with caplog.at_level('WARNING'):
+    train.train_and_evaluate(config, str(tmp_path))
+  [warning] = [r.getMessage() for r in caplog.records if 'another data stream' in r.getMessage()]
+  assert warning == (
+      f'Resuming step 1 with another data stream: process_count 2 -> 1, local_batch_size '
+      f'{config.batch_size // 2} -> {config.batch_size}; the batches from step 2 on differ from '
+      'those of an uninterrupted run (recorded in config_history.json).')
+  [entry] = [h for h in json.loads((tmp_path / 'config_history.json').read_text())
+             if 'data_stream.process_count' in h['changes']]
+  assert entry['effective_from_step'] == 2
+  assert entry['changes']['data_stream.process_count'] == {'old': 2, 'new': 1}
+  assert json.loads((tmp_path / train.DATA_STREAM_FILE).read_text()) == stream
+
+
 def test_resume_refuses_a_changed_config_before_writing(demo_dir, tmp_path):
   config = tiny_config(demo_dir)
   config.num_train_steps = 1
@@ -338,6 +386,29 @@ def test_sigterm_to_one_of_two_hosts_in_training_and_in_evaluation(demo_dir, tmp
     assert f'SIGTERM during the evaluation of step {eval_step}' in text
     assert f'Step {eval_step} eval:' not in text  # Cut short, not finished.
   assert checkpointing.checkpoint_steps(workdir)[-1] == eval_step
+
+
+def test_two_processes_evaluate_once_on_process_0_only(demo_dir, tmp_path):
+  """Only process 0 opens eval_dir: process 1 is given a folder that does not exist. Both save
+  the same best metric (process 0's PSNR, handed to process 1)."""
+  port = _free_port()
+  demo = pathlib.Path(demo_dir) / demo_data.DEMO_NAME
+  common = [f'--config.data.train_pattern={demo / "train" / "*.tfrecord"}',
+            '--config.num_train_steps=2', '--config.eval_every_steps=1000',
+            '--config.data.eval_max_images=1', '--config.num_image_summaries=0',
+            f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2']
+  eval_dirs = [demo / 'eval', tmp_path / 'not_on_this_host']
+  procs = [subprocess.Popen(_main_cmd(tmp_path / 'w', *common, f'--process_id={i}',
+                                      f'--config.data.eval_dir={eval_dirs[i]}'),
+                            env=_env(2), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  assert 'Step 2: evaluating 1 examples.' in outs[0] and 'evaluating' not in outs[1]
+  with checkpointing.create_manager(tmp_path / 'w', save_every=1, keep=1,
+                                    read_only=True) as manager:
+    assert manager.best_step() == 2
 
 
 def test_two_processes_train_together(demo_dir, tmp_path):

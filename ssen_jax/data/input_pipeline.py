@@ -23,9 +23,11 @@ a permutation of the host's N examples with `tf.random.experimental.index_shuffl
 (seed, process_index, s, slot). So the batch at step s depends only on (seed, s, process_index),
 the host's examples (its TFRecord shards or its TFDS range) and B, and starting at `start_step`
 yields exactly what an uninterrupted run yields from that step, without saving any iterator state.
+Another host count or batch size gives another stream (the training loop warns and records it
+in `config_history.json`).
 """
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -247,8 +249,14 @@ def shifted_view_example(hr: tf.Tensor, seed: tf.Tensor, max_shift: tf.Tensor, *
 def host_shards(file_pattern: str, process_index: int, process_count: int) -> list[str]:
   """This host's shards: sorted(glob(file_pattern))[process_index::process_count].
 
+  Every host reads the same number of shards: a shard count that the host count does not divide
+  is refused (one line naming both), since the hosts' shares, and so their epochs, would differ
+  by a whole shard. The few examples by which equal shard counts can still differ are dropped by
+  `create_train_iterator(examples_per_host=...)`.
+
   Raises:
-    ValueError: no file matches, or fewer shards than hosts.
+    ValueError: no file matches, fewer shards than hosts, or a shard count not divisible by the
+      host count.
   """
   files = sorted(tf.io.gfile.glob(file_pattern))
   if not files:
@@ -257,6 +265,10 @@ def host_shards(file_pattern: str, process_index: int, process_count: int) -> li
     raise ValueError(f'{len(files)} shards match {file_pattern!r} but there are {process_count} '
                      'hosts: each host needs at least one shard (rerun data_prep with more '
                      '--num_shards)')
+  if len(files) % process_count:
+    raise ValueError(f'{len(files)} shards match {file_pattern!r}, not a multiple of the '
+                     f'{process_count} hosts: every host must read the same number of shards '
+                     f'(rerun data_prep with --num_shards a multiple of {process_count})')
   return files[process_index::process_count]
 
 
@@ -366,7 +378,8 @@ def create_train_iterator(*, file_pattern: str | None = None, kind: str, hr_patc
                           process_count: int, ref_augment: str = 'independent',
                           independent_prob: float = 0.5, ref_mix: RefMix = RefMix(),
                           num_threads: int | None = None, tfds_name: str | None = None,
-                          tfds_data_dir: str | None = None, tfds_split: str = 'train'
+                          tfds_data_dir: str | None = None, tfds_split: str = 'train',
+                          examples_per_host: Callable[[int], int] | None = None
                           ) -> Iterator[dict[str, np.ndarray]]:
   """Endless iterator of this host's training batches, starting at `start_step`.
 
@@ -388,6 +401,10 @@ def create_train_iterator(*, file_pattern: str | None = None, kind: str, hr_patc
     independent_prob: the share of independent references with 'mixed'.
     ref_mix: shifted-view and unrelated references (`RefMix`; kind 'refsr' only).
     num_threads: tf.data private thread pool size (None: TensorFlow's default, all cores).
+    examples_per_host: called with the number of examples this host read, returns how many of
+      them (the first, in file order) to use; the training loop passes the minimum over all hosts,
+      so every host's epoch has the same length (the remainder, at most a few examples per host
+      when the shards are balanced as data_prep writes them, is dropped evenly). None: all.
 
   Returns:
     Iterator of {'lr': (B, hr_patch/scale, hr_patch/scale, 3), 'hr': (B, hr_patch, hr_patch, 3),
@@ -414,6 +431,13 @@ def create_train_iterator(*, file_pattern: str | None = None, kind: str, hr_patc
     files = host_shards(file_pattern, process_index, process_count)
     records = load_host_records(files, kind, hr_patch)
   num_examples = int(records['hr'].shape[0])
+  if examples_per_host is not None:
+    used = int(examples_per_host(num_examples))
+    if not 0 < used <= num_examples:
+      raise ValueError(f'examples_per_host gave {used} for a host with {num_examples} examples')
+    if used < num_examples:
+      records = {k: v[:used] for k, v in records.items()}
+      num_examples = used
   batch = int(local_batch_size)
   host_seed = tf.constant([seed, process_index], tf.int64)
   shuffle_seed = tf.random.experimental.stateless_fold_in(host_seed, 0)

@@ -7,10 +7,12 @@ r"""Measures training input throughput (examples/s, and per CPU core) for CUFED-
 For each thread count T the tf.data private thread pool is limited to T threads, so examples/s / T
 is the cost per core. Prints a Markdown table; asserts nothing (timings vary with the machine).
 """
+import contextlib
 import os
+import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from absl import app
 from absl import flags
@@ -47,12 +49,29 @@ def measure(file_pattern: str | None, *, tfds_name: str | None = None,
   return num_batches * batch_size / (time.perf_counter() - start)
 
 
+@contextlib.contextmanager
+def private_demo_data() -> Iterator[tuple[str, str]]:
+  """The demo data's TFDS dataset (name, data_dir), prepared in a fresh private folder
+  (tempfile.mkdtemp: mode 0700, an unpredictable name) that is removed afterwards."""
+  from ssen_jax.data_prep import tfds_build  # pylint: disable=g-import-not-at-top
+  root = tempfile.mkdtemp(prefix='ssen_demo-')
+  try:
+    name, data_dir, _ = tfds_build.prepare_demo(root)
+    yield name, data_dir
+  finally:
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def main(argv: Sequence[str]) -> None:
   del argv
   pattern, name, data_dir = FLAGS.file_pattern, FLAGS.tfds_name, FLAGS.tfds_data_dir
-  if pattern is None and name is None:
-    from ssen_jax.data_prep import tfds_build  # pylint: disable=g-import-not-at-top
-    name, data_dir, _ = tfds_build.prepare_demo(os.path.join(tempfile.gettempdir(), 'ssen_demo'))
+  with contextlib.ExitStack() as stack:
+    if pattern is None and name is None:
+      name, data_dir = stack.enter_context(private_demo_data())
+    _report(pattern, name, data_dir)
+
+
+def _report(pattern: str | None, name: str | None, data_dir: str | None) -> None:
   cpus = os.cpu_count() or 1
   threads = [int(t) for t in FLAGS.threads] if FLAGS.threads else sorted({1, cpus})
   print(f'Input pipeline, {FLAGS.kind}, HR {FLAGS.hr_patch}x{FLAGS.hr_patch}, batch '

@@ -23,9 +23,16 @@ import numpy as np
 _Y_WEIGHTS = np.array([65.481, 128.553, 24.966])
 _K1, _K2, _L = 0.01, 0.03, 255.0
 _C1, _C2 = (_K1 * _L) ** 2, (_K2 * _L) ** 2
+SSIM_WINDOW = 11
 
 
-def gaussian_window_1d(size: int = 11, sigma: float = 1.5) -> np.ndarray:
+def min_image_size(shave: int) -> int:
+  """The smallest height and width that can be scored: the SSIM window after `shave` pixels are
+  cut from each border."""
+  return SSIM_WINDOW + 2 * max(shave, 0)
+
+
+def gaussian_window_1d(size: int = SSIM_WINDOW, sigma: float = 1.5) -> np.ndarray:
   """Normalised 1-D Gaussian; its outer product is MATLAB's `fspecial('gaussian', size, sigma)`."""
   x = np.arange(size, dtype=np.float64) - (size - 1) / 2
   g = np.exp(-x * x / (2 * sigma * sigma))
@@ -126,8 +133,9 @@ def _filter_valid(img: np.ndarray, window: np.ndarray) -> np.ndarray:
 
 def ssim_gray(x: np.ndarray, y: np.ndarray) -> float:
   """Wang et al.'s SSIM of two (H, W) float images in [0, 255] (Gaussian 11/1.5, 'valid')."""
-  if min(x.shape) < 11:
-    raise ValueError(f'SSIM needs images of at least 11x11 after shaving, got {x.shape}')
+  if min(x.shape) < SSIM_WINDOW:
+    raise ValueError(f'SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} after shaving, '
+                     f'got {x.shape}')
   win = gaussian_window_1d()
   mu_x, mu_y = _filter_valid(x, win), _filter_valid(y, win)
   sxx = _filter_valid(x * x, win) - mu_x * mu_x

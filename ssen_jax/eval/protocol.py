@@ -36,10 +36,30 @@ CONTROLS = ('oracle', 'unrelated')
 SrFn = Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray]
 
 
-def load_dataset(kind: str, directory: str, scale: int) -> list[dict]:
-  """`datasets.load_folder` ('folder') or `datasets.load_cufed5` ('cufed5') by name."""
+def check_sizes(examples: Sequence[dict], scale: int) -> None:
+  """Raises datasets.DatasetError (a ValueError) naming the first HR image too small to score:
+  `scale` pixels are shaved per border and SSIM needs its 11x11 window in what is left. Checked
+  before anything is computed (`evaluate`, and `main` before the first training step)."""
+  need = metrics.min_image_size(scale)
+  for ex in examples:
+    height, width = ex['hr'].shape[:2]
+    if min(height, width) < need:
+      raise datasets.DatasetError(
+          f'evaluation image {ex["name"]} is {height}x{width} (HR, cropped to a multiple of '
+          f'{scale}); scoring shaves {scale} pixels per border and SSIM needs an '
+          f'{metrics.SSIM_WINDOW}x{metrics.SSIM_WINDOW} window, so every image must be at least '
+          f'{need}x{need}')
+
+
+def load_dataset(kind: str, directory: str, scale: int, *, check: bool = True) -> list[dict]:
+  """`datasets.load_folder` ('folder') or `datasets.load_cufed5` ('cufed5') by name.
+
+  With `check`, images too small to score are refused (`check_sizes`)."""
   loaders = {'folder': datasets.load_folder, 'cufed5': datasets.load_cufed5}
-  return loaders[kind](directory, scale)
+  examples = loaders[kind](directory, scale)
+  if check:
+    check_sizes(examples, scale)
+  return examples
 
 
 def bicubic_sr_fn(scale: int) -> SrFn:
@@ -70,10 +90,12 @@ def evaluate_examples(examples: Sequence[dict], sr_fn: SrFn, *, scale: int,
     'psnr_rgb'}, ...]} with means over images.
 
   Raises:
-    ValueError: no examples, or an SR output whose size differs from its HR image.
+    ValueError: no examples, an HR image too small to score (`check_sizes`, before any work), or
+      an SR output whose size differs from its HR image.
   """
   if not examples:
     raise ValueError('no examples to evaluate')
+  check_sizes(examples, scale)  # All of them before the first SR image is computed.
   per_image = []
   start = time.perf_counter()
   for i, ex in enumerate(examples, 1):

@@ -6,6 +6,7 @@ bitwise-identical parameters. Metrics go to TensorBoard and the log through clu'
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any, Dict, List, Optional
@@ -68,12 +69,103 @@ def resolve_data_paths(config: ml_collections.ConfigDict) -> Dict[str, str]:
 
 
 def load_eval_examples(config: ml_collections.ConfigDict, eval_dir: str) -> List[dict]:
+  """The evaluation examples (the first `eval_max_images`), their sizes checked before training
+  starts: an image too small to score is a one-line error now, not after the first steps."""
   if not eval_dir:
     return []
-  examples = protocol.load_dataset(config.data.eval_dataset, eval_dir, config.model.scale)
+  examples = protocol.load_dataset(config.data.eval_dataset, eval_dir, config.model.scale,
+                                   check=False)
   if config.data.eval_max_images:
     examples = examples[:config.data.eval_max_images]
+  protocol.check_sizes(examples, config.model.scale)
   return examples
+
+
+def _allgather(values) -> np.ndarray:
+  """(process_count, len(values)) float64: every host's `values` (a collective: call on all)."""
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return np.asarray(multihost_utils.process_allgather(np.asarray(values, np.float64)),
+                    np.float64).reshape(jax.process_count(), -1)
+
+
+def _min_over_hosts(count: int) -> int:
+  """The smallest of every host's `count` (each host's epoch uses that many examples)."""
+  if jax.process_count() == 1:
+    return count
+  counts = _allgather([count])[:, 0].astype(int)
+  if counts.min() < count:
+    logging.info('Hosts read %s examples: each uses %d per epoch.', counts.tolist(), counts.min())
+  return int(counts.min())
+
+
+DATA_STREAM_FIELDS = ('process_count', 'batch_size', 'local_batch_size')
+
+
+def check_data_stream(workdir: str, config: ml_collections.ConfigDict, step: int) -> None:
+  """Warns (one line) and records in `config_history.json` when a resumed run reads another data
+  stream than the run it resumes: another host count or global batch size gives each host other
+  shards and other example positions from step `step + 1` on. Writes `data_stream.json` (what
+  this run reads) for the next resume. Process 0 only."""
+  if jax.process_index() != 0:
+    return
+  now = {'process_count': jax.process_count(), 'batch_size': int(config.batch_size),
+         'local_batch_size': int(config.batch_size) // jax.process_count()}
+  path = checkpointing.workdir_path(workdir) / DATA_STREAM_FILE
+  if step > 0 and path.exists():
+    before = json.loads(path.read_text())
+    changes = {f'data_stream.{k}': (before.get(k), now[k]) for k in DATA_STREAM_FIELDS
+               if before.get(k) != now[k]}
+    if changes:
+      logging.warning(
+          'Resuming step %d with another data stream: %s; the batches from step %d on differ '
+          'from those of an uninterrupted run (recorded in %s).', step,
+          ', '.join(f'{k.split(".")[1]} {a} -> {b}' for k, (a, b) in changes.items()), step + 1,
+          checkpointing.CONFIG_HISTORY_FILE)
+      checkpointing.record_config_change(workdir, changes, step)
+  tmp = checkpointing.workdir_path(workdir) / (DATA_STREAM_FILE + '.tmp')
+  tmp.write_text(json.dumps(now, indent=2))
+  tmp.replace(path)
+
+
+DATA_STREAM_FILE = 'data_stream.json'
+
+
+class _EvalSync:
+  """Evaluation during training runs on process 0 alone (only it opens eval_dir); the other hosts
+  wait for it in a loop of small collectives that also carries SIGTERM: before each image process
+  0 and the waiting hosts exchange (SIGTERM seen, done, PSNR), so a signal on any host cuts the
+  evaluation short on all of them at the same image, and the final exchange hands every host the
+  PSNR that its checkpoint save ranks by."""
+
+  def __init__(self, preemption):
+    self.preemption = preemption
+
+  def _exchange(self, done: bool, psnr: float = float('nan')) -> np.ndarray:
+    requested = bool(self.preemption is not None and self.preemption.requested)
+    return _allgather([float(requested), float(done), psnr])
+
+  def check(self) -> None:
+    """Process 0, before each image."""
+    if jax.process_count() == 1:
+      if self.preemption is not None and self.preemption.requested:
+        raise _EvalInterrupted()
+      return
+    if self._exchange(False)[:, 0].any():
+      raise _EvalInterrupted()
+
+  def finish(self, psnr: float) -> None:
+    """Process 0, after the evaluation."""
+    if jax.process_count() > 1:
+      self._exchange(True, psnr)
+
+  def wait(self) -> float:
+    """The other hosts: the PSNR of process 0's evaluation, or _EvalInterrupted."""
+    while True:
+      rows = self._exchange(False)
+      if rows[0, 1]:
+        return float(rows[0, 2])
+      if rows[:, 0].any():
+        raise _EvalInterrupted()
 
 
 def _initial_state(trainer: steps.Trainer, config: ml_collections.ConfigDict, manager):
@@ -136,26 +228,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                      f'{jax.device_count()} devices')
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   paths = resolve_data_paths(config)
-  eval_examples = load_eval_examples(config, paths.get('eval_dir', ''))
+  # Only process 0 opens eval_dir (the other hosts need not have it); its sizes are checked here,
+  # before the first step, and an error stops every host.
+  eval_examples, eval_error = [], ''
+  if jax.process_index() == 0:
+    try:
+      eval_examples = load_eval_examples(config, paths.get('eval_dir', ''))
+    except ValueError as e:
+      eval_error = str(e)
+  if jax.process_count() > 1:
+    [[num_eval]] = _allgather([-1 if eval_error else len(eval_examples)])[:1]
+    if num_eval < 0 and not eval_error:
+      raise ValueError('process 0 could not load the evaluation data (see its log)')
+  else:
+    num_eval = -1 if eval_error else len(eval_examples)
+  if eval_error:
+    raise ValueError(eval_error)
+  has_eval = num_eval > 0
   sr_jit = restore.make_sr_fn(trainer.model, trainer.uses_ref)
 
   def run_eval(state, step, preemption=None):
+    """Process 0 evaluates on its own copy of the parameters; the others wait for its PSNR."""
+    sync = _EvalSync(preemption)
+    if jax.process_index() > 0:
+      return {'psnr': sync.wait()}
     logging.info('Step %d: evaluating %d examples.', step, len(eval_examples))
     eval_start = time.perf_counter()
-    sr_fn = sr_jit
-    if preemption is not None:  # Checked before every image: SIGTERM cuts the evaluation short.
-      def sr_fn(*args):
-        if preemption.any_host_requested():
-          raise _EvalInterrupted()
-        return sr_jit(*args)
+    params = jax.tree.map(
+        lambda x: x if x.is_fully_addressable else x.addressable_shards[0].data, state['params'])
+
+    def sr_fn(*args):  # Checked before every image: SIGTERM cuts the evaluation short.
+      sync.check()
+      return sr_jit(*args)
+
     results = protocol.evaluate_model(
-        eval_examples, sr_fn, state['params'], scale=config.model.scale,
-        uses_ref=trainer.uses_ref,
+        eval_examples, sr_fn, params, scale=config.model.scale, uses_ref=trainer.uses_ref,
         log_fn=lambda line: logging.info('Step %d eval %s', step, line))
+    sync.finish(results['psnr'])
     writer.write_scalars(step, tables.scalar_summary(results))
     if config.num_image_summaries:
       writer.write_images(step, protocol.summary_images(
-          eval_examples, sr_fn, state['params'], scale=config.model.scale,
+          eval_examples, sr_jit, params, scale=config.model.scale,
           uses_ref=trainer.uses_ref, count=config.num_image_summaries))
     logging.info('Step %d eval: %s (%.1f s)', step, tables.describe(results),
                  time.perf_counter() - eval_start)
@@ -172,12 +285,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   last_results: Dict[str, Any] = {}
   if start >= total:
     logging.info('Nothing to train: the checkpoint is at step %d of %d.', start, total)
-    if eval_examples:
+    if has_eval:
       last_results = run_eval(state, start)
     manager.close()
     writer.close()
     return last_results
 
+  check_data_stream(workdir, config, start)
   train_iter = input_pipeline.create_train_iterator(
       file_pattern=paths['train_pattern'] or None, tfds_name=paths['tfds_name'] or None,
       tfds_data_dir=paths['tfds_data_dir'] or None, tfds_split=paths['tfds_split'],
@@ -186,7 +300,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       seed=config.seed, start_step=start, process_index=jax.process_index(),
       process_count=jax.process_count(), ref_augment=config.data.ref_augment,
       independent_prob=config.data.ref_independent_prob,
-      ref_mix=input_pipeline.RefMix(**config.data.ref_mix.to_dict()))
+      ref_mix=input_pipeline.RefMix(**config.data.ref_mix.to_dict()),
+      examples_per_host=_min_over_hosts)
   progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
                                              every_steps=config.log_every_steps)
   pending: Optional[tuple] = None  # (step, metrics) checked while the next step runs.
@@ -205,7 +320,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         progress(step)
         is_last = step == total
         preempted = preemption.reached(manager, step)
-        do_eval = bool(eval_examples) and (step % config.eval_every_steps == 0 or is_last)
+        do_eval = has_eval and (step % config.eval_every_steps == 0 or is_last)
         if step % config.log_every_steps == 0 or is_last:
           _check_finite(step, metrics, manager)
           scalars = jax.tree.map(lambda *xs: float(np.mean([sharding.local_value(x) for x in xs])),

@@ -61,6 +61,21 @@ def _is_training_workdir(path: pathlib.Path) -> bool:
   return any(step != 0 for step in checkpointing.checkpoint_steps(path))
 
 
+def _check_out_writable(out_dir: pathlib.Path) -> None:
+  """Raises ConversionError unless `out_dir` can be created (or written) here; writes nothing
+  that stays: a probe folder in the nearest existing ancestor is made and removed."""
+  folder = out_dir if out_dir.is_dir() else out_dir.parent
+  while not folder.exists() and folder != folder.parent:
+    folder = folder.parent
+  try:
+    if not folder.is_dir():
+      raise NotADirectoryError(20, 'Not a directory')
+    os.rmdir(tempfile.mkdtemp(prefix='.probe-', dir=folder))
+  except OSError as e:
+    raise convert.ConversionError(
+        f'--out {out_dir} is not writable: {e.strerror or e} (at {folder})') from None
+
+
 def import_pth(pth: str, config_spec: str, out: str, *, overwrite: bool = False) -> str:
   """Converts a PyTorch .pth into the training workdir `out`; returns a summary line.
 
@@ -71,7 +86,7 @@ def import_pth(pth: str, config_spec: str, out: str, *, overwrite: bool = False)
 
   Raises:
     convert.ConversionError, config_lib.ConfigError: bad input (the message may list several
-      problems); nothing is written.
+      problems), or `out` cannot be written (checked first); nothing is written.
     ImportError: torch is not installed.
   """
   out_dir = pathlib.Path(out)
@@ -84,6 +99,7 @@ def import_pth(pth: str, config_spec: str, out: str, *, overwrite: bool = False)
     raise convert.ConversionError(
         f'--out {out_dir} is a training workdir (it has training checkpoints or logs); '
         '--overwrite would destroy the run: choose another --out')
+  _check_out_writable(out_dir)  # Before the state_dict is read and converted.
   config = config_lib.load_config(config_spec)
   state_dict = convert.read_state_dict(pth)
   try:
