@@ -205,6 +205,13 @@ def test_non_finite_parameters_with_finite_loss_are_never_saved(demo_dir, tmp_pa
   assert not [p for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()]
 
 
+def _demo_tfds_flags(demo_dir):
+  """Flags that train on the demo's TFDS dataset (prepared once under demo_dir)."""
+  from ssen_jax.data_prep import tfds_build  # pylint: disable=g-import-not-at-top
+  name, data_dir, _ = tfds_build.prepare_demo(demo_dir)
+  return [f'--config.data.tfds_name={name}', f'--config.data.tfds_data_dir={data_dir}']
+
+
 def test_eval_image_too_small_to_score_stops_before_the_first_step(demo_dir, tmp_path):
   """An evaluation image smaller than shave + SSIM window: one line and exit 1 at start-up, not a
   traceback at the first evaluation after training steps."""
@@ -212,9 +219,8 @@ def test_eval_image_too_small_to_score_stops_before_the_first_step(demo_dir, tmp
   eval_dir = tmp_path / 'eval'
   eval_dir.mkdir()
   Image.fromarray(np.full((12, 12, 3), 128, np.uint8)).save(eval_dir / 'tiny.png')
-  train_pattern = pathlib.Path(demo_dir) / demo_data.DEMO_NAME / 'train' / '*.tfrecord'
   proc = subprocess.run(
-      _main_cmd(tmp_path / 'w', f'--config.data.train_pattern={train_pattern}',
+      _main_cmd(tmp_path / 'w', *_demo_tfds_flags(demo_dir),
                 f'--config.data.eval_dir={eval_dir}', '--config.data.eval_dataset=folder',
                 '--config.log_every_steps=1', '--config.eval_every_steps=2'),
       env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -393,8 +399,7 @@ def test_two_processes_evaluate_once_on_process_0_only(demo_dir, tmp_path):
   the same best metric (process 0's PSNR, handed to process 1)."""
   port = _free_port()
   demo = pathlib.Path(demo_dir) / demo_data.DEMO_NAME
-  common = [f'--config.data.train_pattern={demo / "train" / "*.tfrecord"}',
-            '--config.num_train_steps=2', '--config.eval_every_steps=1000',
+  common = [*_demo_tfds_flags(demo_dir), '--config.num_train_steps=2', '--config.eval_every_steps=1000',
             '--config.data.eval_max_images=1', '--config.num_image_summaries=0',
             f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2']
   eval_dirs = [demo / 'eval', tmp_path / 'not_on_this_host']
