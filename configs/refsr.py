@@ -39,6 +39,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.num_dcn_layers = 3  # Stacked deformable convolutions (paper Tab. 4: 3 is best).
   m.use_nonlocal = True  # Non-local blocks in the dynamic offset estimators.
   m.offset_groups = 1  # Deformable groups per DCN layer (DCNv2 default; the paper is silent).
+  # Correlation prior of SSEN's first layer (not in the paper; 0 = off, the paper's SSEN): the
+  # soft arg-max of LR/reference feature similarity within this many LR pixels is added to the
+  # first layer's offsets. docs/choices.md, "Correlation prior".
+  m.match_radius = 0
   m.rcan_groups = 10  # RCAN residual groups (selfsim / rcan only).
   m.rcan_blocks = 20  # RCABs per group.
   m.rcan_reduction = 16  # Channel-attention reduction.

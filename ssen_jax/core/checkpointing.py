@@ -241,7 +241,8 @@ FREE_FIELDS = ('num_train_steps', 'log_every_steps', 'eval_every_steps',
 # Fields added to the configs later, with the value that means what their absence meant: a
 # config.json written before them resumes without a reported change.
 ADDED_FIELDS = {'data.tfds_name': '', 'data.tfds_data_dir': '', 'data.tfds_split': 'train',
-                'optim.offset_lr_multiplier': 1.0, 'loss.align_weight': 0.0}
+                'optim.offset_lr_multiplier': 1.0, 'loss.align_weight': 0.0,
+                'model.match_radius': 0}
 
 
 def _flatten(tree: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:

@@ -1,5 +1,6 @@
 """Building blocks shared by the networks: convolutions with explicit padding, residual blocks,
-the non-local block, the modulated deformable convolution layer, and RCAN's attention blocks.
+the non-local block, the modulated deformable convolution layer, RCAN's attention blocks, and the
+optional correlation prior of SSEN's first deformable layer.
 
 Every module names its children explicitly (`conv1`, `blocks_3`, ...). The PyTorch reference in
 `ssen_jax/interop/torch_reference.py` uses the same attribute names, so `ssen_jax.interop.convert`
@@ -13,6 +14,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ssen_jax import ops
 from ssen_jax.ops.attention import DEFAULT_CHUNK, DEFAULT_DENSE_MAX
@@ -134,8 +136,11 @@ class ModulatedDeformConv(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, cond: jax.Array, *, return_offsets: bool = False):
+  def __call__(self, x: jax.Array, cond: jax.Array, *, offset_prior: jax.Array | None = None,
+               return_offsets: bool = False):
     """Deformable convolution of x (N, H, W, C) steered by cond (N, H, W, C').
+
+    `offset_prior` (N, H, W, 2), (dy, dx), is added to every tap's predicted offset.
 
     Returns:
       (N, H, W, features); with `return_offsets`, also the offsets (N, H, W, G*k*k*2) and the mask
@@ -147,6 +152,8 @@ class ModulatedDeformConv(nn.Module):
                    name='offset_conv')(cond)
     om = om.astype(jnp.float32)
     offsets, mask = om[..., :2 * g * taps], jax.nn.sigmoid(om[..., 2 * g * taps:])
+    if offset_prior is not None:
+      offsets = offsets + jnp.tile(offset_prior.astype(jnp.float32), (1, 1, 1, g * taps))
     c = x.shape[-1]
     kernel = self.param('kernel', nn.initializers.lecun_normal(), (k, k, c, self.features),
                         jnp.float32)
@@ -200,3 +207,24 @@ class ResidualGroup(nn.Module):
     for i in range(self.num_blocks):
       y = RCAB(self.features, self.reduction, self.dtype, name=f'blocks_{i}')(y)
     return x + conv(self.features, name='conv', dtype=self.dtype)(y)
+
+
+class CorrelationPrior(nn.Module):
+  """Where each LR position finds its best match in the reference, as a soft arg-max.
+
+  Cosine similarity of `a` (LR features) with `b` (the reference's features on the LR grid, from
+  the same encoder) at every displacement within `radius`, softmax with a learned temperature
+  (initially `init_temperature`), expected displacement. Returns the flow (N, H, W, 2) and
+  match statistics (N, H, W, 2): peak weight and best similarity. Not in the paper
+  (docs/choices.md, "Correlation prior").
+  """
+  radius: int
+  init_temperature: float = 20.0
+
+  @nn.compact
+  def __call__(self, a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    log_t = self.param('log_temperature',
+                       nn.initializers.constant(float(np.log(self.init_temperature))), (),
+                       jnp.float32)
+    corr, valid = ops.local_correlation(a, b, self.radius)
+    return ops.soft_argmax_displacement(corr, valid, self.radius, jnp.exp(log_t))

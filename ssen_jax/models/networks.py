@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from ssen_jax import ops
-from ssen_jax.models.layers import (DEFAULT_CHUNK, DEFAULT_DENSE_MAX, ResBlock, ResidualGroup,
-                                    conv, leaky_relu)
+from ssen_jax.models.layers import (DEFAULT_CHUNK, DEFAULT_DENSE_MAX, CorrelationPrior, ResBlock,
+                                    ResidualGroup, conv, leaky_relu)
 from ssen_jax.models.ssen import SSEN
 
 Dtype = Any
@@ -51,6 +51,10 @@ class RefSRNet(nn.Module):
   F_lr = ResBlocks(conv3x3(LR)); F_ref = ResBlocks(two stride-2 conv3x3 + LeakyReLU(ref)) with the
   same (shared) residual blocks; R = SSEN(F_lr, F_ref); conv1x1(concat(F_lr, R)) -> ResBlocks ->
   conv3x3 -> + F_lr -> Upsampler -> + bicubic(LR). The baseline fuses F_lr alone.
+
+  `match_radius` r > 0 adds a correlation prior (not in the paper; docs/choices.md): the reference
+  is box-averaged to the LR grid and encoded like the LR image (conv_lr + the shared blocks), and
+  the soft arg-max of its cosine similarity to F_lr within r LR pixels steers SSEN's first layer.
   """
   features: int = 64
   num_extract_blocks: int = 5
@@ -59,6 +63,7 @@ class RefSRNet(nn.Module):
   use_nonlocal: bool = True
   use_ssen: bool = True
   offset_groups: int = 1
+  match_radius: int = 0
   scale: int = 4
   nonlocal_chunk: int = DEFAULT_CHUNK
   nonlocal_dense_max: int = DEFAULT_DENSE_MAX
@@ -72,6 +77,8 @@ class RefSRNet(nn.Module):
     if self.use_ssen:
       self.ssen = SSEN(c, self.num_dcn_layers, self.use_nonlocal, self.offset_groups,
                        self.nonlocal_chunk, self.nonlocal_dense_max, d)
+      if self.match_radius:
+        self.matcher = CorrelationPrior(self.match_radius)
     self.fuse = conv(c, 1, dtype=d)
     self.recon = [ResBlock(c, d) for _ in range(self.num_recon_blocks)]
     self.conv_recon = conv(c, dtype=d)
@@ -110,7 +117,12 @@ class RefSRNet(nn.Module):
       if ref.shape[1:3] != (self.scale * h, self.scale * w):
         raise ValueError(f'reference must be {self.scale}x the LR size {(h, w)}, got '
                          f'{ref.shape[1:3]}; see ssen_jax.data.images.fit_reference')
-      aligned, offsets, masks = self.ssen(f_lr, self.ref_features(ref), return_offsets=True)
+      prior = None
+      if self.match_radius:
+        ref_lr = ops.box_downsample(ref.astype(jnp.float32), self.scale)
+        prior = self.matcher(f_lr, self.lr_features(ref_lr))
+      aligned, offsets, masks = self.ssen(f_lr, self.ref_features(ref), prior=prior,
+                                          return_offsets=True)
       # Kept only when applied with mutable=['intermediates'] (the alignment loss of training).
       self.sow('intermediates', 'aligned', aligned)
       fused = self.fuse(jnp.concatenate([f_lr, aligned], axis=-1))

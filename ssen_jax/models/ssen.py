@@ -36,10 +36,11 @@ class DynamicOffsetEstimator(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, f_lr: jax.Array, r: jax.Array) -> jax.Array:
-    """conv_in(concat(F_lr, R)) (N, H, W, 2C) -> ... -> (N, H, W, C)."""
+  def __call__(self, f_lr: jax.Array, r: jax.Array, match: jax.Array | None = None) -> jax.Array:
+    """conv_in(concat(F_lr, R[, match])) (N, H, W, 2C[+4]) -> ... -> (N, H, W, C)."""
     c = self.features
-    skips = [leaky_relu(SplitConv(c, dtype=self.dtype, name='conv_in')(f_lr, r))]
+    inputs = (f_lr, r) if match is None else (f_lr, r, match.astype(f_lr.dtype))
+    skips = [leaky_relu(SplitConv(c, dtype=self.dtype, name='conv_in')(*inputs))]
     for i in range(3):
       skips.append(leaky_relu(conv(c, 3, 2, name=f'down_{i}', dtype=self.dtype)(skips[-1])))
     y = skips.pop()  # 1/8 scale.
@@ -70,21 +71,29 @@ class SSEN(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, f_lr: jax.Array, f_ref: jax.Array, *, return_offsets: bool = False):
+  def __call__(self, f_lr: jax.Array, f_ref: jax.Array, *, prior: tuple | None = None,
+               return_offsets: bool = False):
     """Aligns f_ref (N, H, W, C) to f_lr (N, H, W, C).
+
+    `prior`: optional (flow (N, H, W, 2), match statistics (N, H, W, 2)) of a correlation prior
+    (`CorrelationPrior`): the flow is added to the first layer's offsets (the later layers refine
+    features already moved), and flow and statistics join every estimator's input.
 
     Returns:
       R_L (N, H, W, C); with `return_offsets`, also lists of each layer's offsets
       (N, H, W, G*9*2) and masks (N, H, W, G*9).
     """
     r = f_ref
+    flow, match = (None, None) if prior is None else (prior[0], jnp.concatenate(prior, -1))
     offsets, masks = [], []
     for l in range(self.num_dcn_layers):
       cond = DynamicOffsetEstimator(self.features, self.use_nonlocal, self.nonlocal_chunk,
                                     self.nonlocal_dense_max, self.dtype,
-                                    name=f'doe_{l}')(f_lr, r)
+                                    name=f'doe_{l}')(f_lr, r, match)
       r, off, mask = ModulatedDeformConv(self.features, self.offset_groups, dtype=self.dtype,
-                                         name=f'dcn_{l}')(r, cond, return_offsets=True)
+                                         name=f'dcn_{l}')(
+                                             r, cond, offset_prior=flow if l == 0 else None,
+                                             return_offsets=True)
       offsets.append(off)
       masks.append(mask)
       if l < self.num_dcn_layers - 1:

@@ -1,0 +1,108 @@
+"""The correlation prior of SSEN's first deformable layer (`model.match_radius`, docs/choices.md)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssen_jax import ops
+from ssen_jax.models import create_model, init_inputs
+from ssen_jax.models.layers import ModulatedDeformConv
+
+from conftest import config_module
+
+refsr = config_module('refsr')
+
+
+def _features(seed, shape=(2, 12, 14, 8)):
+  return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
+def test_local_correlation_peaks_at_the_displacement_of_a_shifted_copy():
+  a = _features(0)
+  for dy, dx in ((0, 0), (1, -2), (-2, 1)):
+    b = jnp.roll(a, (dy, dx), axis=(1, 2))  # b[i + d] = a[i]
+    corr, valid = ops.local_correlation(a, b, 2)
+    disp = ops.displacements(2)
+    best = disp[np.asarray(jnp.argmax(jnp.where(valid, corr, -2.0), axis=-1))]
+    inner = best[:, 2:-2, 2:-2]
+    np.testing.assert_array_equal(inner, np.broadcast_to([dy, dx], inner.shape))
+    # A correlation of 1 means the same vector: the matched copy.
+    np.testing.assert_allclose(np.asarray(corr.max(-1))[:, 2:-2, 2:-2], 1.0, atol=1e-5)
+
+
+def test_correlation_is_invalid_outside_the_image_and_centred_per_map():
+  a = _features(1, (1, 5, 6, 4))
+  corr, valid = ops.local_correlation(a, a, 1)
+  assert not bool(valid[0, 0, 0, 0]) and bool(valid[0, 1, 1, 0])  # (-1, -1) from the corner.
+  np.testing.assert_array_equal(np.asarray(corr)[~np.broadcast_to(valid, corr.shape)], 0.0)
+  # Adding a constant to every position changes nothing (zero-mean normalised correlation).
+  shifted, _ = ops.local_correlation(a + 5.0, a - 3.0, 1)
+  np.testing.assert_allclose(np.asarray(shifted), np.asarray(corr), atol=1e-5)
+
+
+def test_soft_argmax_is_the_displacement_for_a_sharp_match_and_stays_in_the_window():
+  a = _features(2)
+  b = jnp.roll(a, (1, -1), axis=(1, 2))
+  corr, valid = ops.local_correlation(a, b, 2)
+  flow, stats = ops.soft_argmax_displacement(corr, valid, 2, jnp.float32(1000.0))
+  np.testing.assert_allclose(np.asarray(flow)[:, 2:-2, 2:-2], np.broadcast_to(
+      [1.0, -1.0], flow[:, 2:-2, 2:-2].shape), atol=1e-4)
+  np.testing.assert_allclose(np.asarray(stats[..., 0])[:, 2:-2, 2:-2], 1.0, atol=1e-4)
+  flow, _ = ops.soft_argmax_displacement(corr, valid, 2, jnp.float32(0.0))
+  assert float(jnp.abs(flow).max()) <= 2.0  # Uniform weights: the mean valid displacement.
+
+
+def test_offset_prior_moves_every_tap_like_a_shift_of_the_input():
+  # With the zero-initialised offset convolution, an integer prior d makes the layer a plain
+  # convolution of the input shifted by d (interior positions).
+  x = _features(3, (1, 10, 10, 4))
+  layer = ModulatedDeformConv(5, offset_groups=2)
+  cond = jnp.zeros((1, 10, 10, 3))
+  params = layer.init(jax.random.PRNGKey(0), x, cond)
+  prior = jnp.broadcast_to(jnp.asarray([2.0, -1.0]), (1, 10, 10, 2))
+  moved = layer.apply(params, x, cond, offset_prior=prior)
+  shifted_x = jnp.roll(x, (-2, 1), axis=(1, 2))  # shifted_x[i] = x[i + d]
+  plain = layer.apply(params, shifted_x, cond)
+  np.testing.assert_allclose(np.asarray(moved)[:, 1:-3, 2:-2], np.asarray(plain)[:, 1:-3, 2:-2],
+                             atol=1e-5)
+  _, offsets, _ = layer.apply(params, x, cond, offset_prior=prior, return_offsets=True)
+  np.testing.assert_allclose(np.asarray(offsets).reshape(1, 10, 10, -1, 2)[..., 0], 2.0)
+
+
+def test_match_radius_zero_is_the_papers_network_and_r_adds_only_the_prior():
+  config = refsr.get_config('tiny')
+  plain_model = create_model(config.model)
+  config.model.match_radius = 2
+  prior_model = create_model(config.model)
+  lr, ref = init_inputs(config.model, 8)
+  plain = jax.eval_shape(plain_model.init, jax.random.PRNGKey(0), lr, ref)['params']
+  prior = jax.eval_shape(prior_model.init, jax.random.PRNGKey(0), lr, ref)['params']
+  assert 'matcher' not in plain and prior['matcher']['log_temperature'].shape == ()
+  c = config.model.features
+  for l in range(config.model.num_dcn_layers):  # Flow (2) and match statistics (2) join each DOE.
+    assert plain['ssen'][f'doe_{l}']['conv_in']['kernel'].shape[2] == 2 * c
+    assert prior['ssen'][f'doe_{l}']['conv_in']['kernel'].shape[2] == 2 * c + 4
+  del prior['matcher']
+  for l in range(config.model.num_dcn_layers):
+    del prior['ssen'][f'doe_{l}']['conv_in'], plain['ssen'][f'doe_{l}']['conv_in']
+  assert jax.tree.map(lambda s: s.shape, plain) == jax.tree.map(lambda s: s.shape, prior)
+
+
+def test_the_prior_finds_a_whole_pixel_shift_of_the_reference_before_training():
+  # The reference goes through the LR encoder (box-averaged to the LR grid), so an untrained
+  # network already matches a reference moved by whole LR pixels.
+  config = refsr.get_config('tiny')
+  config.model.match_radius = 3
+  config.model.features = 16
+  model = create_model(config.model)
+  rng = np.random.default_rng(4)
+  hr = jnp.asarray(rng.uniform(size=(1, 96, 96, 3)), jnp.float32)
+  hr = jax.image.resize(jax.image.resize(hr, (1, 24, 24, 3), 'linear'), (1, 96, 96, 3), 'cubic')
+  lr = ops.box_downsample(hr, 4)
+  params = model.init(jax.random.PRNGKey(0), lr, hr)
+
+  def flow(mdl, lr, ref):
+    return mdl.matcher(mdl.lr_features(lr), mdl.lr_features(ops.box_downsample(ref, 4)))[0]
+
+  moved = jnp.roll(hr, (8, -4), axis=(1, 2))  # 2 and -1 LR pixels: content at i sits at i + d.
+  f = np.asarray(model.apply(params, lr, moved, method=flow))[0, 4:-4, 4:-4]
+  assert abs(np.median(f[..., 0]) - 2.0) < 0.5 and abs(np.median(f[..., 1]) + 1.0) < 0.5
