@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from ssen_jax.benchmarks import torch_peers
 from ssen_jax.interop import torch_reference as tm
 from ssen_jax.interop import convert
-from ssen_jax.models import RCAN, RefSRNet
+from ssen_jax.models import RCAN, RefSRNet, create_model, init_inputs
+
+from conftest import config_module
 
 TINY_REFSR = dict(features=4, num_extract_blocks=2, num_recon_blocks=1, num_dcn_layers=2)
 TINY_RCAN = dict(features=4, num_groups=2, num_blocks=2, reduction=2, num_dcn_layers=1)
@@ -54,11 +57,15 @@ def test_conv_kernel_transposition():
   assert kernel.flags['C_CONTIGUOUS']
 
 
-@pytest.mark.parametrize('variant', ['ssen', 'selfsim'])
+@pytest.mark.parametrize('variant', ['ssen', 'selfsim', 'ssen_match'])
 def test_state_dict_keys_are_those_of_the_torch_reference(variant):
   """The inverse rule reproduces the PyTorch reference's keys and shapes exactly."""
   if variant == 'ssen':
     model, torch_model = RefSRNet(**TINY_REFSR), tm.build('ssen', **TINY_REFSR)
+  elif variant == 'ssen_match':  # The correlation prior: a 0-d log-temperature, wider conv_in.
+    model = RefSRNet(match_radius=2, **TINY_REFSR)
+    torch_model = tm.build('ssen', match_radius=2, **TINY_REFSR)
+    assert torch_model.state_dict()['matcher.log_temperature'].shape == ()
   else:
     model, torch_model = RCAN(use_ssen=True, **TINY_RCAN), tm.build('selfsim', **TINY_RCAN)
   sd = convert.params_to_state_dict(_random_params(_template(model)))
@@ -77,6 +84,32 @@ def test_round_trip_params_state_dict_params_is_exact(refsr):
   for k in flat:
     np.testing.assert_array_equal(flat_back[k], flat[k])
     assert flat_back[k].dtype == np.float32
+
+
+def test_scalar_parameter_keeps_its_shape_both_ways():
+  """The prior's 0-d 'matcher.log_temperature' <-> ('matcher', 'log_temperature'), still 0-d."""
+  torch_model = tm.build('ssen', match_radius=2, **TINY_REFSR)
+  template = _template(RefSRNet(match_radius=2, **TINY_REFSR))
+  assert template['matcher']['log_temperature'].shape == ()
+  params = convert.state_dict_to_params(tm.state_dict_numpy(torch_model), template)
+  value = params['matcher']['log_temperature']
+  assert value.shape == () and value.dtype == np.float32
+  np.testing.assert_allclose(value, np.log(20.0), rtol=1e-6)  # Both sides' initial temperature.
+  sd = convert.params_to_state_dict(params)
+  assert sd['matcher.log_temperature'].shape == ()
+  torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
+
+
+def test_torch_peer_of_a_config_has_the_prior():
+  """`benchmarks.torch_peers.torch_model` builds the twin of config.model, match_radius included."""
+  config = config_module('refsr').get_config('tiny')
+  config.model.match_radius = 2
+  model = create_model(config.model)
+  lr, ref = init_inputs(config.model, 8)
+  params = _random_params(jax.eval_shape(model.init, jax.random.PRNGKey(0), lr, ref)['params'])
+  net = torch_peers.torch_model(torch, config, params)  # load_state_dict(strict=True) inside.
+  assert net.matcher.radius == 2
+  assert net.matcher.log_temperature.item() == float(params['matcher']['log_temperature'])
 
 
 def test_round_trip_torch_state_dict(refsr):

@@ -6,6 +6,9 @@ gradients of the Charbonnier loss with respect to every parameter.
 
 Sizes: LR 11x9 (reference 44x36), so the stride-2 convolutions see odd sizes and the offset
 estimator's 1/8 scale is 2x2, not a single pixel.
+
+'ssen_match' is the SSEN RefSR network with the correlation prior (`match_radius=2`, not in the
+paper): a 5x5 window on the 11x9 grid, so the border positions have invalid displacements.
 """
 import functools
 import importlib
@@ -29,11 +32,18 @@ BATCH = 2
 REFSR = dict(features=16, num_extract_blocks=2, num_recon_blocks=2, num_dcn_layers=2)
 SELFSIM = dict(features=16, num_groups=2, num_blocks=2, reduction=4, num_dcn_layers=1)
 RCAN_CFG = dict(features=16, num_groups=2, num_blocks=2, reduction=4)
-CONFIGS = {'ssen': REFSR, 'baseline': REFSR, 'selfsim': SELFSIM, 'rcan': RCAN_CFG}
+CONFIGS = {'ssen': REFSR, 'baseline': REFSR, 'selfsim': SELFSIM, 'rcan': RCAN_CFG,
+           'ssen_match': dict(REFSR, match_radius=2)}
+
+
+def _network(variant):
+  """The model variant of a test variant: 'ssen_match' is an 'ssen' network."""
+  return variant.split('_')[0]
 
 
 def _flax_model(variant, **extra):
   cfg = dict(CONFIGS[variant], **extra)
+  variant = _network(variant)
   if variant in ('ssen', 'baseline'):
     return RefSRNet(use_ssen=variant == 'ssen', **cfg)
   return RCAN(use_ssen=variant == 'selfsim', **cfg)
@@ -70,18 +80,29 @@ def _offset_stats(offset_maps):
   return dict(mean_abs=float(np.mean(mean_abs)), outside=float(np.mean(outside)))
 
 
+def _prior_stats(priors):
+  """Mean |flow| (LR pixels) and mean peak softmax weight of the correlation prior."""
+  if not priors:
+    return None
+  flow, stats = priors[0]
+  return dict(flow=flow.abs().mean().item(), peak=stats[:, 0].mean().item())
+
+
 def _torch_run(variant, seed=0):
-  model = tm.randomize_(tm.build(variant, **CONFIGS[variant]), seed=seed)
+  model = tm.randomize_(tm.build(_network(variant), **CONFIGS[variant]), seed=seed)
   lr, ref, hr = _data(seed)
-  offset_maps = []
+  offset_maps, priors = [], []
   for name, module in model.named_modules():
     if name.endswith('offset_conv'):
       module.register_forward_hook(lambda m, i, out: offset_maps.append(out.detach()))
+    if name == 'matcher':
+      module.register_forward_hook(lambda m, i, out: priors.append([o.detach() for o in out]))
   sr = model(tm.to_nchw(lr), tm.to_nchw(ref))
   loss = _charbonnier(sr, tm.to_nchw(hr), torch.sqrt)
   loss.backward()
   grads = {k: p.grad.numpy() for k, p in model.named_parameters()}
-  return model, tm.to_nhwc(sr), loss.item(), grads, _offset_stats(offset_maps)
+  return (model, tm.to_nhwc(sr), loss.item(), grads, _offset_stats(offset_maps),
+          _prior_stats(priors))
 
 
 def _template(model, lr, ref):
@@ -91,7 +112,7 @@ def _template(model, lr, ref):
 @functools.lru_cache(maxsize=None)
 def _run(variant):
   """Outputs, losses and gradients of both frameworks for one variant, computed once."""
-  torch_model, sr_t, loss_t, grads_t, offsets = _torch_run(variant)
+  torch_model, sr_t, loss_t, grads_t, offsets, prior = _torch_run(variant)
   lr, ref, hr = _data()
   model = _flax_model(variant)
   template = _template(model, lr, ref)
@@ -108,7 +129,7 @@ def _run(variant):
   # Same rule, same layout: torch gradients become a flax-shaped tree.
   grads_t = convert.state_dict_to_params(grads_t, template)
   return dict(sr_t=sr_t, sr_j=np.asarray(sr_j), loss_t=loss_t, loss_j=float(loss_j),
-              offsets=offsets,
+              offsets=offsets, prior=prior,
               grads_t=grads_t, grads_j=jax.tree_util.tree_map(np.asarray, grads_j))
 
 
@@ -125,24 +146,29 @@ def _grad_errors(grads_t, grads_j):
   return errors
 
 
-VARIANTS = ['ssen', 'baseline', 'selfsim', 'rcan']
+VARIANTS = ['ssen', 'baseline', 'selfsim', 'rcan', 'ssen_match']
 
 
 @pytest.mark.parametrize('variant', VARIANTS)
 def test_forward_parity(variant):
   r = _run(variant)
   err = float(np.abs(r['sr_j'] - r['sr_t']).max())
-  offsets = r['offsets']
+  offsets, prior = r['offsets'], r['prior']
   print(f'\n[parity {variant}] forward max abs {err:.2e} (|sr| <= {np.abs(r["sr_t"]).max():.2f}), '
         f'loss {r["loss_j"]:.6f} vs {r["loss_t"]:.6f}'
         + (f', mean |offset| {offsets["mean_abs"]:.2f} px, {100 * offsets["outside"]:.0f}% of '
-           f'samples outside' if offsets else ''))
+           f'samples outside' if offsets else '')
+        + (f', prior mean |flow| {prior["flow"]:.2f} px, mean peak weight {prior["peak"]:.2f}'
+           if prior else ''))
   assert r['sr_j'].shape == (BATCH, 4 * LR_SIZE[0], 4 * LR_SIZE[1], 3)
   assert np.abs(r['sr_t']).max() < 20  # Random weights keep the output in a sane range...
   assert np.abs(r['sr_t'] - tm.to_nhwc(tm.bicubic_upsample(
       tm.to_nchw(_data()[0]), 4))).std() > 0.1  # ...and the network part is not negligible.
   if offsets:  # The deformable sampling is really exercised.
     assert offsets['mean_abs'] > 0.5 and offsets['outside'] > 0.02
+  assert (prior is not None) == (variant == 'ssen_match')
+  if prior:  # The prior moves the first layer's samples by a fair fraction of a pixel.
+    assert prior['flow'] > 0.2 and 0.1 < prior['peak'] < 0.9
   assert err <= FWD_TOL
   assert abs(r['loss_j'] - r['loss_t']) <= FWD_TOL
 
@@ -150,6 +176,24 @@ def test_forward_parity(variant):
 def _analytically_zero(name):
   """φ's bias adds θ_i·b to every logit of row i: the softmax ignores it, its gradient is 0."""
   return name.endswith('phi/bias')
+
+
+def _check_prior_gradients(r, errors):
+  """The temperature and the estimators' weights on the 4 prior channels, on their own scale."""
+  assert 'matcher/log_temperature' in errors
+  c, layers = CONFIGS['ssen_match']['features'], CONFIGS['ssen_match']['num_dcn_layers']
+  prior_errors = {'matcher/log_temperature': errors['matcher/log_temperature'][0]}
+  for l in range(layers):
+    g_t = r['grads_t']['ssen'][f'doe_{l}']['conv_in']['kernel']
+    g_j = r['grads_j']['ssen'][f'doe_{l}']['conv_in']['kernel']
+    assert g_t.shape[2] == g_j.shape[2] == 2 * c + 4
+    g_t, g_j = g_t[:, :, 2 * c:], g_j[:, :, 2 * c:]  # (flow, statistics) input channels.
+    assert np.abs(g_t).max() > 0
+    prior_errors[f'ssen/doe_{l}/conv_in/kernel[prior]'] = (
+        float(np.abs(g_j - g_t).max()) / float(np.abs(g_t).max()))
+  print(f'[parity ssen_match] prior gradients, relative error: '
+        + ', '.join(f'{k} {v:.2e}' for k, v in prior_errors.items()))
+  assert max(prior_errors.values()) <= GRAD_TOL
 
 
 @pytest.mark.parametrize('variant', VARIANTS)
@@ -165,6 +209,8 @@ def test_gradient_parity(variant):
   assert all(scale > 0 for _, scale in errors.values())
   bad = {k: v[0] for k, v in errors.items() if v[0] > GRAD_TOL}
   assert not bad, f'gradient mismatch: {bad}'
+  if variant == 'ssen_match':
+    _check_prior_gradients(r, errors)
   # ...except φ's biases, where both frameworks must give round-off only.
   if zero:
     scale = max(v[1] for v in errors.values())

@@ -29,10 +29,13 @@ def torch_model(torch, config, params):
   """The reference network of config.model holding `params` (converted by interop.convert)."""
   from ssen_jax.interop import torch_reference  # pylint: disable=import-outside-toplevel
   m = config.model
+  # The correlation prior exists in the RefSR networks only (as in `ssen_jax.models.create_model`).
+  prior = ({'match_radius': m.get('match_radius', 0)} if m.variant in ('ssen', 'baseline')
+           else {})
   net = torch_reference.build(
       m.variant, features=m.features, num_extract_blocks=m.num_extract_blocks,
       num_recon_blocks=m.num_recon_blocks, num_dcn_layers=m.num_dcn_layers,
-      use_nonlocal=m.use_nonlocal, offset_groups=m.offset_groups, scale=m.scale)
+      use_nonlocal=m.use_nonlocal, offset_groups=m.offset_groups, scale=m.scale, **prior)
   state = {k: torch.from_numpy(v) for k, v in convert.params_to_state_dict(params).items()}
   net.load_state_dict(state, strict=True)
   return net

@@ -8,7 +8,8 @@ flax parameters by rule, not by table:
     'extract.3.conv1.weight' -> ('extract_3', 'conv1', 'weight');
   * a leaf 'weight' becomes 'kernel', transposed from PyTorch's layout to flax's:
     (O, C, kh, kw) -> (kh, kw, C, O) for convolutions, (O, C) -> (C, O) for dense layers;
-  * a leaf 'bias' stays 'bias'.
+  * a leaf 'bias' stays 'bias', as does any other leaf name (e.g. the correlation prior's 0-d
+    'matcher.log_temperature' -> ('matcher', 'log_temperature')), unchanged in layout and shape.
 
 The inverse (`params_to_state_dict`) writes every `name_i` as 'name.i', i.e. ModuleList keys.
 
@@ -51,6 +52,11 @@ def _path_to_key(path: Path) -> str:
     parts.extend([match.group(1), match.group(2)] if match else [name])
   parts.append('weight' if path[-1] == 'kernel' else path[-1])
   return '.'.join(parts)
+
+
+def _contiguous(value: np.ndarray, dtype=None) -> np.ndarray:
+  """A C-contiguous array of the same shape: unlike `np.ascontiguousarray`, 0-d stays 0-d."""
+  return np.asarray(value, dtype=dtype, order='C')
 
 
 def _torch_to_flax(value: np.ndarray) -> np.ndarray:
@@ -135,7 +141,7 @@ def state_dict_to_params(state_dict: Mapping[str, Any], template: Mapping[str, A
                         f'(flax {"/".join(path)} {want})')
       mismatched_paths.add(path)
       continue
-    converted[path] = np.ascontiguousarray(array, dtype=expected[path].dtype)
+    converted[path] = _contiguous(array, expected[path].dtype)
   missing = [p for p in expected if p not in converted and p not in mismatched_paths]
   if missing or unexpected or mismatched:
     lines = ['state_dict does not match the model parameters:']
@@ -164,7 +170,7 @@ def params_to_state_dict(params: Mapping[str, Any]) -> Dict[str, np.ndarray]:
     becomes 'name.i'.
   """
   params, _ = _unwrap_variables(params)
-  return {_path_to_key(path): np.ascontiguousarray(_flax_to_torch(np.asarray(value)))
+  return {_path_to_key(path): _contiguous(_flax_to_torch(np.asarray(value)))
           for path, value in _flatten(params).items()}
 
 

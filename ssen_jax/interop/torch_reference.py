@@ -12,7 +12,8 @@ so that a state_dict key maps to a flax parameter path by rule (see `ssen_jax.in
 and a (O, C, kh, kw) weight becomes a (kh, kw, C, O) kernel.
 
 The implementation is written independently of the JAX code: resampling uses index gathers rather
-than shifted slices, attention is a dense softmax, deformable convolution is torchvision's.
+than shifted slices, attention is a dense softmax, deformable convolution is torchvision's, and the
+correlation prior's window is gathered with `F.unfold`.
 """
 from __future__ import annotations
 
@@ -149,10 +150,15 @@ class ModulatedDeformConv(nn.Module):
     self.bias = nn.Parameter(torch.zeros(features))
     nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
 
-  def forward(self, x, cond, return_offsets: bool = False):
-    n_off = 2 * self.offset_groups * self.kernel_size**2
+  def forward(self, x, cond, offset_prior: Optional[torch.Tensor] = None,
+              return_offsets: bool = False):
+    """`offset_prior` (N, 2, H, W), (dy, dx), is added to every tap's offset."""
+    taps = self.offset_groups * self.kernel_size**2
+    n_off = 2 * taps
     om = self.offset_conv(cond)
     offsets, mask = om[:, :n_off], torch.sigmoid(om[:, n_off:])
+    if offset_prior is not None:  # Offsets are laid out [group][tap][dy, dx] (torchvision).
+      offsets = offsets + offset_prior.repeat(1, taps, 1, 1)
     pad = self.kernel_size // 2
     y = torchvision.ops.deform_conv2d(x, offsets, self.weight, self.bias, padding=(pad, pad),
                                       mask=mask)
@@ -162,13 +168,16 @@ class ModulatedDeformConv(nn.Module):
 
 
 class DynamicOffsetEstimator(nn.Module):
-  """conv_in, three stride-2 convs, non-local + 2x upsampling + skip at each scale, conv_out."""
+  """conv_in, three stride-2 convs, non-local + 2x upsampling + skip at each scale, conv_out.
 
-  def __init__(self, features: int, use_nonlocal: bool = True):
+  conv_in reads concat(F_lr, R), plus `extra_inputs` channels (the correlation prior's 4).
+  """
+
+  def __init__(self, features: int, use_nonlocal: bool = True, extra_inputs: int = 0):
     super().__init__()
     c = features
     self.use_nonlocal = use_nonlocal
-    self.conv_in = conv(2 * c, c)
+    self.conv_in = conv(2 * c + extra_inputs, c)
     self.down = nn.ModuleList([conv(c, c, 3, 2) for _ in range(3)])
     if use_nonlocal:
       # `nonlocal` is a Python keyword: registered by name, read with getattr.
@@ -189,24 +198,77 @@ class DynamicOffsetEstimator(nn.Module):
 
 
 class SSEN(nn.Module):
-  """Stacked DOE-steered deformable convolutions; LeakyReLU(0.1) between layers."""
+  """Stacked DOE-steered deformable convolutions; LeakyReLU(0.1) between layers.
+
+  With `use_prior`, forward takes a correlation prior (flow (N, 2, H, W), statistics
+  (N, 2, H, W)): the flow moves the first layer's samples, and both join every estimator's input.
+  """
 
   def __init__(self, features: int, num_dcn_layers: int = 3, use_nonlocal: bool = True,
-               offset_groups: int = 1):
+               offset_groups: int = 1, use_prior: bool = False):
     super().__init__()
     c = features
-    self.doe = nn.ModuleList([DynamicOffsetEstimator(c, use_nonlocal)
+    self.doe = nn.ModuleList([DynamicOffsetEstimator(c, use_nonlocal, 4 if use_prior else 0)
                               for _ in range(num_dcn_layers)])
     self.dcn = nn.ModuleList([ModulatedDeformConv(c, c, c, offset_groups)
                               for _ in range(num_dcn_layers)])
 
-  def forward(self, f_lr, f_ref):
+  def forward(self, f_lr, f_ref, prior: Optional[tuple] = None):
     r = f_ref
     for l, (doe, dcn) in enumerate(zip(self.doe, self.dcn)):
-      r = dcn(r, doe(torch.cat([f_lr, r], dim=1)))
+      if prior is None:
+        r = dcn(r, doe(torch.cat([f_lr, r], dim=1)))
+      else:
+        flow, stats = prior
+        r = dcn(r, doe(torch.cat([f_lr, r, flow, stats], dim=1)),
+                offset_prior=flow if l == 0 else None)
       if l < len(self.dcn) - 1:
         r = leaky_relu(r)
     return r
+
+
+class CorrelationPrior(nn.Module):
+  """Soft arg-max displacement of the best match of `a` in `b` within `radius` (not in the paper).
+
+  Each (N, C, H, W) map is centred on its spatial mean, each position's vector scaled to unit
+  norm; the cosine of a[i] and b[i + d] for every d in [-r, r]^2 (row-major, dy outer) is read off
+  an `F.unfold` of b (zero padding, so 0 outside the image, where d is also excluded from the
+  softmax). softmax(exp(log_temperature) * cosine) weights the displacements.
+
+  Returns:
+    flow (N, 2, H, W) as (dy, dx), and statistics (N, 2, H, W): the largest weight and the largest
+    valid cosine.
+  """
+
+  def __init__(self, radius: int, init_temperature: float = 20.0):
+    super().__init__()
+    self.radius = radius
+    self.log_temperature = nn.Parameter(torch.tensor(math.log(init_temperature)))
+
+  @staticmethod
+  def _unit(x):
+    x = x - x.mean(dim=(2, 3), keepdim=True)
+    return x * torch.rsqrt((x * x).sum(dim=1, keepdim=True) + 1e-6)
+
+  def forward(self, a, b):
+    n, c, h, w = a.shape
+    size = 2 * self.radius + 1
+    window = dict(kernel_size=size, padding=self.radius)
+    a, b = self._unit(a), self._unit(b)
+    # (N, C*K, H*W), channel-major: entry (c, k) at i is b[c, i + d_k] (0 outside).
+    patches = F.unfold(b, **window).view(n, c, size * size, h, w)
+    corr = (a.unsqueeze(2) * patches).sum(dim=1)  # (N, K, H, W)
+    valid = F.unfold(torch.ones(1, 1, h, w, dtype=a.dtype, device=a.device),
+                     **window).view(1, size * size, h, w) > 0.5
+    logits = torch.where(valid, corr * self.log_temperature.exp(), torch.full_like(corr, -1e9))
+    weights = torch.softmax(logits, dim=1)
+    steps = torch.arange(-self.radius, self.radius + 1, dtype=a.dtype, device=a.device)
+    dy = steps.repeat_interleave(size).view(1, -1, 1, 1)  # Displacement k = (k // size, k % size).
+    dx = steps.repeat(size).view(1, -1, 1, 1)
+    flow = torch.cat([(weights * dy).sum(1, keepdim=True), (weights * dx).sum(1, keepdim=True)], 1)
+    best = torch.where(valid, corr, torch.full_like(corr, -1.0)).amax(dim=1, keepdim=True)
+    stats = torch.cat([weights.amax(dim=1, keepdim=True), best], dim=1)
+    return flow, stats
 
 
 def _log2_scale(scale: int) -> int:
@@ -234,21 +296,29 @@ class Upsampler(nn.Module):
 
 
 class RefSRNet(nn.Module):
-  """Reference-based SR network; `use_ssen=False` is the baseline."""
+  """Reference-based SR network; `use_ssen=False` is the baseline.
+
+  `match_radius` r > 0 (SSEN only) adds the correlation prior: the reference, box-averaged to the
+  LR grid and encoded like the LR image (conv_lr + the shared blocks), is matched against F_lr
+  within r LR pixels by `matcher`, which steers SSEN's first layer.
+  """
 
   def __init__(self, features: int = 64, num_extract_blocks: int = 5, num_recon_blocks: int = 16,
                num_dcn_layers: int = 3, use_nonlocal: bool = True, use_ssen: bool = True,
-               offset_groups: int = 1, scale: int = 4):
+               offset_groups: int = 1, match_radius: int = 0, scale: int = 4):
     super().__init__()
     c = features
     self.scale = scale
     self.use_ssen = use_ssen
+    self.use_prior = use_ssen and match_radius > 0
     self.conv_lr = conv(3, c)
     self.extract = nn.ModuleList([ResBlock(c) for _ in range(num_extract_blocks)])
     if use_ssen:  # The baseline has no reference branch at all.
       self.ref_down = nn.ModuleList([conv(3 if i == 0 else c, c, 3, 2)
                                      for i in range(_log2_scale(scale))])
-      self.ssen = SSEN(c, num_dcn_layers, use_nonlocal, offset_groups)
+      self.ssen = SSEN(c, num_dcn_layers, use_nonlocal, offset_groups, self.use_prior)
+      if self.use_prior:
+        self.matcher = CorrelationPrior(match_radius)
     self.fuse = conv(2 * c if use_ssen else c, c, 1)
     self.recon = nn.ModuleList([ResBlock(c) for _ in range(num_recon_blocks)])
     self.conv_recon = conv(c, c)
@@ -263,10 +333,14 @@ class RefSRNet(nn.Module):
     """lr (N, 3, H, W), ref (N, 3, sH, sW) -> (N, 3, sH, sW)."""
     f_lr = self._extract(self.conv_lr(lr))
     if self.use_ssen:
+      prior = None
+      if self.use_prior:
+        ref_lr = F.avg_pool2d(ref, self.scale)  # Mean of each scale x scale block.
+        prior = self.matcher(f_lr, self._extract(self.conv_lr(ref_lr)))
       x = ref
       for down in self.ref_down:
         x = leaky_relu(down(x))
-      aligned = self.ssen(f_lr, self._extract(x))
+      aligned = self.ssen(f_lr, self._extract(x), prior)
       x = self.fuse(torch.cat([f_lr, aligned], dim=1))
     else:
       x = self.fuse(f_lr)
@@ -380,11 +454,15 @@ def randomize_(model: nn.Module, gain: float = 1.0, bias_std: float = 0.05,
   Weights are N(0, (gain / sqrt(fan_in))²), which keeps activations of order one through the
   network; biases N(0, bias_std²). The convolutions that predict deformable offsets get
   `offset_gain` times more, so that offsets are of the order of pixels and a fair share of the
-  samples fall between pixels, on other pixels, and outside the image.
+  samples fall between pixels, on other pixels, and outside the image. A 0-d parameter (the
+  correlation prior's log-temperature) is a log-scale: it keeps its value plus N(0, bias_std²).
   """
   gen = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for name, p in model.named_parameters():
+      if p.dim() == 0:
+        p.add_(torch.randn((), generator=gen) * bias_std)
+        continue
       if p.dim() > 1:
         std = gain / math.sqrt(p[0].numel())
         if 'offset_conv' in name:
@@ -412,6 +490,6 @@ def to_nhwc(x: torch.Tensor) -> np.ndarray:
 
 
 __all__: List[str] = ['ResBlock', 'NonLocalBlock', 'ModulatedDeformConv',
-                      'DynamicOffsetEstimator', 'SSEN', 'Upsampler', 'RefSRNet', 'RCAN',
-                      'PatchDiscriminator', 'bicubic_upsample', 'upsample2x', 'build',
-                      'randomize_', 'num_params', 'state_dict_numpy', 'to_nchw', 'to_nhwc']
+                      'DynamicOffsetEstimator', 'CorrelationPrior', 'SSEN', 'Upsampler',
+                      'RefSRNet', 'RCAN', 'PatchDiscriminator', 'bicubic_upsample', 'upsample2x',
+                      'build', 'randomize_', 'num_params', 'state_dict_numpy', 'to_nchw', 'to_nhwc']
