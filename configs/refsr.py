@@ -130,19 +130,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.use_nonlocal = False
   if 'demo' in variants:
     d.demo = True
-    # References that make the network use them (measured, README "Reference use"): most are
-    # the HR crop itself (Charbonnier is L1-like, so an unreliable reference is worth copying only
-    # while most references are good; +-2 px of jitter already closed the path), a quarter are
-    # shifted views whose misalignment grows after step 200 to 2 LR pixels in whole LR pixels
-    # (what bilinear sampling of LR-grid features can undo), the rest unrelated (gating).
+    # The correlation prior gives SSEN's first layer a starting point for alignment (measured,
+    # README "Reference use": without it no demo run learned to align, e1-e12). References: 15 %
+    # the HR crop itself, 35 % views of the same photo shifted by up to 8 HR pixels (any whole HR
+    # pixel, so also fractions of an LR pixel; aligned until step 200, full range by step 800),
+    # 35 % unrelated (the masks learn to gate them, and the network learns to do without), 15 %
+    # the records' own references (rotated, rescaled, shifted views).
+    m.match_radius = 3
     d.ref_augment = 'paired'
-    d.ref_mix.aligned_prob = 0.6
-    d.ref_mix.shifted_prob = 0.25
-    d.ref_mix.unrelated_prob = 0.15
+    d.ref_mix.aligned_prob = 0.15
+    d.ref_mix.shifted_prob = 0.35
+    d.ref_mix.unrelated_prob = 0.35
     d.ref_mix.shift_ramp_start = 200
     d.ref_mix.shift_ramp_steps = 600
     d.ref_mix.shift_max = 8.0
-    d.ref_mix.shift_quantum = 4
+    d.ref_mix.shift_quantum = 1
     d.ref_mix.photometric = 0.1
     m.features = 32
     m.num_extract_blocks = 2

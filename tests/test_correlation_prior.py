@@ -1,4 +1,5 @@
-"""The correlation prior of SSEN's first deformable layer (`model.match_radius`, docs/choices.md)."""
+"""The correlation prior of SSEN's first deformable layer (`model.match_radius`,
+docs/choices.md)."""
 import jax
 import jax.numpy as jnp
 import numpy as np

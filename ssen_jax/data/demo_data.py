@@ -79,7 +79,7 @@ def _source(name: str) -> np.ndarray:
   return read_image(pathlib.Path(skimage.__file__).parent / 'data' / name).uint8()
 
 
-def _view(img: np.ndarray, center: tuple[float, float], size: int, *, angle: float = 0.0,
+def affine_view(img: np.ndarray, center: tuple[float, float], size: int, *, angle: float = 0.0,
           zoom: float = 1.0, shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
   """A (size, size, 3) uint8 view of `img` around `center` (row, col), rotated/zoomed/shifted.
 
@@ -115,8 +115,8 @@ def make_train_pairs() -> list[tuple[str, np.ndarray, np.ndarray]]:
     left = int(rng.integers(margin, img.shape[1] - TRAIN_SIZE - margin))
     hr = _crop(img, top, left, TRAIN_SIZE)
     center = (top + (TRAIN_SIZE - 1) / 2, left + (TRAIN_SIZE - 1) / 2)
-    ref = _view(img, center, TRAIN_SIZE, angle=rng.uniform(-3, 3), zoom=rng.uniform(0.95, 1.05),
-                shift=tuple(rng.uniform(-8, 8, size=2)))
+    ref = affine_view(img, center, TRAIN_SIZE, angle=rng.uniform(-3, 3),
+                      zoom=rng.uniform(0.95, 1.05), shift=tuple(rng.uniform(-8, 8, size=2)))
     gain, offset = rng.uniform(0.9, 1.1), rng.uniform(-10, 10)
     ref = np.clip(np.floor(ref * gain + offset + 0.5), 0, 255).astype(np.uint8)
     pairs.append((f'{i:06d}', hr, ref))
@@ -156,12 +156,12 @@ def make_eval_groups() -> list[tuple[str, list[np.ndarray]]]:
     if other is not None:
       d = _stereo_shift(img, other, top, col, s)
       xh = _crop(other, top, col - d, s)
-      h = _view(other, (center[0], center[1] - d), s, angle=10, zoom=0.85, shift=(12, -12))
+      h = affine_view(other, (center[0], center[1] - d), s, angle=10, zoom=0.85, shift=(12, -12))
     else:
-      xh = _view(img, center, s, angle=rng.uniform(-3, 3), zoom=rng.uniform(0.97, 1.03),
+      xh = affine_view(img, center, s, angle=rng.uniform(-3, 3), zoom=rng.uniform(0.97, 1.03),
                  shift=tuple(rng.uniform(-6, 6, size=2)))
-      h = _view(img, center, s, angle=10, zoom=0.85, shift=(12, -12))
-    m = _view(img, center, s, angle=-5, shift=(s / 2, s / 2))
+      h = affine_view(img, center, s, angle=10, zoom=0.85, shift=(12, -12))
+    m = affine_view(img, center, s, angle=-5, shift=(s / 2, s / 2))
     low = _crop(img, l_top, l_col, s)
     # Inside the fundus (retina's corners are black).
     x_top, x_col = (int(v) for v in rng.integers(400, retina.shape[0] - 400 - s, size=2))

@@ -29,7 +29,7 @@ def box_downsample(x: jax.Array, factor: int) -> jax.Array:
 
 
 def local_correlation(a: jax.Array, b: jax.Array, radius: int) -> tuple[jax.Array, jax.Array]:
-  """Cosine similarity of a[i] and b[i + d] (each map centred) for every displacement within `radius`.
+  """Cosine similarity of a[i] and b[i + d] (maps centred) for each displacement within `radius`.
 
   Args:
     a, b: (N, H, W, C) features on the same grid.
