@@ -21,7 +21,7 @@ from ssen_jax.inference import restore
 from ssen_jax.training import loop as train
 from ssen_jax.training import steps
 
-from conftest import config_module
+from conftest import compilation_cache_env, config_module
 
 refsr = config_module('refsr')
 refsr_gan = config_module('refsr_gan')
@@ -144,8 +144,11 @@ def _main_cmd(workdir, *overrides, config='configs/refsr.py:tiny'):
 
 
 def _env(devices=1):
-  env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-  return env
+  """The trainer's environment: `devices` CPU devices, the session's compilation cache (runs of
+  the same config and device count compile once)."""
+  return dict(os.environ, PYTHONPATH=str(REPO),
+              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+              **compilation_cache_env())
 
 
 def test_kill_and_resume_is_bitwise_identical(demo_dir, tmp_path):
