@@ -397,9 +397,10 @@ def test_sigterm_to_one_of_two_hosts_in_training_and_in_evaluation(demo_dir, tmp
   assert checkpointing.checkpoint_steps(workdir)[-1] == eval_step
 
 
-def test_two_processes_evaluate_once_on_process_0_only(demo_dir, tmp_path):
-  """Only process 0 opens eval_dir: process 1 is given a folder that does not exist. Both save
-  the same best metric (process 0's PSNR, handed to process 1)."""
+def test_two_processes_train_together_and_evaluate_on_process_0_only(demo_dir, tmp_path):
+  """Two hosts compute the same global steps. Only process 0 opens eval_dir: process 1 is given a
+  folder that does not exist. Both save the same best metric (process 0's PSNR, handed to
+  process 1)."""
   port = _free_port()
   demo = pathlib.Path(demo_dir) / demo_data.DEMO_NAME
   common = [*_demo_tfds_flags(demo_dir), '--config.num_train_steps=2', '--config.eval_every_steps=1000',
@@ -413,24 +414,6 @@ def test_two_processes_evaluate_once_on_process_0_only(demo_dir, tmp_path):
   outs = [p.communicate(timeout=600)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
-  assert 'Step 2: evaluating 1 examples.' in outs[0] and 'evaluating' not in outs[1]
-  with checkpointing.create_manager(tmp_path / 'w', save_every=1, keep=1,
-                                    read_only=True) as manager:
-    assert manager.best_step() == 2
-
-
-def test_two_processes_train_together(demo_dir, tmp_path):
-  port = _free_port()
-  common = ['--config.data.demo=True', f'--config.data.demo_dir={demo_dir}',
-            '--config.num_train_steps=2', '--config.eval_every_steps=1000',
-            '--config.data.eval_max_images=1', '--config.num_image_summaries=0',
-            f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2']
-  procs = [subprocess.Popen(_main_cmd(tmp_path, *common, f'--process_id={i}'), env=_env(2),
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
-  outs = [p.communicate(timeout=600)[0] for p in procs]
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out[-3000:]
   assert 'JAX process 0/2, 2 local / 4 global devices' in outs[0]
   assert 'JAX process 1/2, 2 local / 4 global devices' in outs[1]
   losses = []
@@ -438,6 +421,10 @@ def test_two_processes_train_together(demo_dir, tmp_path):
     line = [l for l in out.splitlines() if '[2] train/' in l][0]
     losses.append(line[line.index('train/'):])
   assert losses[0] == losses[1]  # Both hosts computed the same global step.
-  params, step = final_params(tmp_path)
+  assert 'Step 2: evaluating 1 examples.' in outs[0] and 'evaluating' not in outs[1]
+  params, step = final_params(tmp_path / 'w')
   assert step == 2
   assert_all_finite(params)
+  with checkpointing.create_manager(tmp_path / 'w', save_every=1, keep=1,
+                                    read_only=True) as manager:
+    assert manager.best_step() == 2
