@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -56,20 +57,37 @@ def assert_all_finite(params):
     assert np.all(np.isfinite(leaf)), jax.tree_util.keystr(path)
 
 
-def test_refsr_then_gan_stage(demo_dir, tmp_path):
+@pytest.fixture(scope='module')
+def refsr_run(demo_dir, tmp_path_factory):
+  """The tiny RefSR config trained from scratch in this process, 2 steps (checkpoints 1 and 2,
+  evaluated at 2): (config, workdir, results). Trained once for the module; the tests that go on
+  training from it work on a copy (`copy_run`), so the workdir stays as the run left it."""
   config = tiny_config(demo_dir)
-  results = train.train_and_evaluate(config, str(tmp_path / 'rec'))
+  workdir = tmp_path_factory.mktemp('refsr_run') / 'rec'
+  results = train.train_and_evaluate(config, str(workdir))
+  return config, workdir, results
+
+
+def copy_run(refsr_run, dest):
+  """A copy of the module's trained workdir at `dest`, and a fresh copy of its config."""
+  config, workdir, _ = refsr_run
+  shutil.copytree(workdir, dest)
+  return config.copy_and_resolve_references(), dest
+
+
+def test_refsr_then_gan_stage(refsr_run, demo_dir, tmp_path):
+  config, rec, results = refsr_run
   assert set(results['levels']) == {'XH', 'H', 'M', 'L', 'XL'}
   assert np.isfinite(results['psnr']) and 0 < results['ssim'] <= 1
-  params, step = final_params(tmp_path / 'rec')
+  params, step = final_params(rec)
   assert step == config.num_train_steps
   assert_all_finite(params)
-  assert list((tmp_path / 'rec').glob('events.out.tfevents.*'))
+  assert list(rec.glob('events.out.tfevents.*'))
 
   # The trained workdir evaluates from the command line: Table 3 per-level rows and JSON.
   out_json = tmp_path / 'eval.json'
   evaluated = subprocess.run(
-      [sys.executable, '-m', 'ssen_jax.evaluate', f'--workdir={tmp_path / "rec"}',
+      [sys.executable, '-m', 'ssen_jax.evaluate', f'--workdir={rec}',
        '--dataset=cufed5', f'--dataset_dir={pathlib.Path(demo_dir) / demo_data.DEMO_NAME / "eval"}',
        f'--output_json={out_json}'], env=_env(), cwd=REPO, capture_output=True, text=True)
   assert evaluated.returncode == 0, evaluated.stderr[-2000:]
@@ -82,7 +100,7 @@ def test_refsr_then_gan_stage(demo_dir, tmp_path):
   assert np.isclose(report['psnr'], np.mean([v['psnr'] for v in report['levels'].values()]))
 
   gan = tiny_config(demo_dir, module=refsr_gan)
-  gan.gan.init_workdir = str(tmp_path / 'rec')
+  gan.gan.init_workdir = str(rec)
   gan.num_train_steps = 1
   train.train_and_evaluate(gan, str(tmp_path / 'gan'))
   gan_params, _ = final_params(tmp_path / 'gan')
@@ -236,77 +254,70 @@ def test_eval_image_too_small_to_score_stops_before_the_first_step(demo_dir, tmp
   assert checkpointing.checkpoint_steps(tmp_path / 'w') == []
 
 
-def test_resume_with_another_host_count_warns_and_records_it(demo_dir, tmp_path, caplog):
+def test_resume_with_another_host_count_warns_and_records_it(refsr_run, tmp_path, caplog):
   """The data stream depends on the host count and the batch size: a resume that changes them says
   so in one warning and in config_history.json (here the first run is made to look like 2 hosts)."""
-  config = tiny_config(demo_dir)
-  config.update(num_train_steps=1, eval_every_steps=1000, num_image_summaries=0)
-  train.train_and_evaluate(config, str(tmp_path))
-  stream = json.loads((tmp_path / train.DATA_STREAM_FILE).read_text())
+  config, workdir = copy_run(refsr_run, tmp_path / 'w')  # Trained 2 steps by one host.
+  stream = json.loads((workdir / train.DATA_STREAM_FILE).read_text())
   assert stream == {'process_count': 1, 'batch_size': config.batch_size,
                     'local_batch_size': config.batch_size}
-  (tmp_path / train.DATA_STREAM_FILE).write_text(json.dumps(
+  (workdir / train.DATA_STREAM_FILE).write_text(json.dumps(
       dict(stream, process_count=2, local_batch_size=config.batch_size // 2)))
-  config.num_train_steps = 2
+  config.update(num_train_steps=3, num_image_summaries=0)
   with caplog.at_level('WARNING'):
-    train.train_and_evaluate(config, str(tmp_path))
+    train.train_and_evaluate(config, str(workdir))
   [warning] = [r.getMessage() for r in caplog.records if 'another data stream' in r.getMessage()]
   assert warning == (
-      f'Resuming step 1 with another data stream: process_count 2 -> 1, local_batch_size '
-      f'{config.batch_size // 2} -> {config.batch_size}; the batches from step 2 on differ from '
+      f'Resuming step 2 with another data stream: process_count 2 -> 1, local_batch_size '
+      f'{config.batch_size // 2} -> {config.batch_size}; the batches from step 3 on differ from '
       'those of an uninterrupted run (recorded in config_history.json).')
-  [entry] = [h for h in json.loads((tmp_path / 'config_history.json').read_text())
+  [entry] = [h for h in json.loads((workdir / 'config_history.json').read_text())
              if 'data_stream.process_count' in h['changes']]
-  assert entry['effective_from_step'] == 2
+  assert entry['effective_from_step'] == 3
   assert entry['changes']['data_stream.process_count'] == {'old': 2, 'new': 1}
-  assert json.loads((tmp_path / train.DATA_STREAM_FILE).read_text()) == stream
+  assert json.loads((workdir / train.DATA_STREAM_FILE).read_text()) == stream
 
 
-def test_resume_refuses_a_changed_config_before_writing(demo_dir, tmp_path):
-  config = tiny_config(demo_dir)
-  config.num_train_steps = 1
-  config.eval_every_steps = 1000
-  train.train_and_evaluate(config, str(tmp_path))
-  stored = (tmp_path / 'config.json').read_bytes()
+def test_resume_refuses_a_changed_config_before_writing(refsr_run, demo_dir, tmp_path):
+  _, workdir = copy_run(refsr_run, tmp_path / 'w')  # Trained 2 steps, seed 0, 8 features.
+  stored = (workdir / 'config.json').read_bytes()
 
   wider = tiny_config(demo_dir)
   wider.model.features = 16
   with pytest.raises(checkpointing.ConfigChangeError, match=r'model\.features \(8 -> 16\)'):
-    train.train_and_evaluate(wider, str(tmp_path), allow_config_change=True)
+    train.train_and_evaluate(wider, str(workdir), allow_config_change=True)
   reseeded = tiny_config(demo_dir)
-  reseeded.update(seed=7, num_train_steps=2, eval_every_steps=1000)
+  reseeded.update(seed=7, num_train_steps=3)
   with pytest.raises(checkpointing.ConfigChangeError,
                      match=r'seed \(0 -> 7\); pass --allow_config_change'):
-    train.train_and_evaluate(reseeded, str(tmp_path))
-  assert (tmp_path / 'config.json').read_bytes() == stored  # Refused runs write nothing.
-  assert not (tmp_path / 'config_history.json').exists()
+    train.train_and_evaluate(reseeded, str(workdir))
+  assert (workdir / 'config.json').read_bytes() == stored  # Refused runs write nothing.
+  assert not (workdir / 'config_history.json').exists()
 
-  train.train_and_evaluate(reseeded, str(tmp_path), allow_config_change=True)
-  assert checkpointing.read_config(tmp_path).seed == 7
-  history = json.loads((tmp_path / 'config_history.json').read_text())
-  assert len(history) == 1 and history[0]['effective_from_step'] == 2
+  train.train_and_evaluate(reseeded, str(workdir), allow_config_change=True)
+  assert checkpointing.read_config(workdir).seed == 7
+  history = json.loads((workdir / 'config_history.json').read_text())
+  assert len(history) == 1 and history[0]['effective_from_step'] == 3
   assert history[0]['changes']['seed'] == {'old': 0, 'new': 7}
-  assert history[0]['changes']['num_train_steps'] == {'old': 1, 'new': 2}
+  assert history[0]['changes']['num_train_steps'] == {'old': 2, 'new': 3}
 
 
 @pytest.mark.parametrize('damaged', ['all_files', 'array_data'])
-def test_corrupt_latest_checkpoint_is_set_aside(demo_dir, tmp_path, caplog, damaged):
-  config = tiny_config(demo_dir)
-  config.eval_every_steps = 1000
-  train.train_and_evaluate(config, str(tmp_path))  # Checkpoints at steps 1 and 2.
+def test_corrupt_latest_checkpoint_is_set_aside(refsr_run, tmp_path, caplog, damaged):
+  config, workdir = copy_run(refsr_run, tmp_path / 'w')  # Checkpoints at steps 1 and 2.
   json_files = ('_CHECKPOINT_METADATA', '_METADATA', 'metrics')
-  for f in (tmp_path / 'checkpoints' / '2').rglob('*'):  # A save cut short: files truncated.
+  for f in (workdir / 'checkpoints' / '2').rglob('*'):  # A save cut short: files truncated.
     if f.is_file() and (damaged == 'all_files' or f.name not in json_files):
       f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 3])
   config.num_train_steps = 3
   with caplog.at_level('INFO'):
-    train.train_and_evaluate(config, str(tmp_path))
+    train.train_and_evaluate(config, str(workdir))
   warning = [r.getMessage() for r in caplog.records if 'cannot be restored' in r.getMessage()]
   assert warning and 'resuming from step 1' in warning[0], warning
   assert any(r.getMessage() == 'Resumed from step 1.' for r in caplog.records)
-  aside = list((tmp_path / 'checkpoints').glob('2.corrupt-*'))
+  aside = list((workdir / 'checkpoints').glob('2.corrupt-*'))
   assert len(aside) == 1 and any(aside[0].rglob('*'))  # Renamed, not deleted.
-  params, step = final_params(tmp_path)
+  params, step = final_params(workdir)
   assert step == 3
   assert_all_finite(params)
 
