@@ -170,14 +170,16 @@ def _env(devices=1):
 
 
 def test_kill_and_resume_is_bitwise_identical(demo_dir, tmp_path):
+  # The tiny config's learning rate cycles every 2 steps: a resume at the wrong step would show.
+  # Two devices, like test_sigterm_on_one_host_saves_and_exits_143: the same compiled programs.
   common = ['--config.data.demo=True', f'--config.data.demo_dir={demo_dir}',
-            '--config.num_train_steps=6', '--config.optim.cycle_steps=6',
+            '--config.num_train_steps=6',
             '--config.eval_every_steps=1000', '--config.data.eval_max_images=1',
             '--config.num_image_summaries=0', '--config.log_every_steps=2']
-  subprocess.run(_main_cmd(tmp_path / 'straight', *common), env=_env(), cwd=REPO, check=True,
+  subprocess.run(_main_cmd(tmp_path / 'straight', *common), env=_env(2), cwd=REPO, check=True,
                  capture_output=True)
   killed = tmp_path / 'killed'
-  proc = subprocess.Popen(_main_cmd(killed, *common), env=_env(), cwd=REPO,
+  proc = subprocess.Popen(_main_cmd(killed, *common), env=_env(2), cwd=REPO,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
   while not (killed / 'checkpoints' / '3').is_dir():
@@ -187,7 +189,7 @@ def test_kill_and_resume_is_bitwise_identical(demo_dir, tmp_path):
   proc.send_signal(signal.SIGKILL)
   assert proc.wait() == -signal.SIGKILL, 'the run must have been killed, not have finished'
   assert not (killed / 'checkpoints' / '6').exists(), 'the kill must land before the last step'
-  resumed = subprocess.run(_main_cmd(killed, *common), env=_env(), cwd=REPO,
+  resumed = subprocess.run(_main_cmd(killed, *common), env=_env(2), cwd=REPO,
                            capture_output=True, text=True)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   resumed_from = int(re.search(r'Resumed from step (\d+)', resumed.stderr).group(1))
@@ -353,7 +355,9 @@ def _launch(workdir, args, logs, processes):
   return procs
 
 
-_PREEMPT_ARGS = ['--config.num_train_steps=100000', '--config.optim.cycle_steps=100000',
+# The tiny config's optimiser, like the other runs of this module: runs with the same config and
+# device count load each other's compiled programs from the session's cache.
+_PREEMPT_ARGS = ['--config.num_train_steps=100000',
                  '--config.data.eval_max_images=0', '--config.num_image_summaries=0',
                  '--config.log_every_steps=1', '--config.checkpoint_every_steps=2']
 
