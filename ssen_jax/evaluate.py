@@ -71,8 +71,7 @@ def check_output_json(path: str, overwrite: bool) -> None:
   if not os.path.isdir(folder):
     _fail(f'folder {folder} of --output_json does not exist')
   try:
-    with tempfile.NamedTemporaryFile(dir=folder, prefix='.probe-'):
-      pass
+    images.check_writable_folder(folder)
   except OSError as e:
     _fail(f'cannot write in {folder} (--output_json): {e.strerror or e}')
 
@@ -94,9 +93,7 @@ def check_save_images(folder: str, examples: list[dict], overwrite: bool) -> pat
   images of these examples (without `overwrite`)."""
   path = pathlib.Path(folder)
   try:
-    path.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path, prefix='.probe-'):
-      pass
+    images.check_writable_folder(path, create=True)
   except OSError as e:
     _fail(f'cannot write in --save_images {path}: {e.strerror or e}')
   if not overwrite:

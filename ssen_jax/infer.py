@@ -40,7 +40,6 @@ from __future__ import annotations
 import os
 import pathlib
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 
@@ -111,9 +110,7 @@ def _check_out_dir(path: str) -> pathlib.Path:
   """Creates --out_dir if needed and checks that it takes files (before any compute)."""
   out = pathlib.Path(path)
   try:
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=out, prefix='.probe-'):
-      pass
+    images.check_writable_folder(out, create=True)
   except OSError as e:
     _fail(f'cannot write in --out_dir {out}: {e.strerror or e}')
   return out

@@ -23,9 +23,17 @@ try:  # The parity tests need torch; the rest of the suite does not.
 except ImportError:  # pragma: no cover - the test extra installs both.
   pass
 
+import jax
 import pytest
 
 from ssen_jax.core import config as config_lib
+
+# The test process uses that cache too, for every program however fast it compiles: the many
+# tests that build the same tiny model (same config, same shapes, same devices) compile its init,
+# train and SR steps once per session, and load them afterwards. `compilation_cache_env()` gives
+# the trainer subprocesses the same cache.
+jax.config.update('jax_compilation_cache_dir', os.environ['SSEN_JAX_CACHE_DIR'])
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -46,3 +54,10 @@ def set5_dir() -> pathlib.Path:
   if not path.is_dir():
     raise FileNotFoundError(f'Set5 not found at {path}; set SSEN_SHARED_DIR to the shared/ folder.')
   return path
+
+
+def compilation_cache_env() -> dict:
+  """Environment for `python -m ssen_jax.main` subprocesses (which enable no cache of their own)
+  that makes them use the session's compilation cache, like this process."""
+  return {'JAX_COMPILATION_CACHE_DIR': os.environ['SSEN_JAX_CACHE_DIR'],
+          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}

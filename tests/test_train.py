@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from ssen_jax.inference import restore
 from ssen_jax.training import loop as train
 from ssen_jax.training import steps
 
-from conftest import config_module
+from conftest import compilation_cache_env, config_module
 
 refsr = config_module('refsr')
 refsr_gan = config_module('refsr_gan')
@@ -56,20 +57,37 @@ def assert_all_finite(params):
     assert np.all(np.isfinite(leaf)), jax.tree_util.keystr(path)
 
 
-def test_refsr_then_gan_stage(demo_dir, tmp_path):
+@pytest.fixture(scope='module')
+def refsr_run(demo_dir, tmp_path_factory):
+  """The tiny RefSR config trained from scratch in this process, 2 steps (checkpoints 1 and 2,
+  evaluated at 2): (config, workdir, results). Trained once for the module; the tests that go on
+  training from it work on a copy (`copy_run`), so the workdir stays as the run left it."""
   config = tiny_config(demo_dir)
-  results = train.train_and_evaluate(config, str(tmp_path / 'rec'))
+  workdir = tmp_path_factory.mktemp('refsr_run') / 'rec'
+  results = train.train_and_evaluate(config, str(workdir))
+  return config, workdir, results
+
+
+def copy_run(refsr_run, dest):
+  """A copy of the module's trained workdir at `dest`, and a fresh copy of its config."""
+  config, workdir, _ = refsr_run
+  shutil.copytree(workdir, dest)
+  return config.copy_and_resolve_references(), dest
+
+
+def test_refsr_then_gan_stage(refsr_run, demo_dir, tmp_path):
+  config, rec, results = refsr_run
   assert set(results['levels']) == {'XH', 'H', 'M', 'L', 'XL'}
   assert np.isfinite(results['psnr']) and 0 < results['ssim'] <= 1
-  params, step = final_params(tmp_path / 'rec')
+  params, step = final_params(rec)
   assert step == config.num_train_steps
   assert_all_finite(params)
-  assert list((tmp_path / 'rec').glob('events.out.tfevents.*'))
+  assert list(rec.glob('events.out.tfevents.*'))
 
   # The trained workdir evaluates from the command line: Table 3 per-level rows and JSON.
   out_json = tmp_path / 'eval.json'
   evaluated = subprocess.run(
-      [sys.executable, '-m', 'ssen_jax.evaluate', f'--workdir={tmp_path / "rec"}',
+      [sys.executable, '-m', 'ssen_jax.evaluate', f'--workdir={rec}',
        '--dataset=cufed5', f'--dataset_dir={pathlib.Path(demo_dir) / demo_data.DEMO_NAME / "eval"}',
        f'--output_json={out_json}'], env=_env(), cwd=REPO, capture_output=True, text=True)
   assert evaluated.returncode == 0, evaluated.stderr[-2000:]
@@ -82,7 +100,7 @@ def test_refsr_then_gan_stage(demo_dir, tmp_path):
   assert np.isclose(report['psnr'], np.mean([v['psnr'] for v in report['levels'].values()]))
 
   gan = tiny_config(demo_dir, module=refsr_gan)
-  gan.gan.init_workdir = str(tmp_path / 'rec')
+  gan.gan.init_workdir = str(rec)
   gan.num_train_steps = 1
   train.train_and_evaluate(gan, str(tmp_path / 'gan'))
   gan_params, _ = final_params(tmp_path / 'gan')
@@ -100,7 +118,12 @@ def test_selfsim_on_benchmark_folder(demo_dir, tmp_path, set5_dir, caplog):
   config.data.demo = False
   from ssen_jax.data_prep import tfds_build
   config.data.tfds_name, config.data.tfds_data_dir, _ = tfds_build.prepare_demo(demo_dir)
-  config.data.eval_dir = str(set5_dir)
+  # A benchmark folder holding Set5's smallest image (butterfly, 256x256): the first in Set5's
+  # order, baby, is 512x512, four times the pixels for the network to attend over at evaluation.
+  eval_dir = tmp_path / 'set5'
+  eval_dir.mkdir()
+  shutil.copyfile(set5_dir / 'butterfly.png', eval_dir / 'butterfly.png')
+  config.data.eval_dir = str(eval_dir)
   config.data.eval_max_images = 1
   results = train.train_and_evaluate(config, str(tmp_path / 'selfsim'))
   assert results['levels'] == {} and np.isfinite(results['psnr'])
@@ -144,19 +167,24 @@ def _main_cmd(workdir, *overrides, config='configs/refsr.py:tiny'):
 
 
 def _env(devices=1):
-  env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-  return env
+  """The trainer's environment: `devices` CPU devices, the session's compilation cache (runs of
+  the same config and device count compile once)."""
+  return dict(os.environ, PYTHONPATH=str(REPO),
+              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+              **compilation_cache_env())
 
 
 def test_kill_and_resume_is_bitwise_identical(demo_dir, tmp_path):
+  # The tiny config's learning rate cycles every 2 steps: a resume at the wrong step would show.
+  # Two devices, like test_sigterm_on_one_host_saves_and_exits_143: the same compiled programs.
   common = ['--config.data.demo=True', f'--config.data.demo_dir={demo_dir}',
-            '--config.num_train_steps=6', '--config.optim.cycle_steps=6',
+            '--config.num_train_steps=6',
             '--config.eval_every_steps=1000', '--config.data.eval_max_images=1',
             '--config.num_image_summaries=0', '--config.log_every_steps=2']
-  subprocess.run(_main_cmd(tmp_path / 'straight', *common), env=_env(), cwd=REPO, check=True,
+  subprocess.run(_main_cmd(tmp_path / 'straight', *common), env=_env(2), cwd=REPO, check=True,
                  capture_output=True)
   killed = tmp_path / 'killed'
-  proc = subprocess.Popen(_main_cmd(killed, *common), env=_env(), cwd=REPO,
+  proc = subprocess.Popen(_main_cmd(killed, *common), env=_env(2), cwd=REPO,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
   while not (killed / 'checkpoints' / '3').is_dir():
@@ -166,7 +194,7 @@ def test_kill_and_resume_is_bitwise_identical(demo_dir, tmp_path):
   proc.send_signal(signal.SIGKILL)
   assert proc.wait() == -signal.SIGKILL, 'the run must have been killed, not have finished'
   assert not (killed / 'checkpoints' / '6').exists(), 'the kill must land before the last step'
-  resumed = subprocess.run(_main_cmd(killed, *common), env=_env(), cwd=REPO,
+  resumed = subprocess.run(_main_cmd(killed, *common), env=_env(2), cwd=REPO,
                            capture_output=True, text=True)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   resumed_from = int(re.search(r'Resumed from step (\d+)', resumed.stderr).group(1))
@@ -233,77 +261,70 @@ def test_eval_image_too_small_to_score_stops_before_the_first_step(demo_dir, tmp
   assert checkpointing.checkpoint_steps(tmp_path / 'w') == []
 
 
-def test_resume_with_another_host_count_warns_and_records_it(demo_dir, tmp_path, caplog):
+def test_resume_with_another_host_count_warns_and_records_it(refsr_run, tmp_path, caplog):
   """The data stream depends on the host count and the batch size: a resume that changes them says
   so in one warning and in config_history.json (here the first run is made to look like 2 hosts)."""
-  config = tiny_config(demo_dir)
-  config.update(num_train_steps=1, eval_every_steps=1000, num_image_summaries=0)
-  train.train_and_evaluate(config, str(tmp_path))
-  stream = json.loads((tmp_path / train.DATA_STREAM_FILE).read_text())
+  config, workdir = copy_run(refsr_run, tmp_path / 'w')  # Trained 2 steps by one host.
+  stream = json.loads((workdir / train.DATA_STREAM_FILE).read_text())
   assert stream == {'process_count': 1, 'batch_size': config.batch_size,
                     'local_batch_size': config.batch_size}
-  (tmp_path / train.DATA_STREAM_FILE).write_text(json.dumps(
+  (workdir / train.DATA_STREAM_FILE).write_text(json.dumps(
       dict(stream, process_count=2, local_batch_size=config.batch_size // 2)))
-  config.num_train_steps = 2
+  config.update(num_train_steps=3, num_image_summaries=0)
   with caplog.at_level('WARNING'):
-    train.train_and_evaluate(config, str(tmp_path))
+    train.train_and_evaluate(config, str(workdir))
   [warning] = [r.getMessage() for r in caplog.records if 'another data stream' in r.getMessage()]
   assert warning == (
-      f'Resuming step 1 with another data stream: process_count 2 -> 1, local_batch_size '
-      f'{config.batch_size // 2} -> {config.batch_size}; the batches from step 2 on differ from '
+      f'Resuming step 2 with another data stream: process_count 2 -> 1, local_batch_size '
+      f'{config.batch_size // 2} -> {config.batch_size}; the batches from step 3 on differ from '
       'those of an uninterrupted run (recorded in config_history.json).')
-  [entry] = [h for h in json.loads((tmp_path / 'config_history.json').read_text())
+  [entry] = [h for h in json.loads((workdir / 'config_history.json').read_text())
              if 'data_stream.process_count' in h['changes']]
-  assert entry['effective_from_step'] == 2
+  assert entry['effective_from_step'] == 3
   assert entry['changes']['data_stream.process_count'] == {'old': 2, 'new': 1}
-  assert json.loads((tmp_path / train.DATA_STREAM_FILE).read_text()) == stream
+  assert json.loads((workdir / train.DATA_STREAM_FILE).read_text()) == stream
 
 
-def test_resume_refuses_a_changed_config_before_writing(demo_dir, tmp_path):
-  config = tiny_config(demo_dir)
-  config.num_train_steps = 1
-  config.eval_every_steps = 1000
-  train.train_and_evaluate(config, str(tmp_path))
-  stored = (tmp_path / 'config.json').read_bytes()
+def test_resume_refuses_a_changed_config_before_writing(refsr_run, demo_dir, tmp_path):
+  _, workdir = copy_run(refsr_run, tmp_path / 'w')  # Trained 2 steps, seed 0, 8 features.
+  stored = (workdir / 'config.json').read_bytes()
 
   wider = tiny_config(demo_dir)
   wider.model.features = 16
   with pytest.raises(checkpointing.ConfigChangeError, match=r'model\.features \(8 -> 16\)'):
-    train.train_and_evaluate(wider, str(tmp_path), allow_config_change=True)
+    train.train_and_evaluate(wider, str(workdir), allow_config_change=True)
   reseeded = tiny_config(demo_dir)
-  reseeded.update(seed=7, num_train_steps=2, eval_every_steps=1000)
+  reseeded.update(seed=7, num_train_steps=3)
   with pytest.raises(checkpointing.ConfigChangeError,
                      match=r'seed \(0 -> 7\); pass --allow_config_change'):
-    train.train_and_evaluate(reseeded, str(tmp_path))
-  assert (tmp_path / 'config.json').read_bytes() == stored  # Refused runs write nothing.
-  assert not (tmp_path / 'config_history.json').exists()
+    train.train_and_evaluate(reseeded, str(workdir))
+  assert (workdir / 'config.json').read_bytes() == stored  # Refused runs write nothing.
+  assert not (workdir / 'config_history.json').exists()
 
-  train.train_and_evaluate(reseeded, str(tmp_path), allow_config_change=True)
-  assert checkpointing.read_config(tmp_path).seed == 7
-  history = json.loads((tmp_path / 'config_history.json').read_text())
-  assert len(history) == 1 and history[0]['effective_from_step'] == 2
+  train.train_and_evaluate(reseeded, str(workdir), allow_config_change=True)
+  assert checkpointing.read_config(workdir).seed == 7
+  history = json.loads((workdir / 'config_history.json').read_text())
+  assert len(history) == 1 and history[0]['effective_from_step'] == 3
   assert history[0]['changes']['seed'] == {'old': 0, 'new': 7}
-  assert history[0]['changes']['num_train_steps'] == {'old': 1, 'new': 2}
+  assert history[0]['changes']['num_train_steps'] == {'old': 2, 'new': 3}
 
 
 @pytest.mark.parametrize('damaged', ['all_files', 'array_data'])
-def test_corrupt_latest_checkpoint_is_set_aside(demo_dir, tmp_path, caplog, damaged):
-  config = tiny_config(demo_dir)
-  config.eval_every_steps = 1000
-  train.train_and_evaluate(config, str(tmp_path))  # Checkpoints at steps 1 and 2.
+def test_corrupt_latest_checkpoint_is_set_aside(refsr_run, tmp_path, caplog, damaged):
+  config, workdir = copy_run(refsr_run, tmp_path / 'w')  # Checkpoints at steps 1 and 2.
   json_files = ('_CHECKPOINT_METADATA', '_METADATA', 'metrics')
-  for f in (tmp_path / 'checkpoints' / '2').rglob('*'):  # A save cut short: files truncated.
+  for f in (workdir / 'checkpoints' / '2').rglob('*'):  # A save cut short: files truncated.
     if f.is_file() and (damaged == 'all_files' or f.name not in json_files):
       f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 3])
   config.num_train_steps = 3
   with caplog.at_level('INFO'):
-    train.train_and_evaluate(config, str(tmp_path))
+    train.train_and_evaluate(config, str(workdir))
   warning = [r.getMessage() for r in caplog.records if 'cannot be restored' in r.getMessage()]
   assert warning and 'resuming from step 1' in warning[0], warning
   assert any(r.getMessage() == 'Resumed from step 1.' for r in caplog.records)
-  aside = list((tmp_path / 'checkpoints').glob('2.corrupt-*'))
+  aside = list((workdir / 'checkpoints').glob('2.corrupt-*'))
   assert len(aside) == 1 and any(aside[0].rglob('*'))  # Renamed, not deleted.
-  params, step = final_params(tmp_path)
+  params, step = final_params(workdir)
   assert step == 3
   assert_all_finite(params)
 
@@ -339,7 +360,9 @@ def _launch(workdir, args, logs, processes):
   return procs
 
 
-_PREEMPT_ARGS = ['--config.num_train_steps=100000', '--config.optim.cycle_steps=100000',
+# The tiny config's optimiser, like the other runs of this module: runs with the same config and
+# device count load each other's compiled programs from the session's cache.
+_PREEMPT_ARGS = ['--config.num_train_steps=100000',
                  '--config.data.eval_max_images=0', '--config.num_image_summaries=0',
                  '--config.log_every_steps=1', '--config.checkpoint_every_steps=2']
 
@@ -394,9 +417,10 @@ def test_sigterm_to_one_of_two_hosts_in_training_and_in_evaluation(demo_dir, tmp
   assert checkpointing.checkpoint_steps(workdir)[-1] == eval_step
 
 
-def test_two_processes_evaluate_once_on_process_0_only(demo_dir, tmp_path):
-  """Only process 0 opens eval_dir: process 1 is given a folder that does not exist. Both save
-  the same best metric (process 0's PSNR, handed to process 1)."""
+def test_two_processes_train_together_and_evaluate_on_process_0_only(demo_dir, tmp_path):
+  """Two hosts compute the same global steps. Only process 0 opens eval_dir: process 1 is given a
+  folder that does not exist. Both save the same best metric (process 0's PSNR, handed to
+  process 1)."""
   port = _free_port()
   demo = pathlib.Path(demo_dir) / demo_data.DEMO_NAME
   common = [*_demo_tfds_flags(demo_dir), '--config.num_train_steps=2', '--config.eval_every_steps=1000',
@@ -410,24 +434,6 @@ def test_two_processes_evaluate_once_on_process_0_only(demo_dir, tmp_path):
   outs = [p.communicate(timeout=600)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
-  assert 'Step 2: evaluating 1 examples.' in outs[0] and 'evaluating' not in outs[1]
-  with checkpointing.create_manager(tmp_path / 'w', save_every=1, keep=1,
-                                    read_only=True) as manager:
-    assert manager.best_step() == 2
-
-
-def test_two_processes_train_together(demo_dir, tmp_path):
-  port = _free_port()
-  common = ['--config.data.demo=True', f'--config.data.demo_dir={demo_dir}',
-            '--config.num_train_steps=2', '--config.eval_every_steps=1000',
-            '--config.data.eval_max_images=1', '--config.num_image_summaries=0',
-            f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2']
-  procs = [subprocess.Popen(_main_cmd(tmp_path, *common, f'--process_id={i}'), env=_env(2),
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
-  outs = [p.communicate(timeout=600)[0] for p in procs]
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out[-3000:]
   assert 'JAX process 0/2, 2 local / 4 global devices' in outs[0]
   assert 'JAX process 1/2, 2 local / 4 global devices' in outs[1]
   losses = []
@@ -435,6 +441,10 @@ def test_two_processes_train_together(demo_dir, tmp_path):
     line = [l for l in out.splitlines() if '[2] train/' in l][0]
     losses.append(line[line.index('train/'):])
   assert losses[0] == losses[1]  # Both hosts computed the same global step.
-  params, step = final_params(tmp_path)
+  assert 'Step 2: evaluating 1 examples.' in outs[0] and 'evaluating' not in outs[1]
+  params, step = final_params(tmp_path / 'w')
   assert step == 2
   assert_all_finite(params)
+  with checkpointing.create_manager(tmp_path / 'w', save_every=1, keep=1,
+                                    read_only=True) as manager:
+    assert manager.best_step() == 2

@@ -212,6 +212,22 @@ def check_output(out: str | os.PathLike, overwrite: bool) -> pathlib.Path:
   return path
 
 
+def check_writable_folder(folder: str | os.PathLike, create: bool = False) -> pathlib.Path:
+  """Checks, before any work is done, that `folder` takes files: writes and removes a probe file.
+
+  With `create`, the folder (and its parents) is made first if missing.
+
+  Raises:
+    OSError: the folder is missing (without `create`), cannot be made, or refuses the probe.
+  """
+  path = pathlib.Path(folder)
+  if create:
+    path.mkdir(parents=True, exist_ok=True)
+  with tempfile.NamedTemporaryFile(dir=path, prefix='.probe-'):
+    pass
+  return path
+
+
 def save_png_atomic(image: Image.Image, path: str | os.PathLike) -> None:
   """Writes a PNG to a temporary file beside `path`, then renames it over `path`."""
   path = pathlib.Path(path)
