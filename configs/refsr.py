@@ -5,7 +5,7 @@ Variants (`--config configs/refsr.py:VARIANT`, comma-separated, e.g. `:dcn2` or 
   baseline     SSEN removed (paper Tab. 1/3 "Baseline").
   dcn0..dcn4   number of stacked deformable convolutions (paper Tab. 4, top).
   no_nonlocal  offset estimators without non-local blocks (paper Tab. 4, bottom).
-  demo         a small model on the embedded demo data; trains on a 2-core CPU in ~10 minutes.
+  demo         a small model on the embedded demo data; trains on a 2-core CPU in ~11 minutes.
   tiny         a minute model for tests.
 
 Paper run (one TPU v4-8 / 8-GPU host; prepare data first, see ssen_jax/data_prep/README.md):
