@@ -49,3 +49,14 @@ def test_bad_inputs_are_one_line_and_nothing_is_overwritten(tmp_path):
   assert proc.stderr.strip().splitlines() == [
       f'error: {out} exists and is not an empty folder; pass --overwrite to write into it']
   assert sorted(p.name for p in out.iterdir()) == ['keep.txt']
+
+
+def test_a_gray_photo_gives_rgb_files_with_equal_channels(tmp_path):
+  _photos(tmp_path / 'hr', [(100, 100), (100, 100)])
+  Image.open(tmp_path / 'hr' / 'p1.png').convert('L').save(tmp_path / 'hr' / 'p1.png')
+  assert reference_views.write(tmp_path / 'hr', tmp_path / 'views', 48) == 2
+  gray = np.asarray(Image.open(tmp_path / 'views' / '001_0.png'))
+  assert gray.shape == (48, 48, 3)
+  np.testing.assert_array_equal(gray[..., 0], gray[..., 2])
+  color = np.asarray(Image.open(tmp_path / 'views' / '000_0.png'))
+  assert not np.array_equal(color[..., 0], color[..., 2])

@@ -78,8 +78,7 @@ def write(hr_dir: str | os.PathLike, out_dir: str | os.PathLike, size: int = 192
   if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
     raise ValueError(f'{out} exists and is not an empty folder; pass --overwrite to write into it')
   paths = datasets.list_images(hr_dir)
-  photos = [read_image(p).uint8() for p in paths]
-  photos = [np.repeat(p[..., :1], 3, -1) if p.shape[-1] == 1 else p[..., :3] for p in photos]
+  photos = [read_image(p).uint8() for p in paths]  # (H, W, 3): gray replicated, alpha dropped.
   groups = make_groups(photos, size)
   out.mkdir(parents=True, exist_ok=True)
   from PIL import Image  # pylint: disable=g-import-not-at-top

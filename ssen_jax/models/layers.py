@@ -9,12 +9,12 @@ rule, not by table.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ssen_jax import ops
 from ssen_jax.ops.attention import DEFAULT_CHUNK, DEFAULT_DENSE_MAX
@@ -224,7 +224,7 @@ class CorrelationPrior(nn.Module):
   @nn.compact
   def __call__(self, a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
     log_t = self.param('log_temperature',
-                       nn.initializers.constant(float(np.log(self.init_temperature))), (),
+                       nn.initializers.constant(math.log(self.init_temperature)), (),
                        jnp.float32)
     corr, valid = ops.local_correlation(a, b, self.radius)
     return ops.soft_argmax_displacement(corr, valid, self.radius, jnp.exp(log_t))
