@@ -118,7 +118,7 @@ def main(argv):
   except loop.Preempted as e:
     print(str(e), file=sys.stderr)
     sys.exit(checkpointing.PREEMPTED_EXIT_CODE)
-  except (loop.NonFiniteLossError, ValueError, FileNotFoundError,
+  except (loop.NonFiniteLossError, loop.EvalFailedElsewhere, ValueError, FileNotFoundError,
           checkpointing.CorruptCheckpointError) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)

@@ -40,6 +40,10 @@ class _EvalInterrupted(Exception):
   """Raised between evaluation images when a host received SIGTERM."""
 
 
+class EvalFailedElsewhere(RuntimeError):
+  """On a host that waited for process 0's evaluation: that evaluation raised (its log has why)."""
+
+
 class NonFiniteLossError(RuntimeError):
   """The loss, gradients or parameters became NaN or inf; training stopped without saving."""
 
@@ -133,16 +137,19 @@ DATA_STREAM_FILE = 'data_stream.json'
 class _EvalSync:
   """Evaluation during training runs on process 0 alone (only it opens eval_dir); the other hosts
   wait for it in a loop of small collectives that also carries SIGTERM: before each image process
-  0 and the waiting hosts exchange (SIGTERM seen, done, PSNR), so a signal on any host cuts the
-  evaluation short on all of them at the same image, and the final exchange hands every host the
-  PSNR that its checkpoint save ranks by."""
+  0 and the waiting hosts exchange (SIGTERM seen, done, PSNR, failed), so a signal on any host cuts
+  the evaluation short on all of them at the same image, the final exchange hands every host the
+  PSNR that its checkpoint save ranks by, and an exception on process 0 (an XLA error, a full disk
+  for its summaries) is handed over in place of the next exchange: the waiting hosts stop with
+  `EvalFailedElsewhere` at once instead of waiting in a collective until the coordination service
+  gives up on process 0."""
 
   def __init__(self, preemption):
     self.preemption = preemption
 
-  def _exchange(self, done: bool, psnr: float = float('nan')) -> np.ndarray:
+  def _exchange(self, done: bool, psnr: float = float('nan'), failed: bool = False) -> np.ndarray:
     requested = bool(self.preemption is not None and self.preemption.requested)
-    return _allgather([float(requested), float(done), psnr])
+    return _allgather([float(requested), float(done), psnr, float(failed)])
 
   def check(self) -> None:
     """Process 0, before each image."""
@@ -158,10 +165,19 @@ class _EvalSync:
     if jax.process_count() > 1:
       self._exchange(True, psnr)
 
+  def fail(self) -> None:
+    """Process 0, when its evaluation raised before `finish`: the waiting hosts stop too."""
+    if jax.process_count() > 1:
+      self._exchange(True, failed=True)
+
   def wait(self) -> float:
-    """The other hosts: the PSNR of process 0's evaluation, or _EvalInterrupted."""
+    """The other hosts: the PSNR of process 0's evaluation, or _EvalInterrupted, or
+    EvalFailedElsewhere."""
     while True:
       rows = self._exchange(False)
+      if rows[0, 3]:
+        raise EvalFailedElsewhere(
+            'the evaluation on process 0 failed (its log says why); this host stops too')
       if rows[0, 1]:
         return float(rows[0, 2])
       if rows[:, 0].any():
@@ -261,15 +277,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       sync.check()
       return sr_jit(*args)
 
-    results = protocol.evaluate_model(
-        eval_examples, sr_fn, params, scale=config.model.scale, uses_ref=trainer.uses_ref,
-        log_fn=lambda line: logging.info('Step %d eval %s', step, line))
+    try:
+      results = protocol.evaluate_model(
+          eval_examples, sr_fn, params, scale=config.model.scale, uses_ref=trainer.uses_ref,
+          log_fn=lambda line: logging.info('Step %d eval %s', step, line))
+      writer.write_scalars(step, tables.scalar_summary(results))
+      if config.num_image_summaries:
+        writer.write_images(step, protocol.summary_images(
+            eval_examples, sr_jit, params, scale=config.model.scale,
+            uses_ref=trainer.uses_ref, count=config.num_image_summaries))
+    except _EvalInterrupted:
+      raise  # Every host saw the signal at the same exchange.
+    except BaseException:
+      sync.fail()
+      raise
     sync.finish(results['psnr'])
-    writer.write_scalars(step, tables.scalar_summary(results))
-    if config.num_image_summaries:
-      writer.write_images(step, protocol.summary_images(
-          eval_examples, sr_jit, params, scale=config.model.scale,
-          uses_ref=trainer.uses_ref, count=config.num_image_summaries))
     logging.info('Step %d eval: %s (%.1f s)', step, tables.describe(results),
                  time.perf_counter() - eval_start)
     return results
