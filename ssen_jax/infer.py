@@ -168,7 +168,8 @@ def main(argv: Sequence[str]) -> None:
     _log(f'tiled: {plan.count} tiles ({len(plan.ys)}x{len(plan.xs)}) of LR {plan.size[0]}x'
          f'{plan.size[1]}, overlap {plan.overlap}')
   run_start = time.perf_counter()
-  image = model.upscale_file(lr_img, ref_img)
+  image = model.upscale_file(lr_img, ref_img, progress=lambda done, count: _log(
+      f'tile {done}/{count} done ({time.perf_counter() - run_start:.0f} s)'))
   run_end = time.perf_counter()
   try:
     images.save_png_atomic(image, out)

@@ -180,7 +180,9 @@ def test_tiled_matches_untiled(upscaler, images):
   plan = upscaler.plan(*LR_SIZE, tile=48, overlap=32)
   # 45 = 61 mod 8, 43 = 75 mod 8 (<= 48); aligned strides of 8 keep >= 32 px shared.
   assert plan.size == (45, 43) and plan.ys == (0, 8, 16) and plan.xs == (0, 8, 16, 24, 32)
-  tiled = upscaler(lr.rgb, ref, plan)
+  calls = []
+  tiled = upscaler(lr.rgb, ref, plan, progress=lambda *a: calls.append(a))
+  assert calls == [(i, plan.count) for i in range(1, plan.count + 1)]
   err = float(np.abs(tiled - whole).max())
   print(f'\n[tiling] {plan.count} tiles of {plan.size}, overlap 32: max |tiled - untiled| = '
         f'{err * 255:.3f}/255')
@@ -253,6 +255,9 @@ def test_cli_untiled_and_tiled(workdir, images, upscaler, jax_cache, tmp_path):
   print(f'\n[infer CLI] two runs in {time.perf_counter() - start:.1f} s; tiled run says: '
         + ' | '.join(l for l in proc.stderr.splitlines() if 'tile' in l))
   assert 'tiled: ' in proc.stderr and ' tiles (' in proc.stderr
+  count = int(proc.stderr.split('tiled: ')[1].split(' tiles')[0])
+  assert f'tile {count}/{count} done' in proc.stderr  # Progress, one line per tile.
+  assert sum(f'/{count} done' in l for l in proc.stderr.splitlines()) == count
   a = np.asarray(Image.open(out)).astype(int)
   b = np.asarray(Image.open(out_tiled)).astype(int)
   assert a.shape == (4 * LR_SIZE[0], 4 * LR_SIZE[1], 3)

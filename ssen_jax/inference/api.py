@@ -111,21 +111,25 @@ class Model:
       self._plans[(h, w)] = plan
     return self._plans[(h, w)]
 
-  def upscale(self, lr: images.ImageFile, ref: Optional[images.ImageFile] = None
+  def upscale(self, lr: images.ImageFile, ref: Optional[images.ImageFile] = None, *,
+              progress: Optional[Callable[[int, int], None]] = None
               ) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """SR of an image file: ((sH, sW, 3) float32 in [0, 1], upscaled alpha or None)."""
+    """SR of an image file: ((sH, sW, 3) float32 in [0, 1], upscaled alpha or None).
+
+    `progress(done, count)` is called after each tile when the image is tiled."""
     s, (h, w) = self.scale, lr.rgb.shape[:2]
     plan = self.plan(h, w)
     reference = None
     if self.uses_ref:
       reference = images.prepare_reference(None if ref is None else ref.rgb, lr.rgb, s)
-    sr = self.upscaler(lr.rgb, reference, plan)
+    sr = self.upscaler(lr.rgb, reference, plan, progress)
     alpha = None if lr.alpha is None else images.upscale_alpha(lr.alpha, s)
     return sr, alpha
 
-  def upscale_file(self, lr: images.ImageFile, ref: Optional[images.ImageFile] = None):
+  def upscale_file(self, lr: images.ImageFile, ref: Optional[images.ImageFile] = None, *,
+                   progress: Optional[Callable[[int, int], None]] = None):
     """SR of an image file as a Pillow image of the input's kind (what `infer` writes)."""
-    sr, alpha = self.upscale(lr, ref)
+    sr, alpha = self.upscale(lr, ref, progress=progress)
     return images.to_pil(sr, lr, alpha)
 
   def __call__(self, lr: Any, ref: Any = None) -> np.ndarray:

@@ -264,8 +264,11 @@ class Upscaler:
     return np.asarray(out)[0]
 
   def __call__(self, lr: np.ndarray, ref: Optional[np.ndarray],
-               plan: Optional[TilePlan] = None) -> np.ndarray:
+               plan: Optional[TilePlan] = None,
+               progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
     """Super-resolves lr (H, W, 3) with ref (sH, sW, 3) (None for reference-free models).
+
+    `progress(done, count)` is called after each tile of a tiled run.
 
     Returns:
       (sH, sW, 3) float32 in [0, 1].
@@ -277,6 +280,7 @@ class Upscaler:
     s, (h, w), (th, tw) = self.gen.scale, lr.shape[:2], plan.size
     acc = np.zeros((s * h, s * w, 3), np.float32)
     total = np.zeros((s * h, s * w, 1), np.float32)
+    done = 0
     for y in plan.ys:
       wy = blend_weights(y, th, h, plan.overlap, s)
       for x in plan.xs:
@@ -286,6 +290,9 @@ class Upscaler:
         weight = (wy[:, None] * wx[None, :])[..., None].astype(np.float32)
         acc[s * y:s * (y + th), s * x:s * (x + tw)] += weight * out
         total[s * y:s * (y + th), s * x:s * (x + tw)] += weight
+        done += 1
+        if progress is not None:
+          progress(done, plan.count)
     np.divide(acc, total, out=acc)  # In place: no second full-size array.
     return acc
 
