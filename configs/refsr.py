@@ -5,7 +5,7 @@ Variants (`--config configs/refsr.py:VARIANT`, comma-separated, e.g. `:dcn2` or 
   baseline     SSEN removed (paper Tab. 1/3 "Baseline").
   dcn0..dcn4   number of stacked deformable convolutions (paper Tab. 4, top).
   no_nonlocal  offset estimators without non-local blocks (paper Tab. 4, bottom).
-  demo         a small model on the embedded demo data; trains on a 2-core CPU in ~11 minutes.
+  demo         a small model on the embedded demo data; trains on a 2-core CPU in ~9 minutes.
   tiny         a minute model for tests.
 
 Paper run (one TPU v4-8 / 8-GPU host; prepare data first, see ssen_jax/data_prep/README.md):
@@ -62,16 +62,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 'independent': the reference gets its own crop, 90-degree rotation and flip; 'paired': crop
   # position and rotation shared with the HR; 'mixed': independent with probability
   # ref_independent_prob, else paired. Measured at demo scale (README, "Reference use", section 3
-  # table; the records' own references only, with the correlation prior so that the reference
-  # path can open at all, 1600 steps, baseline 29.51 dB): independent XH/XL/ref_gain
+  # table; the records' own references only, with the 3-pixel correlation prior so that the
+  # reference path can open at all, 1600 steps, baseline 29.51 dB): independent XH/XL/ref_gain
   # 29.50/29.50/+0.00 (reference ignored: a reference turned 90 degrees cannot be aligned by 3x3
   # offsets), paired 30.41/29.29/+1.75 (used, but an unrelated reference now hurts: XL -0.22),
   # mixed (p = 0.5) 29.75/29.52/+0.24 (used and robust). Without the prior all three leave the
   # path closed. So the paper configuration takes 'mixed' with p = 0.5 (the paper is silent).
   d.ref_augment = 'mixed'
   d.ref_independent_prob = 0.5
-  # Other reference sources (ssen_jax.data.input_pipeline.RefMix): shifted views of the HR image itself
-  # with a misalignment curriculum, and unrelated references (another example's image).
+  # Other reference sources (ssen_jax.data.input_pipeline.RefMix): shifted views of the HR image
+  # itself with a misalignment curriculum, far (turned, zoomed) views, and unrelated references
+  # (another example's image).
   d.ref_mix = ml_collections.ConfigDict()
   d.ref_mix.shifted_prob = 0.0
   d.ref_mix.unrelated_prob = 0.0
@@ -82,6 +83,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   d.ref_mix.shift_ramp_steps = 0  # ... over these steps (0: at once).
   d.ref_mix.shift_quantum = 1  # Shifts are multiples of this (HR pixels; 4 = whole LR pixels).
   d.ref_mix.photometric = 0.0  # Reference gain jitter 1 +- p, offset +- 100 p levels.
+  d.ref_mix.far_prob = 0.0  # Share of shifted views whose largest shift is ...
+  d.ref_mix.far_max = 64.0  # ... this many HR pixels instead (same curriculum), ...
+  d.ref_mix.far_rotate = 0.0  # ... turned by up to this many degrees ...
+  d.ref_mix.far_zoom = 0.0  # ... and magnified by 1 +- this (bilinear resampling).
   d.eval_dataset = 'cufed5'  # 'cufed5' (per-level table) or 'folder' (benchmark folder).
   d.eval_dir = ''  # CUFED5-style folder (XXX_0.png HR, XXX_1..5.png refs) or HR folder.
   d.eval_max_images = 0  # Evaluate only the first N groups/images during training (0: all).
@@ -133,19 +138,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if 'demo' in variants:
     d.demo = True
     # The correlation prior gives SSEN's first layer a starting point for alignment (measured,
-    # README "Reference use": without it no demo run learned to align, e1-e12). References: 15 %
-    # the HR crop itself, 35 % views of the same photo shifted by up to 8 HR pixels (any whole HR
-    # pixel, so also fractions of an LR pixel; aligned until step 200, full range by step 800),
-    # 35 % unrelated (the masks learn to gate them, and the network learns to do without), 15 %
-    # the records' own references (rotated, rescaled, shifted views).
-    m.match_radius = 3
+    # README "Reference use": without it no demo run learned to align, e1-e12), searching 18 LR
+    # pixels around each position (the evaluation's M references share a quarter of the crop 16 LR
+    # pixels away; a 3-pixel window left M tied with XL). References: 15 % the HR crop itself,
+    # 25 % views of the same photo shifted by up to 8 HR pixels (any whole HR pixel, so also
+    # fractions of an LR pixel), 20 % far views shifted by up to 64 HR pixels, turned by up to 6
+    # degrees and zoomed by up to 10 % (both shifts aligned until step 200, full range by step
+    # 700), 35 % unrelated (the masks learn to gate them, and the network learns to do without),
+    # 5 % the records' own references (rotated, rescaled, shifted views). 1350 steps: the quick
+    # start stays within 10 minutes on a 2-core CPU.
+    m.match_radius = 18
     d.ref_augment = 'paired'
     d.ref_mix.aligned_prob = 0.15
-    d.ref_mix.shifted_prob = 0.35
+    d.ref_mix.shifted_prob = 0.25
+    d.ref_mix.far_prob = 0.2
     d.ref_mix.unrelated_prob = 0.35
     d.ref_mix.shift_ramp_start = 200
-    d.ref_mix.shift_ramp_steps = 600
+    d.ref_mix.shift_ramp_steps = 500
     d.ref_mix.shift_max = 8.0
+    d.ref_mix.far_max = 64.0
+    d.ref_mix.far_rotate = 6.0
+    d.ref_mix.far_zoom = 0.1
     d.ref_mix.shift_quantum = 1
     d.ref_mix.photometric = 0.1
     m.features = 32
@@ -153,9 +166,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.num_recon_blocks = 4
     d.hr_patch = 96
     config.batch_size = 8
-    config.num_train_steps = 1_600
+    config.num_train_steps = 1_350
     o.learning_rate = 4e-4
-    o.cycle_steps = 1_600
+    o.cycle_steps = 1_350
     o.warmup_steps = 50
     config.log_every_steps = 50
     config.eval_every_steps = 800

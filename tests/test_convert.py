@@ -94,7 +94,7 @@ def test_scalar_parameter_keeps_its_shape_both_ways():
   params = convert.state_dict_to_params(tm.state_dict_numpy(torch_model), template)
   value = params['matcher']['log_temperature']
   assert value.shape == () and value.dtype == np.float32
-  np.testing.assert_allclose(value, np.log(20.0), rtol=1e-6)  # Both sides' initial temperature.
+  np.testing.assert_allclose(value, np.log(50.0), rtol=1e-6)  # Both sides' initial temperature.
   sd = convert.params_to_state_dict(params)
   assert sd['matcher.log_temperature'].shape == ()
   torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)

@@ -52,6 +52,28 @@ def test_soft_argmax_is_the_displacement_for_a_sharp_match_and_stays_in_the_wind
   assert float(jnp.abs(flow).max()) <= 2.0  # Uniform weights: the mean valid displacement.
 
 
+def test_dense_and_windowed_matching_agree_for_windows_wider_than_the_map():
+  # A reference moved by 9 grid pixels is found by a radius-10 window on a 12x14 map (mostly
+  # outside it); the dense path (used for such maps) and the windowed one give the same answer.
+  a = _features(4)
+  b = jnp.roll(a, (-9, 9), axis=(1, 2))  # b[i + (-9, 9)] = a[i].
+  t = jnp.float32(30.0)
+  corr, valid = ops.local_correlation(a, b, 10)
+  flow_w, stats_w = ops.soft_argmax_displacement(corr, valid, 10, t)
+  flow_d, stats_d = ops.dense_match(a, b, 10, t)
+  np.testing.assert_allclose(np.asarray(flow_d), np.asarray(flow_w), atol=1e-4)
+  np.testing.assert_allclose(np.asarray(stats_d), np.asarray(stats_w), atol=1e-5)
+  flow, _ = ops.match_flow(a, b, 10, jnp.float32(1000.0))
+  np.testing.assert_allclose(np.asarray(flow)[:, 9:, :5], np.broadcast_to(
+      [-9.0, 9.0], flow[:, 9:, :5].shape), atol=1e-3)
+  # A small window on the same map goes the windowed way and matches it too.
+  small = ops.soft_argmax_displacement(*ops.local_correlation(a, b, 1), 1, t)
+  for x, y in zip(ops.match_flow(a, b, 1, t), small):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  for x, y in zip(ops.match_flow(a, b, 1, t), ops.dense_match(a, b, 1, t)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-4)
+
+
 def test_offset_prior_moves_every_tap_like_a_shift_of_the_input():
   # With the zero-initialised offset convolution, an integer prior d makes the layer a plain
   # convolution of the input shifted by d (interior positions).

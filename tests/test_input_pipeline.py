@@ -248,12 +248,40 @@ def test_shifted_view_is_the_same_image_shifted_and_rotated_with_the_hr():
   assert not np.array_equal(jittered['ref'].numpy(), jittered['hr'].numpy())
 
 
+def test_rotated_and_zoomed_views():
+  ramp = np.tile(np.arange(160, dtype=np.uint8)[None, :, None], (160, 1, 3))  # value = column.
+  view = lambda img, angle, zoom: ip._similarity_view(
+      tf.constant(img), tf.constant([79.5, 59.5]), 96, tf.constant(angle, tf.float32),
+      tf.constant(zoom, tf.float32)).numpy()[..., 0].astype(float)
+  np.testing.assert_array_equal(view(ramp, 0.0, 1.0), ramp[32:128, 12:108, 0])  # A plain crop.
+  cols = np.arange(96)
+  np.testing.assert_allclose(view(ramp, 0.0, 2.0)[10], 59.5 + (cols - 47.5) / 2, atol=0.51)
+  turned = view(ramp, np.pi / 2, 1.0)  # 90 degrees: the column ramp becomes a row ramp.
+  assert np.ptp(turned[:, 48]) > 90 and np.ptp(turned[48, 20:76]) <= 1
+  # In shifted_view_example the transform draws its own seed: the HR crop is the plain one's.
+  img = skimage.data.astronaut()[100:260, 150:310]
+  seed = tf.constant([4, 2], tf.int64)
+  kw = dict(hr_patch=96, scale=4, photometric=0.0)
+  plain = ip.shifted_view_example(tf.constant(img), seed, tf.constant(32.0, tf.float64), **kw)
+  turned = ip.shifted_view_example(tf.constant(img), seed, tf.constant(32.0, tf.float64),
+                                   rotate=6.0, zoom=0.1, **kw)
+  np.testing.assert_array_equal(plain['hr'].numpy(), turned['hr'].numpy())
+  diff = np.abs(plain['ref'].numpy().astype(int) - turned['ref'].numpy().astype(int))
+  assert diff.mean() > 3  # Resampled, not the crop ...
+  assert np.abs(plain['ref'].numpy()[40:56, 40:56].astype(float).mean()
+                - turned['ref'].numpy()[40:56, 40:56].astype(float).mean()) < 25  # ... of it.
+
+
 def test_shift_curriculum():
   mix = ip.RefMix(shifted_prob=1.0, shift_ramp_start=100, shift_max=12.0, shift_ramp_steps=200)
   values = [float(mix.max_shift(tf.constant(s, tf.int64))) for s in (0, 100, 200, 300, 5000)]
   assert values == [0.0, 0.0, 6.0, 12.0, 12.0]
   at_once = ip.RefMix(shifted_prob=1.0, shift_ramp_start=10, shift_max=4.0)
   assert [float(at_once.max_shift(tf.constant(s, tf.int64))) for s in (9, 10)] == [0.0, 4.0]
+  far = ip.RefMix(far_prob=1.0, shift_ramp_start=100, shift_max=12.0, shift_ramp_steps=200,
+                  far_max=40.0)
+  values = [float(far.max_shift(tf.constant(s, tf.int64), far=True)) for s in (100, 200, 300)]
+  assert values == [0.0, 20.0, 40.0]
 
 
 def test_ref_mix_sources(tmp_path):
@@ -289,6 +317,16 @@ def test_ref_mix_sources(tmp_path):
       aligned_prob=1.0, shifted_prob=0.0, shift_max=8.0)), 2)
   for batch in shifted + aligned:
     np.testing.assert_array_equal(batch['ref'], batch['hr'])  # Aligned (before the ramp).
+  # Far views: the same photo, moved by more than shift_max (0 here).
+  far = _take(_iter(pattern, local_batch_size=2, ref_mix=ip.RefMix(far_prob=1.0, shift_max=0.0,
+                                                                   far_max=32.0)), 2)
+  moved = 0
+  for batch in far:
+    for hr, ref in zip(batch['hr'], batch['ref']):
+      hr_u8, ref_u8 = (np.round(x * 255).astype(np.uint8) for x in (hr, ref))
+      assert source_of(hr_u8) == source_of(ref_u8) is not None
+      moved += not np.array_equal(hr_u8, ref_u8)
+  assert moved >= 3
   with pytest.raises(ValueError, match='more than 1'):
     _iter(pattern, ref_mix=ip.RefMix(shifted_prob=0.7, unrelated_prob=0.5))
   with pytest.raises(ValueError, match='more than 1'):

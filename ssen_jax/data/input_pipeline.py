@@ -26,6 +26,7 @@ yields exactly what an uninterrupted run yields from that step, without saving a
 Another host count or batch size gives another stream (the training loop warns and records it
 in `config_history.json`).
 """
+import math
 import os
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
@@ -113,19 +114,24 @@ class RefMix(NamedTuple):
   """Where each training reference comes from (all probabilities per example).
 
   With probability `aligned_prob` the reference is the HR crop itself (the same view of the
-  example's own HR image, shifted by at most `aligned_jitter` HR pixels per axis, as real
-  references are never pixel-exact; `photometric` applies): a steady share of references that pay
-  off when copied keeps the reference path worth using (with the L1-like Charbonnier loss a
-  reference the network cannot yet tell good from bad is worth copying only while most are good). With probability `shifted_prob` the reference is a view of the example's own HR image, cut
-  `shift` HR pixels away from the HR crop (each axis an integer uniform in [-m, m]; m is 0, i.e.
-  the reference is aligned, until step `shift_ramp_start`, then grows linearly to `shift_max` over
-  `shift_ramp_steps` steps: a curriculum from aligned to several LR pixels of misalignment; with
-  `shift_quantum` = q > 1 the shift is q times an integer uniform in [-floor(m / q), floor(m / q)],
-  e.g. whole LR pixels for q = scale), with a random gain and offset (`photometric`: gain in
-  1 +- p, offset +- 100 p levels) and the HR's rotation and flip. With probability `unrelated_prob` it is a random
-  crop of another training example's HR image with its own rotation and flip (nothing to transfer:
-  the modulation mask has to learn to gate it). Otherwise it is the record's own reference, placed
-  by `ref_augment`. All-zero probabilities reproduce the plain record-reference stream bitwise.
+  example's own HR image, shifted by at most `aligned_jitter` HR pixels per axis, as real references
+  are never pixel-exact; `photometric` applies): a steady share of references that pay off when
+  copied keeps the reference path worth using (with the L1-like Charbonnier loss a reference the
+  network cannot yet tell good from bad is worth copying only while most are good). With probability
+  `shifted_prob` the reference is a view of the example's own HR image, cut `shift` HR pixels away
+  from the HR crop (each axis an integer uniform in [-m, m]; m is 0, i.e. the reference is aligned,
+  until step `shift_ramp_start`, then grows linearly to `shift_max` over `shift_ramp_steps` steps: a
+  curriculum from aligned to several LR pixels of misalignment; with `shift_quantum` = q > 1 the
+  shift is q times an integer uniform in [-floor(m / q), floor(m / q)], e.g. whole LR pixels for q =
+  scale), with a random gain and offset (`photometric`: gain in 1 +- p, offset +- 100 p levels) and
+  the HR's rotation and flip. With probability `unrelated_prob` it is a random crop of another
+  training example's HR image with its own rotation and flip (nothing to transfer: the modulation
+  mask has to learn to gate it). With probability `far_prob` it is a shifted view as above whose
+  largest shift is `far_max` instead of `shift_max` (same curriculum), e.g. several LR pixels up to
+  most of the crop: content that only partly overlaps the input and lies beyond a small search
+  window, turned by up to `far_rotate` degrees and magnified by 1 +- `far_zoom`
+  (`shifted_view_example`). Otherwise it is the record's own reference, placed by `ref_augment`.
+  All-zero probabilities reproduce the plain record-reference stream bitwise.
   """
   shifted_prob: float = 0.0
   unrelated_prob: float = 0.0
@@ -136,22 +142,26 @@ class RefMix(NamedTuple):
   shift_ramp_steps: int = 0
   shift_quantum: int = 1
   photometric: float = 0.0
+  far_prob: float = 0.0
+  far_max: float = 64.0
+  far_rotate: float = 0.0
+  far_zoom: float = 0.0
 
   @property
   def active(self) -> bool:
-    return self.shifted_prob > 0 or self.unrelated_prob > 0 or self.aligned_prob > 0
+    return self.total > 0
 
   @property
   def total(self) -> float:
-    return self.shifted_prob + self.unrelated_prob + self.aligned_prob
+    return self.shifted_prob + self.unrelated_prob + self.aligned_prob + self.far_prob
 
-  def max_shift(self, step: tf.Tensor) -> tf.Tensor:
+  def max_shift(self, step: tf.Tensor, *, far: bool = False) -> tf.Tensor:
     """m at `step` (float64 scalar): the curriculum's current largest shift in HR pixels."""
     elapsed = tf.cast(step, tf.float64) - float(self.shift_ramp_start)
     frac = tf.clip_by_value(elapsed / float(max(self.shift_ramp_steps, 1)), 0.0, 1.0)
     if self.shift_ramp_steps <= 0:
       frac = tf.cast(elapsed >= 0, tf.float64)
-    return self.shift_max * frac
+    return (self.far_max if far else self.shift_max) * frac
 
 
 def augment_example(hr: tf.Tensor, ref: tf.Tensor | None, seed: tf.Tensor, *, hr_patch: int,
@@ -202,9 +212,28 @@ def augment_example(hr: tf.Tensor, ref: tf.Tensor | None, seed: tf.Tensor, *, hr
   return out
 
 
+def _similarity_view(img: tf.Tensor, center: tf.Tensor, size: int, angle: tf.Tensor,
+                     zoom: tf.Tensor) -> tf.Tensor:
+  """A size x size uint8 view of img (H, W, 3) centred at `center` (y, x; float), rotated by
+  `angle` radians and magnified `zoom` times (bilinear; reflected at the borders)."""
+  cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+  half = (size - 1) / 2.0
+  # Output (x, y) -> input (x_in, y_in) = center + R(angle) / zoom (p - half).
+  a0, a1 = cos, -sin
+  b0, b1 = sin, cos
+  a2 = center[1] - half * (a0 + a1)
+  b2 = center[0] - half * (b0 + b1)
+  transform = tf.cast(tf.stack([a0, a1, a2, b0, b1, b2, 0.0, 0.0])[None], tf.float32)
+  out = tf.raw_ops.ImageProjectiveTransformV3(
+      images=tf.cast(img, tf.float32)[None], transforms=transform,
+      output_shape=tf.constant([size, size]), fill_value=0.0, interpolation='BILINEAR',
+      fill_mode='REFLECT')[0]
+  return tf.cast(tf.clip_by_value(tf.floor(out + 0.5), 0.0, 255.0), tf.uint8)
+
+
 def shifted_view_example(hr: tf.Tensor, seed: tf.Tensor, max_shift: tf.Tensor, *, hr_patch: int,
-                         scale: int, photometric: float,
-                         quantum: int = 1) -> dict[str, tf.Tensor]:
+                         scale: int, photometric: float, quantum: int = 1,
+                         rotate: float = 0.0, zoom: float = 0.0) -> dict[str, tf.Tensor]:
   """An HR crop and a reference cut from the same image `shift` pixels away (see `RefMix`).
 
   Args:
@@ -215,6 +244,10 @@ def shifted_view_example(hr: tf.Tensor, seed: tf.Tensor, max_shift: tf.Tensor, *
     hr_patch, scale: as `augment_example`.
     photometric: relative gain jitter p of the reference (offset +- 100 p levels).
     quantum: the shift is a multiple of this many HR pixels.
+    rotate, zoom: when either is > 0, the reference is instead resampled (bilinear) around the
+      shifted window's centre, turned by an angle uniform in +-`rotate` degrees and magnified by a
+      factor uniform in 1 +- `zoom` (as real references are never pure translations); the draws
+      use their own seed, so the HR crops are those of the untransformed views.
 
   Returns:
     {'lr', 'hr', 'ref'} uint8 as `augment_example`; the reference has the HR's rotation and flip.
@@ -232,8 +265,15 @@ def shifted_view_example(hr: tf.Tensor, seed: tf.Tensor, max_shift: tf.Tensor, *
   origin = low + tf.cast(tf.floor(u * tf.cast(high - low + 1, tf.float64)), tf.int32)
   origin = tf.minimum(origin, high)
   crop = hr[origin[0]:origin[0] + hr_patch, origin[1]:origin[1] + hr_patch]
-  ref = hr[origin[0] + shift[0]:origin[0] + shift[0] + hr_patch,
-           origin[1] + shift[1]:origin[1] + shift[1] + hr_patch]
+  if rotate > 0 or zoom > 0:
+    draws = tf.random.stateless_uniform([2], tf.random.experimental.stateless_fold_in(seed, 7),
+                                        -1.0, 1.0, dtype=tf.float32)
+    center = tf.cast(origin + shift, tf.float32) + (hr_patch - 1) / 2.0
+    ref = _similarity_view(hr, center, hr_patch, draws[0] * math.radians(rotate),
+                           1.0 + draws[1] * zoom)
+  else:
+    ref = hr[origin[0] + shift[0]:origin[0] + shift[0] + hr_patch,
+             origin[1] + shift[1]:origin[1] + shift[1] + hr_patch]
   if photometric > 0:
     jitter = tf.random.stateless_uniform([2], seeds[2], -photometric, photometric,
                                          dtype=tf.float64)
@@ -468,10 +508,12 @@ def create_train_iterator(*, file_pattern: str | None = None, kind: str, hr_patc
     def from_record():
       return augment_example(hr, ref, ex_seed, hr_patch=hr_patch, scale=scale,
                              ref_augment=ref_augment, independent_prob=independent_prob)
-    def shifted():
-      return shifted_view_example(hr, ex_seed, ref_mix.max_shift(step), hr_patch=hr_patch,
-                                  scale=scale, photometric=ref_mix.photometric,
-                                  quantum=ref_mix.shift_quantum)
+    def shifted(far=False):
+      return shifted_view_example(hr, ex_seed, ref_mix.max_shift(step, far=far),
+                                  hr_patch=hr_patch, scale=scale, photometric=ref_mix.photometric,
+                                  quantum=ref_mix.shift_quantum,
+                                  rotate=ref_mix.far_rotate if far else 0.0,
+                                  zoom=ref_mix.far_zoom if far else 0.0)
     def aligned():
       jitter = tf.constant(float(ref_mix.aligned_jitter), tf.float64)
       return shifted_view_example(hr, ex_seed, jitter, hr_patch=hr_patch,
@@ -484,8 +526,10 @@ def create_train_iterator(*, file_pattern: str | None = None, kind: str, hr_patc
       return augment_example(hr, other_hr, ex_seed, hr_patch=hr_patch, scale=scale,
                              ref_augment='independent')
     p_shift, p_unrel = ref_mix.shifted_prob, ref_mix.shifted_prob + ref_mix.unrelated_prob
-    return tf.case([(u < p_shift, shifted), (u < p_unrel, unrelated),
-                    (u < p_unrel + ref_mix.aligned_prob, aligned)], default=from_record)
+    p_aligned = p_unrel + ref_mix.aligned_prob
+    return tf.case([(u < p_shift, shifted), (u < p_unrel, unrelated), (u < p_aligned, aligned),
+                    (u < p_aligned + ref_mix.far_prob, lambda: shifted(far=True))],
+                   default=from_record)
 
   ds = tf.data.Dataset.range(start_step * batch, np.iinfo(np.int64).max)
   ds = ds.map(make_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -240,7 +240,7 @@ class CorrelationPrior(nn.Module):
     valid cosine.
   """
 
-  def __init__(self, radius: int, init_temperature: float = 20.0):
+  def __init__(self, radius: int, init_temperature: float = 50.0):
     super().__init__()
     self.radius = radius
     self.log_temperature = nn.Parameter(torch.tensor(math.log(init_temperature)))

@@ -219,12 +219,11 @@ class CorrelationPrior(nn.Module):
   (docs/choices.md, "Correlation prior").
   """
   radius: int
-  init_temperature: float = 20.0
+  init_temperature: float = 50.0
 
   @nn.compact
   def __call__(self, a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
     log_t = self.param('log_temperature',
                        nn.initializers.constant(math.log(self.init_temperature)), (),
                        jnp.float32)
-    corr, valid = ops.local_correlation(a, b, self.radius)
-    return ops.soft_argmax_displacement(corr, valid, self.radius, jnp.exp(log_t))
+    return ops.match_flow(a, b, self.radius, jnp.exp(log_t))

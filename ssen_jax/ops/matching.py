@@ -28,6 +28,17 @@ def box_downsample(x: jax.Array, factor: int) -> jax.Array:
   return x.reshape(n, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
 
 
+def _centred_unit(x: jax.Array) -> jax.Array:
+  """x (N, H, W, C) minus its spatial mean, then scaled to unit length at every position.
+
+  A zero-mean normalised correlation: features of every position share a large common
+  component, which would make all cosines ~1.
+  """
+  x = x.astype(jnp.float32)
+  x = x - jnp.mean(x, axis=(1, 2), keepdims=True)
+  return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-6)
+
+
 def local_correlation(a: jax.Array, b: jax.Array, radius: int) -> tuple[jax.Array, jax.Array]:
   """Cosine similarity of a[i] and b[i + d] (maps centred) for each displacement within `radius`.
 
@@ -40,23 +51,25 @@ def local_correlation(a: jax.Array, b: jax.Array, radius: int) -> tuple[jax.Arra
     bool: whether i + d lies inside the image.
   """
   n, h, w, _ = a.shape
-  eps = 1e-6
-  # Each feature map centred on its own spatial mean first (a zero-mean normalised correlation):
-  # features of every position share a large common component, which would make all cosines ~1.
-  a = a.astype(jnp.float32)
-  b = b.astype(jnp.float32)
-  a = a - jnp.mean(a, axis=(1, 2), keepdims=True)
-  b = b - jnp.mean(b, axis=(1, 2), keepdims=True)
-  a = a * jax.lax.rsqrt(jnp.sum(a * a, axis=-1, keepdims=True) + eps)
-  b = b * jax.lax.rsqrt(jnp.sum(b * b, axis=-1, keepdims=True) + eps)
+  a, b = _centred_unit(a), _centred_unit(b)
   r = radius
   bp = jnp.pad(b, ((0, 0), (r, r), (r, r), (0, 0)))
-  inside = jnp.pad(jnp.ones((1, h, w), bool), ((0, 0), (r, r), (r, r)))
-  corr, valid = [], []
-  for dy, dx in displacements(r).astype(int):
-    corr.append(jnp.sum(a * bp[:, r + dy:r + dy + h, r + dx:r + dx + w], axis=-1))
-    valid.append(inside[:, r + dy:r + dy + h, r + dx:r + dx + w])
-  return jnp.stack(corr, axis=-1), jnp.stack(valid, axis=-1)
+
+  def row(dy):  # The 2r+1 displacements (dy, -r..r) of one window row: (N, H, W, 2r+1).
+    rows = jax.lax.dynamic_slice_in_dim(bp, r + dy, h, axis=1)
+    return jnp.stack([jnp.sum(a * rows[:, :, r + dx:r + dx + w], axis=-1)
+                      for dx in range(-r, r + 1)], axis=-1)
+
+  # A loop over the window's rows at run time (not (2r+1)^2 traced slices): wide windows compile
+  # in seconds and hold one row of products at a time.
+  corr = jax.lax.map(row, jnp.arange(-r, r + 1))  # (2r+1, N, H, W, 2r+1)
+  corr = jnp.moveaxis(corr, 0, 3).reshape(n, h, w, (2 * r + 1) ** 2)
+  # Built from iotas, not as a constant of the program's size. Outside, b's padding gave 0.
+  d = jnp.asarray(displacements(r), jnp.int32)
+  ys = jnp.arange(h)[:, None, None] + d[None, None, :, 0]
+  xs = jnp.arange(w)[None, :, None] + d[None, None, :, 1]
+  valid = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+  return corr, valid[None]
 
 
 def soft_argmax_displacement(corr: jax.Array, valid: jax.Array, radius: int,
@@ -74,3 +87,44 @@ def soft_argmax_displacement(corr: jax.Array, valid: jax.Array, radius: int,
   best = jnp.max(jnp.where(valid, corr, -1.0), axis=-1)
   stats = jnp.stack([jnp.max(weights, axis=-1), best], axis=-1)
   return flow, stats
+
+
+def dense_match(a: jax.Array, b: jax.Array, radius: int,
+                temperature: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`match_flow` through the full (H W) x (H W) similarity matrix of each image, masked to the
+  window: one matrix product instead of (2r+1)^2 shifted products. The same flow and statistics
+  as `local_correlation` + `soft_argmax_displacement` (up to float rounding)."""
+  n, h, w, c = a.shape
+  a = _centred_unit(a).reshape(n, h * w, c)
+  b = _centred_unit(b).reshape(n, h * w, c)
+  corr = jnp.einsum('npc,nqc->npq', a, b)
+  ys, xs = jnp.meshgrid(jnp.arange(h), jnp.arange(w), indexing='ij')
+  pos = jnp.stack([ys.ravel(), xs.ravel()], axis=-1).astype(jnp.float32)  # (P, 2) as (y, x).
+  window = jnp.all(jnp.abs(pos[None, :, :] - pos[:, None, :]) <= radius, axis=-1)  # (P, Q).
+  weights = jax.nn.softmax(jnp.where(window, corr * temperature, -1e9), axis=-1)
+  flow = weights @ pos - pos  # sum_q w_q (q - p), as the weights sum to 1.
+  best = jnp.max(jnp.where(window, corr, -1.0), axis=-1)
+  stats = jnp.stack([jnp.max(weights, axis=-1), best], axis=-1)
+  return flow.reshape(n, h, w, 2), stats.reshape(n, h, w, 2)
+
+
+def match_flow(a: jax.Array, b: jax.Array, radius: int,
+               temperature: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Soft arg-max displacement of each position of `a` in `b` within `radius`, and its statistics.
+
+  Args:
+    a, b: (N, H, W, C) features on the same grid.
+    radius: r >= 1, the search window's half side in grid pixels.
+    temperature: scalar; the softmax is over temperature * cosine similarity.
+
+  Returns:
+    As `soft_argmax_displacement`. Maps of at most four times the window's positions go through
+    `dense_match` (a matrix product wastes less than (2r+1)^2 shifted products there: a window
+    wider than the map is mostly outside it); larger ones through `local_correlation`, whose
+    memory grows with the window, not with the map squared.
+  """
+  _, h, w, _ = a.shape
+  if h * w <= 4 * (2 * radius + 1) ** 2:
+    return dense_match(a, b, radius, temperature)
+  corr, valid = local_correlation(a, b, radius)
+  return soft_argmax_displacement(corr, valid, radius, temperature)
