@@ -53,4 +53,5 @@ def test_a_failure_of_process_0s_evaluation_stops_the_waiting_host_at_once():
   line = [l for l in outs[1].splitlines() if l.startswith('process 1')][0]
   assert 'the evaluation on process 0 failed' in line, outs[1]
   # At once: not after the coordination service's heartbeat timeout (minutes).
+  print(f'\n[eval sync] {line}')
   assert float(line.split('after ')[1].split(' s')[0]) < 30
