@@ -30,7 +30,10 @@ Memory: the whole image runs in one call when XLA's memory analysis of that call
 --max_memory_gb (default: 90% of the accelerator memory, or half the host RAM on CPU, where the
 budget also covers the full-size host arrays, 512 B per LR pixel); otherwise in balanced
 overlapping tiles with feathered seams (--tile N forces tiles of at most N x N LR pixels). See
-`ssen_jax.inference.tiling`. Timing and the tile count go to stderr.
+`ssen_jax.inference.tiling`. Timing, the tile count and one line per tile go to stderr. The plan
+minimises the tile count, not the time: the non-local attention's cost grows with the square of a
+call's size, so on a CPU a 2048x2048 input under `--tile 1024` takes 7x less CPU time than in one
+call (docs/performance.md).
 
 Compilation cache: JAX's persistent cache is on, in ~/.cache/ssen_jax/jax_cache (or
 $SSEN_JAX_CACHE_DIR, or --compilation_cache_dir); --nocompilation_cache turns it off.
