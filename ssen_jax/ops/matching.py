@@ -72,6 +72,15 @@ def local_correlation(a: jax.Array, b: jax.Array, radius: int) -> tuple[jax.Arra
   return corr, valid[None]
 
 
+def _weights_and_stats(corr: jax.Array, valid: jax.Array,
+                       temperature: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """softmax(temperature * corr) over the valid candidates (last axis), and the statistics: the
+  largest weight (how peaked the match is) and the largest valid similarity (how good it is)."""
+  weights = jax.nn.softmax(jnp.where(valid, corr * temperature, -1e9), axis=-1)
+  best = jnp.max(jnp.where(valid, corr, -1.0), axis=-1)
+  return weights, jnp.stack([jnp.max(weights, axis=-1), best], axis=-1)
+
+
 def soft_argmax_displacement(corr: jax.Array, valid: jax.Array, radius: int,
                              temperature: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Expected displacement under softmax(temperature * corr) over the valid displacements.
@@ -81,11 +90,8 @@ def soft_argmax_displacement(corr: jax.Array, valid: jax.Array, radius: int,
     (N, H, W, 2): the largest softmax weight (how peaked the match is) and the largest valid
     similarity (how good it is).
   """
-  logits = jnp.where(valid, corr * temperature, -1e9)
-  weights = jax.nn.softmax(logits, axis=-1)
+  weights, stats = _weights_and_stats(corr, valid, temperature)
   flow = weights @ jnp.asarray(displacements(radius))
-  best = jnp.max(jnp.where(valid, corr, -1.0), axis=-1)
-  stats = jnp.stack([jnp.max(weights, axis=-1), best], axis=-1)
   return flow, stats
 
 
@@ -101,10 +107,8 @@ def dense_match(a: jax.Array, b: jax.Array, radius: int,
   ys, xs = jnp.meshgrid(jnp.arange(h), jnp.arange(w), indexing='ij')
   pos = jnp.stack([ys.ravel(), xs.ravel()], axis=-1).astype(jnp.float32)  # (P, 2) as (y, x).
   window = jnp.all(jnp.abs(pos[None, :, :] - pos[:, None, :]) <= radius, axis=-1)  # (P, Q).
-  weights = jax.nn.softmax(jnp.where(window, corr * temperature, -1e9), axis=-1)
+  weights, stats = _weights_and_stats(corr, window, temperature)
   flow = weights @ pos - pos  # sum_q w_q (q - p), as the weights sum to 1.
-  best = jnp.max(jnp.where(window, corr, -1.0), axis=-1)
-  stats = jnp.stack([jnp.max(weights, axis=-1), best], axis=-1)
   return flow.reshape(n, h, w, 2), stats.reshape(n, h, w, 2)
 
 
