@@ -43,6 +43,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # soft arg-max of LR/reference feature similarity within this many LR pixels is added to the
   # first layer's offsets. docs/choices.md, "Correlation prior".
   m.match_radius = 0
+  # 0: the prior's flow is the soft arg-max over the whole window; l > 0: over the displacements
+  # within l LR pixels of the best match (sub-pixel, no pull towards the window's centre).
+  m.match_local_radius = 0
+  # False freezes SSEN's own (learned) offsets at zero, masks kept: with the prior, the "prior
+  # only" control of the reference-use study (docs/reference_use.md); not a paper setting.
+  m.learned_offsets = True
   m.rcan_groups = 10  # RCAN residual groups (selfsim / rcan only).
   m.rcan_blocks = 20  # RCABs per group.
   m.rcan_reduction = 16  # Channel-attention reduction.

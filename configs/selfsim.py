@@ -24,6 +24,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.variant = 'rcan' if 'rcan' in variants else 'selfsim'
   config.data.kind = 'sisr'
   config.data.eval_dataset = 'folder'
+  # The input is its own reference: the RefSR demo's reference mix and correlation prior (which
+  # `refsr.get_config('demo')` sets) do not apply, and the input pipeline refuses a mix for 'sisr'.
+  for field in ('shifted_prob', 'unrelated_prob', 'aligned_prob', 'far_prob'):
+    config.data.ref_mix[field] = 0.0
+  config.model.match_radius = 0
   if not variants & set(refsr.SIZES):
     config.data.hr_patch = 192  # DIV2K crops (paper Sec. 4.1).
     config.batch_size = 32  # The paper's RefSR batch; it gives none for this setting.

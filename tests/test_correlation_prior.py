@@ -129,3 +129,38 @@ def test_the_prior_finds_a_whole_pixel_shift_of_the_reference_before_training():
   moved = jnp.roll(hr, (8, -4), axis=(1, 2))  # 2 and -1 LR pixels: content at i sits at i + d.
   f = np.asarray(model.apply(params, lr, moved, method=flow))[0, 4:-4, 4:-4]
   assert abs(np.median(f[..., 0]) - 2.0) < 0.5 and abs(np.median(f[..., 1]) + 1.0) < 0.5
+
+
+
+def test_local_soft_argmax_averages_only_around_the_best_match():
+  """A peak at (2, -1) with weaker neighbours, and a plateau of weak candidates everywhere else:
+  the window's soft arg-max is pulled towards the plateau's centre, the local one is the softmax
+  average over the 3x3 around the peak, as computed by hand."""
+  r, t = 4, 10.0
+  d = ops.displacements(r)
+  corr = np.full(len(d), 0.5, np.float32)
+  peak = np.array([2.0, -1.0])
+  near = np.all(np.abs(d - peak) <= 1, axis=1)
+  corr[near] = 0.7
+  corr[np.all(d == peak, axis=1)] = 0.9
+  corr[np.all(d == peak + [0, 1], axis=1)] = 0.85
+  valid = np.ones((1, 1, 1, len(d)), bool)
+  c = jnp.asarray(corr)[None, None, None]
+  w = np.exp(t * corr[near]) / np.exp(t * corr[near]).sum()
+  expected = (w[:, None] * d[near]).sum(0)
+  local, stats = ops.soft_argmax_displacement(c, valid, r, jnp.float32(t), 1)
+  np.testing.assert_allclose(np.asarray(local)[0, 0, 0], expected, atol=1e-5)
+  wide, stats_wide = ops.soft_argmax_displacement(c, valid, r, jnp.float32(t), 0)
+  assert np.linalg.norm(np.asarray(wide)[0, 0, 0] - peak) > 0.5  # Pulled inwards.
+  np.testing.assert_array_equal(stats, stats_wide)  # Statistics of the whole window either way.
+
+
+def test_local_soft_argmax_is_the_same_on_both_paths():
+  rng = np.random.default_rng(3)
+  a = jnp.asarray(rng.normal(size=(2, 9, 11, 6)), jnp.float32)
+  b = jnp.asarray(rng.normal(size=(2, 9, 11, 6)), jnp.float32)
+  dense = ops.dense_match(a, b, 3, jnp.float32(20.0), 1)
+  corr, valid = ops.local_correlation(a, b, 3)
+  windowed = ops.soft_argmax_displacement(corr, valid, 3, jnp.float32(20.0), 1)
+  for x, y in zip(dense, windowed):
+    np.testing.assert_allclose(x, y, atol=1e-4)

@@ -30,7 +30,9 @@ def create_model(cfg: Mapping[str, Any], dtype: str = 'float32'):
   if variant in ('ssen', 'baseline'):
     return RefSRNet(num_extract_blocks=cfg['num_extract_blocks'],
                     num_recon_blocks=cfg['num_recon_blocks'], use_ssen=variant == 'ssen',
-                    match_radius=cfg.get('match_radius', 0), **ssen, **common)
+                    match_radius=cfg.get('match_radius', 0),
+                    match_local_radius=cfg.get('match_local_radius', 0),
+                    learned_offsets=cfg.get('learned_offsets', True), **ssen, **common)
   if variant in ('selfsim', 'rcan'):
     return RCAN(num_groups=cfg['rcan_groups'], num_blocks=cfg['rcan_blocks'],
                 reduction=cfg['rcan_reduction'], use_ssen=variant == 'selfsim', **ssen, **common)

@@ -129,10 +129,16 @@ class ModulatedDeformConv(nn.Module):
   A zero-initialised 3x3 convolution of `cond` gives G*9*3 channels: the first G*9*2 are offsets
   laid out [group][tap][dy, dx], the rest pass through a sigmoid to give the modulation mask
   (docs/conventions.md). An untrained layer therefore samples the regular grid with mask 0.5.
+
+  With `learned_offsets=False` the predicted offsets are replaced by zeros (the mask is kept): the
+  layer samples the regular grid, moved by `offset_prior` if one is given. Parameters are the same,
+  so a trained model can be probed this way (`ssen_jax.eval.probe`) and a model can be trained so
+  (`model.learned_offsets=False`: no gradient reaches the offset channels).
   """
   features: int
   offset_groups: int = 1
   kernel_size: int = 3
+  learned_offsets: bool = True
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -152,6 +158,8 @@ class ModulatedDeformConv(nn.Module):
                    name='offset_conv')(cond)
     om = om.astype(jnp.float32)
     offsets, mask = om[..., :2 * g * taps], jax.nn.sigmoid(om[..., 2 * g * taps:])
+    if not self.learned_offsets:
+      offsets = jnp.zeros_like(offsets)
     if offset_prior is not None:
       offsets = offsets + jnp.tile(offset_prior.astype(jnp.float32), (1, 1, 1, g * taps))
     c = x.shape[-1]
@@ -215,15 +223,17 @@ class CorrelationPrior(nn.Module):
   Cosine similarity of `a` (LR features) with `b` (the reference's features on the LR grid, from
   the same encoder) at every displacement within `radius`, softmax with a learned temperature
   (initially `init_temperature`), expected displacement. Returns the flow (N, H, W, 2) and
-  match statistics (N, H, W, 2): peak weight and best similarity. Not in the paper
-  (docs/choices.md, "Correlation prior").
+  match statistics (N, H, W, 2): peak weight and best similarity. `local_radius` > 0 takes the
+  expectation only within that many pixels of the best match (`ops.soft_argmax_displacement`).
+  Not in the paper (docs/choices.md, "Correlation prior").
   """
   radius: int
   init_temperature: float = 50.0
+  local_radius: int = 0
 
   @nn.compact
   def __call__(self, a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
     log_t = self.param('log_temperature',
                        nn.initializers.constant(math.log(self.init_temperature)), (),
                        jnp.float32)
-    return ops.match_flow(a, b, self.radius, jnp.exp(log_t))
+    return ops.match_flow(a, b, self.radius, jnp.exp(log_t), self.local_radius)

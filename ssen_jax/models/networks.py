@@ -55,6 +55,10 @@ class RefSRNet(nn.Module):
   `match_radius` r > 0 adds a correlation prior (not in the paper; docs/choices.md): the reference
   is box-averaged to the LR grid and encoded like the LR image (conv_lr + the shared blocks), and
   the soft arg-max of its cosine similarity to F_lr within r LR pixels steers SSEN's first layer.
+
+  `learned_offsets` / `prior_flow` (default True) switch off SSEN's own offsets / the prior's flow
+  without changing the parameters (`SSEN`): the reference-use probe's ablations
+  (`ssen_jax.eval.probe`) and the "prior only" training control.
   """
   features: int = 64
   num_extract_blocks: int = 5
@@ -64,6 +68,9 @@ class RefSRNet(nn.Module):
   use_ssen: bool = True
   offset_groups: int = 1
   match_radius: int = 0
+  match_local_radius: int = 0
+  learned_offsets: bool = True
+  prior_flow: bool = True
   scale: int = 4
   nonlocal_chunk: int = DEFAULT_CHUNK
   nonlocal_dense_max: int = DEFAULT_DENSE_MAX
@@ -76,9 +83,10 @@ class RefSRNet(nn.Module):
     self.extract = [ResBlock(c, d) for _ in range(self.num_extract_blocks)]
     if self.use_ssen:
       self.ssen = SSEN(c, self.num_dcn_layers, self.use_nonlocal, self.offset_groups,
-                       self.nonlocal_chunk, self.nonlocal_dense_max, d)
+                       self.learned_offsets, self.prior_flow, self.nonlocal_chunk,
+                       self.nonlocal_dense_max, d)
       if self.match_radius:
-        self.matcher = CorrelationPrior(self.match_radius)
+        self.matcher = CorrelationPrior(self.match_radius, local_radius=self.match_local_radius)
     self.fuse = conv(c, 1, dtype=d)
     self.recon = [ResBlock(c, d) for _ in range(self.num_recon_blocks)]
     self.conv_recon = conv(c, dtype=d)
@@ -121,6 +129,7 @@ class RefSRNet(nn.Module):
       if self.match_radius:
         ref_lr = ops.box_downsample(ref.astype(jnp.float32), self.scale)
         prior = self.matcher(f_lr, self.lr_features(ref_lr))
+        self.sow('intermediates', 'prior_flow', prior[0])  # The probe reads it (as computed).
       aligned, offsets, masks = self.ssen(f_lr, self.ref_features(ref), prior=prior,
                                           return_offsets=True)
       # Kept only when applied with mutable=['intermediates'] (the alignment loss of training).
@@ -176,8 +185,9 @@ class RCAN(nn.Module):
     offsets = masks = None
     if self.use_ssen:
       aligned, offsets, masks = SSEN(c, self.num_dcn_layers, self.use_nonlocal,
-                                     self.offset_groups, self.nonlocal_chunk,
-                                     self.nonlocal_dense_max, d, name='ssen')(
+                                     self.offset_groups, nonlocal_chunk=self.nonlocal_chunk,
+                                     nonlocal_dense_max=self.nonlocal_dense_max, dtype=d,
+                                     name='ssen')(
                                          head, head, return_offsets=True)
       x = conv(c, 1, name='fuse', dtype=d)(jnp.concatenate([head, aligned], axis=-1))
     for i in range(self.num_groups):

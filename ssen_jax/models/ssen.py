@@ -61,11 +61,17 @@ class SSEN(nn.Module):
     num_dcn_layers: L, 0-4 (paper Tab. 4; 3 is the paper's choice). With 0, SSEN returns F_ref.
     use_nonlocal: the non-local blocks of the estimators (paper Tab. 4, bottom).
     offset_groups: deformable groups of each layer (DCNv2's default, 1; the paper is silent).
+    learned_offsets: False replaces every layer's predicted offsets by zeros, masks kept (the
+      "prior only" control, or a test-time ablation; `ModulatedDeformConv`).
+    prior_flow: False replaces the correlation prior's flow by zeros wherever it is used (first
+      layer's offsets and the estimators' input); its match statistics are kept (test-time ablation).
   """
   features: int = 64
   num_dcn_layers: int = 3
   use_nonlocal: bool = True
   offset_groups: int = 1
+  learned_offsets: bool = True
+  prior_flow: bool = True
   nonlocal_chunk: int = DEFAULT_CHUNK
   nonlocal_dense_max: int = DEFAULT_DENSE_MAX
   dtype: Dtype = jnp.float32
@@ -84,13 +90,17 @@ class SSEN(nn.Module):
       (N, H, W, G*9*2) and masks (N, H, W, G*9).
     """
     r = f_ref
-    flow, match = (None, None) if prior is None else (prior[0], jnp.concatenate(prior, -1))
+    flow, match = (None, None)
+    if prior is not None:
+      flow = prior[0] if self.prior_flow else jnp.zeros_like(prior[0])
+      match = jnp.concatenate([flow, prior[1]], -1)
     offsets, masks = [], []
     for l in range(self.num_dcn_layers):
       cond = DynamicOffsetEstimator(self.features, self.use_nonlocal, self.nonlocal_chunk,
                                     self.nonlocal_dense_max, self.dtype,
                                     name=f'doe_{l}')(f_lr, r, match)
-      r, off, mask = ModulatedDeformConv(self.features, self.offset_groups, dtype=self.dtype,
+      r, off, mask = ModulatedDeformConv(self.features, self.offset_groups,
+                                         learned_offsets=self.learned_offsets, dtype=self.dtype,
                                          name=f'dcn_{l}')(
                                              r, cond, offset_prior=flow if l == 0 else None,
                                              return_offsets=True)

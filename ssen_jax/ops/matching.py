@@ -81,9 +81,28 @@ def _weights_and_stats(corr: jax.Array, valid: jax.Array,
   return weights, jnp.stack([jnp.max(weights, axis=-1), best], axis=-1)
 
 
+def _near_best(scores: jax.Array, window: jax.Array, disp_y: jax.Array, disp_x: jax.Array,
+               local_radius: int) -> jax.Array:
+  """The candidates within `local_radius` (per axis) of each position's best one, inside `window`.
+
+  scores, window: (..., K); disp_y, disp_x: (..., K) candidate displacements (broadcastable)."""
+  best = jnp.argmax(jnp.where(window, scores, -jnp.inf), axis=-1)[..., None]
+  dy = jnp.broadcast_to(disp_y, scores.shape)
+  dx = jnp.broadcast_to(disp_x, scores.shape)
+  by = jnp.take_along_axis(dy, best, axis=-1)
+  bx = jnp.take_along_axis(dx, best, axis=-1)
+  return window & (jnp.abs(dy - by) <= local_radius) & (jnp.abs(dx - bx) <= local_radius)
+
+
 def soft_argmax_displacement(corr: jax.Array, valid: jax.Array, radius: int,
-                             temperature: jax.Array) -> tuple[jax.Array, jax.Array]:
+                             temperature: jax.Array,
+                             local_radius: int = 0) -> tuple[jax.Array, jax.Array]:
   """Expected displacement under softmax(temperature * corr) over the valid displacements.
+
+  With `local_radius` l > 0 the expectation is taken only over the displacements within l grid
+  pixels (per axis) of the best one: a sub-pixel estimate around the arg max, which a wide window's
+  many weak candidates no longer pull towards the window's centre (docs/choices.md, "Local soft
+  arg-max"). The statistics are those of the whole window either way.
 
   Returns:
     flow (N, H, W, 2) float32 as (dy, dx) in grid pixels, and the match statistics
@@ -91,12 +110,16 @@ def soft_argmax_displacement(corr: jax.Array, valid: jax.Array, radius: int,
     similarity (how good it is).
   """
   weights, stats = _weights_and_stats(corr, valid, temperature)
-  flow = weights @ jnp.asarray(displacements(radius))
+  d = jnp.asarray(displacements(radius))
+  if local_radius:
+    near = _near_best(corr, valid, d[:, 0], d[:, 1], local_radius)
+    weights, _ = _weights_and_stats(corr, near, temperature)
+  flow = weights @ d
   return flow, stats
 
 
-def dense_match(a: jax.Array, b: jax.Array, radius: int,
-                temperature: jax.Array) -> tuple[jax.Array, jax.Array]:
+def dense_match(a: jax.Array, b: jax.Array, radius: int, temperature: jax.Array,
+                local_radius: int = 0) -> tuple[jax.Array, jax.Array]:
   """`match_flow` through the full (H W) x (H W) similarity matrix of each image, masked to the
   window: one matrix product instead of (2r+1)^2 shifted products. The same flow and statistics
   as `local_correlation` + `soft_argmax_displacement` (up to float rounding)."""
@@ -108,18 +131,24 @@ def dense_match(a: jax.Array, b: jax.Array, radius: int,
   pos = jnp.stack([ys.ravel(), xs.ravel()], axis=-1).astype(jnp.float32)  # (P, 2) as (y, x).
   window = jnp.all(jnp.abs(pos[None, :, :] - pos[:, None, :]) <= radius, axis=-1)  # (P, Q).
   weights, stats = _weights_and_stats(corr, window, temperature)
+  if local_radius:
+    near = _near_best(corr, window[None], pos[None, None, :, 0], pos[None, None, :, 1],
+                      local_radius)
+    weights, _ = _weights_and_stats(corr, near, temperature)
   flow = weights @ pos - pos  # sum_q w_q (q - p), as the weights sum to 1.
   return flow.reshape(n, h, w, 2), stats.reshape(n, h, w, 2)
 
 
-def match_flow(a: jax.Array, b: jax.Array, radius: int,
-               temperature: jax.Array) -> tuple[jax.Array, jax.Array]:
+def match_flow(a: jax.Array, b: jax.Array, radius: int, temperature: jax.Array,
+               local_radius: int = 0) -> tuple[jax.Array, jax.Array]:
   """Soft arg-max displacement of each position of `a` in `b` within `radius`, and its statistics.
 
   Args:
     a, b: (N, H, W, C) features on the same grid.
     radius: r >= 1, the search window's half side in grid pixels.
     temperature: scalar; the softmax is over temperature * cosine similarity.
+    local_radius: 0, the expectation over the whole window; l > 0, over the displacements within
+      l grid pixels of the best match (`soft_argmax_displacement`).
 
   Returns:
     As `soft_argmax_displacement`. Maps of at most four times the window's positions go through
@@ -129,6 +158,6 @@ def match_flow(a: jax.Array, b: jax.Array, radius: int,
   """
   _, h, w, _ = a.shape
   if h * w <= 4 * (2 * radius + 1) ** 2:
-    return dense_match(a, b, radius, temperature)
+    return dense_match(a, b, radius, temperature, local_radius)
   corr, valid = local_correlation(a, b, radius)
-  return soft_argmax_displacement(corr, valid, radius, temperature)
+  return soft_argmax_displacement(corr, valid, radius, temperature, local_radius)
