@@ -46,6 +46,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 0: the prior's flow is the soft arg-max over the whole window; l > 0: over the displacements
   # within l LR pixels of the best match (sub-pixel, no pull towards the window's centre).
   m.match_local_radius = 0
+  # With the prior: resample the HR reference by the prior's flow before extracting its features,
+  # instead of moving LR-grid features in SSEN's first layer (docs/choices.md, "Reference pre-warp").
+  m.ref_prewarp = False
   # False freezes SSEN's own (learned) offsets at zero, masks kept: with the prior, the "prior
   # only" control of the reference-use study (docs/reference_use.md); not a paper setting.
   m.learned_offsets = True

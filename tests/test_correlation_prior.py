@@ -3,6 +3,7 @@ docs/choices.md)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from ssen_jax import ops
 from ssen_jax.models import create_model, init_inputs
@@ -164,3 +165,45 @@ def test_local_soft_argmax_is_the_same_on_both_paths():
   windowed = ops.soft_argmax_displacement(corr, valid, 3, jnp.float32(20.0), 1)
   for x, y in zip(dense, windowed):
     np.testing.assert_allclose(x, y, atol=1e-4)
+
+
+def test_warp_by_flow_moves_the_fine_image_by_factor_times_the_flow():
+  rng = np.random.default_rng(5)
+  img = jnp.asarray(rng.normal(size=(2, 16, 20, 3)), jnp.float32)
+  flow = jnp.broadcast_to(jnp.array([0.5, -0.25], jnp.float32), (2, 4, 5, 2))
+  out = np.asarray(ops.warp_by_flow(img, flow, 4))
+  # out[y, x] = img[y + 2, x - 1]: exact away from the clamped edges.
+  np.testing.assert_array_equal(out[:, :-2, 1:], np.asarray(img)[:, 2:, :-1])
+  half_pixel = jnp.broadcast_to(jnp.array([0.125, 0.0], jnp.float32), (2, 4, 5, 2))
+  half = np.asarray(ops.warp_by_flow(img, half_pixel, 4))  # Half a fine pixel: the mean of two.
+  np.testing.assert_allclose(half[:, :-1], 0.5 * (np.asarray(img)[:, :-1] + np.asarray(img)[:, 1:]),
+                             atol=1e-6)
+  # Differentiable in the flow (the prior learns through the pre-warp).
+  grad = jax.grad(lambda f: jnp.sum(ops.warp_by_flow(img, f, 4) ** 2))(flow + 0.1)
+  assert np.all(np.isfinite(grad)) and np.abs(grad).max() > 0
+  with pytest.raises(ValueError, match='not 4x'):
+    ops.warp_by_flow(img[:, :15], flow, 4)
+
+
+def test_reference_prewarp_uses_the_flow_on_the_image_not_on_the_offsets():
+  cfg = refsr.get_config('tiny').model
+  cfg.match_radius, cfg.ref_prewarp = 2, True
+  model = create_model(cfg)
+  lr, ref = init_inputs(cfg, 8)
+  rng = np.random.default_rng(0)
+  lr = jnp.asarray(rng.uniform(size=lr.shape), jnp.float32)
+  ref = jnp.asarray(rng.uniform(size=ref.shape), jnp.float32)
+  params = model.init(jax.random.key(0), lr, ref)
+  # Offsets start at zero: with the flow applied to the image, the first layer's offsets stay 0.
+  _, offsets, _ = model.apply(params, lr, ref, return_offsets=True)
+  np.testing.assert_array_equal(np.asarray(offsets[0]), 0.0)
+  plain = create_model(dict(cfg, ref_prewarp=False))
+  _, offsets_plain, _ = plain.apply(params, lr, ref, return_offsets=True)
+  assert np.abs(np.asarray(offsets_plain[0])).max() > 0  # The flow, added to the offsets.
+  # A constant whole-HR-pixel flow on the image is the reference moved by that many pixels.
+  moved = model.clone(fixed_flow=(0.25, 0.0)).apply(params, lr, ref)
+  shifted = jnp.concatenate([ref[:, 1:], ref[:, -1:]], axis=1)
+  np.testing.assert_allclose(np.asarray(moved),
+                             np.asarray(model.clone(fixed_flow=(0.0, 0.0)).apply(params, lr,
+                                                                                shifted)),
+                             atol=1e-6)

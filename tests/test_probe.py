@@ -83,6 +83,7 @@ def test_settings_without_a_prior_are_marked_not_applicable():
   settings = probe.setting_models(model)
   assert settings['no_prior'] is None and settings['neither'] is None
   assert settings['full'] is not None and settings['no_learned'] is not None
+  assert settings['oracle_flow'] is not None  # Moves the first layer also without a prior.
   baseline = models.create_model(refsr.get_config('tiny,baseline').model)
   with pytest.raises(ValueError, match='needs a RefSR model with SSEN'):
     probe.setting_models(baseline)
@@ -184,3 +185,17 @@ def test_command_writes_table_json_and_figure(demo_dir, tmp_path):
                        cwd=REPO, capture_output=True, text=True, env=env)
   assert bad.returncode == 1 and 'Traceback' not in bad.stderr
   assert bad.stderr.strip().splitlines()[-1].startswith('error:')
+
+
+def test_oracle_flow_moves_the_first_layer_by_the_true_shift(examples):
+  """The oracle setting's first layer samples exactly k/scale LR px away (EPE 0, |learned| 0), and
+  on a no-prior model it equals 'no_learned' at k = 0."""
+  model, params = tiny_model(0)
+  res = probe.run_probe(model, params, examples, scale=4, settings=('no_learned', 'oracle_flow'),
+                        shifts=(0, 2, 8), table=False)
+  oracle, plain = res['settings']['oracle_flow'], res['settings']['no_learned']
+  np.testing.assert_allclose(oracle['shift']['epe_total'], 0.0, atol=1e-6)
+  np.testing.assert_allclose(oracle['shift']['learned_abs'], 0.0, atol=1e-6)
+  assert oracle['shift']['psnr'][0] == plain['shift']['psnr'][0]
+  assert oracle['shift']['psnr'][2] != plain['shift']['psnr'][2]
+  assert oracle['unrelated'] == plain['unrelated'] and oracle['unrelated_from'] == 'no_learned'

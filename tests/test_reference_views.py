@@ -60,3 +60,15 @@ def test_a_gray_photo_gives_rgb_files_with_equal_channels(tmp_path):
   np.testing.assert_array_equal(gray[..., 0], gray[..., 2])
   color = np.asarray(Image.open(tmp_path / 'views' / '000_0.png'))
   assert not np.array_equal(color[..., 0], color[..., 2])
+
+
+def test_subpixel_views_are_small_moves_of_the_same_photo(tmp_path):
+  _photos(tmp_path / 'hr', [(120, 130), (100, 140)])
+  reference_views.write(tmp_path / 'hr', tmp_path / 'views', 64, views='subpixel')
+  default = reference_views.make_groups(
+      [np.asarray(Image.open(tmp_path / 'hr' / f'p{i}.png')) for i in range(2)], 64)
+  for g, d in zip(datasets.load_cufed5(tmp_path / 'views', 4), default):
+    err = [np.mean(np.abs(r.astype(float) - g['hr'])) for r in g['refs']]
+    assert max(err[:3]) < 0.5 * err[4], err  # XH, H, M: the same content, nearly aligned.
+    assert 0 < err[0] < np.mean(np.abs(d[1].astype(float) - g['hr']))  # Closer than default XH.
+  assert '"views": "subpixel"' in (tmp_path / 'views' / 'views.json').read_text()

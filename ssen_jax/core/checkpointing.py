@@ -243,7 +243,7 @@ FREE_FIELDS = ('num_train_steps', 'log_every_steps', 'eval_every_steps',
 ADDED_FIELDS = {'data.tfds_name': '', 'data.tfds_data_dir': '', 'data.tfds_split': 'train',
                 'optim.offset_lr_multiplier': 1.0, 'loss.align_weight': 0.0,
                 'model.match_radius': 0, 'model.learned_offsets': True,
-                'model.match_local_radius': 0,
+                'model.match_local_radius': 0, 'model.ref_prewarp': False,
                 'data.ref_mix.far_prob': 0.0,
                 'data.ref_mix.far_max': 64.0, 'data.ref_mix.far_rotate': 0.0,
                 'data.ref_mix.far_zoom': 0.0}

@@ -17,9 +17,11 @@ Training pairs come from ten photos: `astronaut`, `rocket`, `hubble_deep_field`,
 (where a reference pays off most: the bicubic input cannot predict their fine detail). Gray
 photos become three equal channels. The HR is a 160x160 crop; its stored reference is the same
 neighbourhood seen through a random similarity transform (rotation up to 3 degrees, scale
-0.95-1.05, shift up to 8 px, bicubic resampling) with a small gain/offset change, i.e. related
-but not aligned content, as CUFED's pairs are. The demo config adds shifted views and unrelated
-references on the fly (`ssen_jax.data.input_pipeline.RefMix`).
+0.95-1.05, shift up to 8 px, bicubic resampling) with a small gain/offset change: related but not
+aligned content. It is a view of the same photo, which CUFED's pairs are not (CUFED's reference is
+another photo of the same event), so the demo is an easier alignment task than CUFED. The demo
+config adds shifted views and unrelated references on the fly
+(`ssen_jax.data.input_pipeline.RefMix`).
 
 Evaluation groups come from other images only: the real stereo pair `motorcycle_left/right`
 (12 groups), `chelsea` (6) and `coffee` (6), with `retina` for unrelated references. Groups

@@ -10,7 +10,10 @@ probe evaluates the same parameters under four test-time settings (`SETTINGS`):
   no_prior     the prior's flow zeroed wherever it is used (first layer's offsets and the
                estimators' input); its match statistics, which the masks gate on, and the learned
                offsets kept;
-  neither      both zeroed: every layer samples the regular grid.
+  neither      both zeroed: every layer samples the regular grid;
+  oracle_flow  (shift probe only) learned offsets zeroed and the first layer moved by the true
+               shift (`fixed_flow`): what the trained network makes of a perfect LR-grid alignment,
+               which separates estimating a displacement from using it.
 
 Settings that do not apply (`no_prior` and `neither` without a prior) are reported as such. For each
 setting it gives
@@ -39,12 +42,14 @@ from ssen_jax.data import images
 from ssen_jax.eval import metrics
 from ssen_jax.eval import protocol
 
-SETTINGS = ('full', 'no_learned', 'no_prior', 'neither')
+SETTINGS = ('full', 'no_learned', 'no_prior', 'neither', 'oracle_flow')
 DESCRIPTIONS = {'full': 'as trained', 'no_learned': 'learned offsets zeroed',
-                'no_prior': 'prior flow zeroed', 'neither': 'both zeroed'}
+                'no_prior': 'prior flow zeroed', 'neither': 'both zeroed',
+                'oracle_flow': 'true shift as flow'}
 _FLAGS = {'full': dict(), 'no_learned': dict(learned_offsets=False),
           'no_prior': dict(prior_flow=False),
-          'neither': dict(learned_offsets=False, prior_flow=False)}
+          'neither': dict(learned_offsets=False, prior_flow=False),
+          'oracle_flow': dict(learned_offsets=False)}  # + fixed_flow per shift.
 # HR pixels; 96 lies beyond the demo's 18-LR-pixel (72 HR px) window.
 SHIFTS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64, 96)
 
@@ -78,9 +83,11 @@ def setting_models(model: Any, settings: Sequence[str] = SETTINGS) -> Dict[str, 
 
 def make_probe_fn(model: Any) -> Callable:
   """jitted fn(params, lr, ref) -> (SR clipped to [0, 1], first layer's offsets (N, h, w, G*9*2),
-  the prior's flow (N, h, w, 2) as computed, and as added to the offsets (zeros where the setting
-  zeroes it; both zeros without a prior))."""
+  the prior's flow (N, h, w, 2) as computed, and the flow added to the offsets (zeros where the
+  setting zeroes it, the constant of `fixed_flow`; both zeros without a prior))."""
   flow_used = getattr(model, 'prior_flow', True)
+  fixed = getattr(model, 'fixed_flow', None)
+  prewarp = getattr(model, 'ref_prewarp', False)  # The flow moved the image, not the offsets.
 
   @jax.jit
   def fn(params, lr, ref):
@@ -88,8 +95,14 @@ def make_probe_fn(model: Any) -> Callable:
                                           mutable=['intermediates'])
     flows = inter.get('intermediates', {}).get('prior_flow')
     flow = (flows[0] if flows else jnp.zeros(lr.shape[:3] + (2,))).astype(jnp.float32)
-    return (jnp.clip(sr, 0.0, 1.0), offsets[0], flow,
-            flow if flow_used else jnp.zeros_like(flow))
+    if fixed is not None:
+      used = jnp.broadcast_to(jnp.asarray(fixed, jnp.float32), flow.shape)
+    else:
+      used = flow if flow_used else jnp.zeros_like(flow)
+    first = offsets[0]
+    if prewarp:  # Displacement = warp + offsets, as for the flow added to the offsets.
+      first = first + jnp.tile(used, (1, 1, 1, first.shape[-1] // 2))
+    return jnp.clip(sr, 0.0, 1.0), first, flow, used
 
   return fn
 
@@ -152,13 +165,14 @@ def _reference(hr_like: np.ndarray, lr: np.ndarray, scale: int) -> np.ndarray:
 
 
 def shift_probe(examples: Sequence[dict], probe_fn: Callable, params: Any, *, scale: int,
-                shifts: Sequence[int] = SHIFTS,
+                shifts: Sequence[int] = SHIFTS, per_shift: bool = False,
                 log_fn: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
   """PSNR and first-layer end-point errors with each HR image, moved by k HR px, as reference.
 
   Args:
     examples: CUFED5-style examples (`name`, `hr`, `lr`, `refs`).
-    probe_fn: `make_probe_fn` of the model under one setting.
+    probe_fn: `make_probe_fn` of the model under one setting, or a function of the shift k
+      returning one (`per_shift`).
     params: its parameters.
     scale: SR factor.
     shifts: HR-pixel shifts k (each applied diagonally, (k, k)).
@@ -173,10 +187,11 @@ def shift_probe(examples: Sequence[dict], probe_fn: Callable, params: Any, *, sc
   for k in shifts:
     start = time.perf_counter()
     rows = []
+    fn = probe_fn(k) if per_shift else probe_fn
     for ex in examples:
       lr = ex['lr']
       ref = _reference(shifted_reference(ex['hr'], k), lr, scale)
-      outs = probe_fn(params, (lr.astype(np.float32) / 255.0)[None], ref)
+      outs = fn(params, (lr.astype(np.float32) / 255.0)[None], ref)
       sr, offsets, flow, flow_used = (np.asarray(local_value(a))[0] for a in outs)
       psnr = metrics.psnr_y(sr, ex['hr'], scale, gray=ex.get('gray', False))
       valid = valid_positions(lr.shape[:2], k, scale)
@@ -223,6 +238,8 @@ def run_probe(model: Any, params: Any, examples: Sequence[dict], *, scale: int,
     if module is None:
       out['settings'][name] = None
       continue
+    if name == 'oracle_flow':
+      continue  # After the others: it borrows the first setting's unrelated level.
     say = (lambda line, n=name: log_fn(f'[{n}] {line}')) if log_fn else None
     fn = make_probe_fn(module)
     res: Dict[str, Any] = {'description': DESCRIPTIONS[name]}
@@ -245,6 +262,18 @@ def run_probe(model: Any, params: Any, examples: Sequence[dict], *, scale: int,
     if shifts:
       res['shift'] = shift_probe(examples, fn, params, scale=scale, shifts=shifts, log_fn=say)
     out['settings'][name] = res
+  if modules.get('oracle_flow') is not None and shifts:
+    others = [r for r in out['settings'].values() if r]
+    unrelated = others[0]['unrelated'] if others else math.nan
+    fns = {k: make_probe_fn(modules['oracle_flow'].clone(fixed_flow=(k / scale, k / scale)))
+           for k in shifts}
+    out['settings']['oracle_flow'] = {
+        'description': DESCRIPTIONS['oracle_flow'], 'unrelated': unrelated,
+        'unrelated_from': next((n for n, r in out['settings'].items() if r), None),
+        'shift': shift_probe(examples, fns.get, params, scale=scale, shifts=shifts,
+                             per_shift=True,
+                             log_fn=(lambda line: log_fn(f'[oracle_flow] {line}'))
+                             if log_fn else None)}
   return out
 
 
@@ -264,6 +293,8 @@ def format_tables(results: Dict[str, Any], *, title: str = '') -> str:
     rows = []
     for name, r in settings.items():
       label = f'{name} ({DESCRIPTIONS[name]})'
+      if r is not None and 'levels' not in r:
+        continue  # oracle_flow: shift probe only.
       if r is None:
         rows.append([label] + [na] + [''] * (len(levels) + 2))
       else:
@@ -294,7 +325,7 @@ def format_tables(results: Dict[str, Any], *, title: str = '') -> str:
 # --- The figure: PSNR against shift, drawn with Pillow (no plotting library is a dependency). ---
 
 _LINE_COLOURS = {'full': (31, 119, 180), 'no_learned': (255, 127, 14), 'no_prior': (44, 160, 44),
-                 'neither': (214, 39, 40)}
+                 'neither': (214, 39, 40), 'oracle_flow': (148, 103, 189)}
 
 
 def shift_figure(results: Dict[str, Any], path: Any, *, title: str = '',

@@ -57,8 +57,14 @@ class RefSRNet(nn.Module):
   the soft arg-max of its cosine similarity to F_lr within r LR pixels steers SSEN's first layer.
 
   `learned_offsets` / `prior_flow` (default True) switch off SSEN's own offsets / the prior's flow
-  without changing the parameters (`SSEN`): the reference-use probe's ablations
-  (`ssen_jax.eval.probe`) and the "prior only" training control.
+  without changing the parameters, and `fixed_flow` replaces the flow by a constant (`SSEN`): the
+  reference-use probe's ablations (`ssen_jax.eval.probe`) and the "prior only" training control.
+
+  `ref_prewarp` (with the prior; not in the paper, docs/choices.md): the HR reference image is
+  resampled by scale x the prior's flow (`ops.warp_by_flow`) before its features are extracted,
+  instead of moving the LR-grid features by the flow in SSEN's first layer: a displacement of a
+  fraction of an LR pixel then moves the reference at HR resolution, which resampling stride-4
+  features cannot reproduce.
   """
   features: int = 64
   num_extract_blocks: int = 5
@@ -71,6 +77,8 @@ class RefSRNet(nn.Module):
   match_local_radius: int = 0
   learned_offsets: bool = True
   prior_flow: bool = True
+  fixed_flow: tuple[float, float] | None = None
+  ref_prewarp: bool = False
   scale: int = 4
   nonlocal_chunk: int = DEFAULT_CHUNK
   nonlocal_dense_max: int = DEFAULT_DENSE_MAX
@@ -83,8 +91,8 @@ class RefSRNet(nn.Module):
     self.extract = [ResBlock(c, d) for _ in range(self.num_extract_blocks)]
     if self.use_ssen:
       self.ssen = SSEN(c, self.num_dcn_layers, self.use_nonlocal, self.offset_groups,
-                       self.learned_offsets, self.prior_flow, self.nonlocal_chunk,
-                       self.nonlocal_dense_max, d)
+                       self.learned_offsets, self.prior_flow, self.fixed_flow,
+                       self.nonlocal_chunk, self.nonlocal_dense_max, d)
       if self.match_radius:
         self.matcher = CorrelationPrior(self.match_radius, local_radius=self.match_local_radius)
     self.fuse = conv(c, 1, dtype=d)
@@ -96,6 +104,15 @@ class RefSRNet(nn.Module):
     for block in self.extract:
       x = block(x)
     return x
+
+  def _warp_flow(self, prior: tuple | None, f_lr: jax.Array) -> jax.Array | None:
+    """The flow the reference pre-warp applies: the constant `fixed_flow`, else the prior's
+    (zeros with `prior_flow=False`); None without either."""
+    if self.fixed_flow is not None:
+      return jnp.broadcast_to(jnp.asarray(self.fixed_flow, jnp.float32), f_lr.shape[:3] + (2,))
+    if prior is None:
+      return None
+    return prior[0] if self.prior_flow else jnp.zeros_like(prior[0])
 
   def lr_features(self, lr: jax.Array) -> jax.Array:
     """F_lr (N, H, W, C) of an LR image (N, H, W, 3)."""
@@ -130,8 +147,11 @@ class RefSRNet(nn.Module):
         ref_lr = ops.box_downsample(ref.astype(jnp.float32), self.scale)
         prior = self.matcher(f_lr, self.lr_features(ref_lr))
         self.sow('intermediates', 'prior_flow', prior[0])  # The probe reads it (as computed).
+      warp = self._warp_flow(prior, f_lr) if self.ref_prewarp else None
+      if warp is not None:
+        ref = ops.warp_by_flow(ref.astype(jnp.float32), warp, self.scale)
       aligned, offsets, masks = self.ssen(f_lr, self.ref_features(ref), prior=prior,
-                                          return_offsets=True)
+                                          flow_in_offsets=warp is None, return_offsets=True)
       # Kept only when applied with mutable=['intermediates'] (the alignment loss of training).
       self.sow('intermediates', 'aligned', aligned)
       fused = self.fuse(jnp.concatenate([f_lr, aligned], axis=-1))

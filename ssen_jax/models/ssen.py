@@ -65,6 +65,9 @@ class SSEN(nn.Module):
       "prior only" control, or a test-time ablation; `ModulatedDeformConv`).
     prior_flow: False replaces the correlation prior's flow by zeros wherever it is used (first
       layer's offsets and the estimators' input); its match statistics are kept (test-time ablation).
+    fixed_flow: (dy, dx) in LR pixels, or None: a constant flow used instead of the prior's (and
+      added to the first layer's offsets also without a prior): the probe's "oracle flow", the
+      true displacement of a shifted reference (test time only).
   """
   features: int = 64
   num_dcn_layers: int = 3
@@ -72,18 +75,21 @@ class SSEN(nn.Module):
   offset_groups: int = 1
   learned_offsets: bool = True
   prior_flow: bool = True
+  fixed_flow: tuple[float, float] | None = None
   nonlocal_chunk: int = DEFAULT_CHUNK
   nonlocal_dense_max: int = DEFAULT_DENSE_MAX
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, f_lr: jax.Array, f_ref: jax.Array, *, prior: tuple | None = None,
-               return_offsets: bool = False):
+               flow_in_offsets: bool = True, return_offsets: bool = False):
     """Aligns f_ref (N, H, W, C) to f_lr (N, H, W, C).
 
     `prior`: optional (flow (N, H, W, 2), match statistics (N, H, W, 2)) of a correlation prior
     (`CorrelationPrior`): the flow is added to the first layer's offsets (the later layers refine
     features already moved), and flow and statistics join every estimator's input.
+    `flow_in_offsets=False`: the flow was applied already (the reference pre-warp of
+    `RefSRNet(ref_prewarp=True)`); it only informs the estimators.
 
     Returns:
       R_L (N, H, W, C); with `return_offsets`, also lists of each layer's offsets
@@ -91,8 +97,11 @@ class SSEN(nn.Module):
     """
     r = f_ref
     flow, match = (None, None)
+    if self.fixed_flow is not None:
+      flow = jnp.broadcast_to(jnp.asarray(self.fixed_flow, jnp.float32), f_lr.shape[:3] + (2,))
     if prior is not None:
-      flow = prior[0] if self.prior_flow else jnp.zeros_like(prior[0])
+      if flow is None:
+        flow = prior[0] if self.prior_flow else jnp.zeros_like(prior[0])
       match = jnp.concatenate([flow, prior[1]], -1)
     offsets, masks = [], []
     for l in range(self.num_dcn_layers):
@@ -102,7 +111,9 @@ class SSEN(nn.Module):
       r, off, mask = ModulatedDeformConv(self.features, self.offset_groups,
                                          learned_offsets=self.learned_offsets, dtype=self.dtype,
                                          name=f'dcn_{l}')(
-                                             r, cond, offset_prior=flow if l == 0 else None,
+                                             r, cond,
+                                             offset_prior=flow if l == 0 and flow_in_offsets
+                                             else None,
                                              return_offsets=True)
       offsets.append(off)
       masks.append(mask)

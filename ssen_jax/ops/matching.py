@@ -161,3 +161,35 @@ def match_flow(a: jax.Array, b: jax.Array, radius: int, temperature: jax.Array,
     return dense_match(a, b, radius, temperature, local_radius)
   corr, valid = local_correlation(a, b, radius)
   return soft_argmax_displacement(corr, valid, radius, temperature, local_radius)
+
+
+def warp_by_flow(image: jax.Array, flow: jax.Array, factor: int) -> jax.Array:
+  """image (N, f*H, f*W, C) resampled at each pixel q + f * flow[q // f] (bilinear, edges extended).
+
+  `flow` (N, H, W, 2) is a coarse-grid displacement (dy, dx) in coarse pixels, as `match_flow`
+  gives: out[q] = image[q + f * flow(q // f)], so content that the flow says lies d coarse pixels
+  away is brought to q, at the fine grid's resolution (a shift of half a coarse pixel moves the
+  image by f / 2 fine pixels, which resampling features on the coarse grid cannot reproduce).
+  Differentiable in both arguments.
+  """
+  n, hh, ww, c = image.shape
+  h, w = flow.shape[1:3]
+  if (hh, ww) != (factor * h, factor * w):
+    raise ValueError(f'image {(hh, ww)} is not {factor}x the flow\'s grid {(h, w)}')
+  fine = jnp.repeat(jnp.repeat(flow.astype(jnp.float32), factor, axis=1), factor, axis=2)
+  ys = jnp.arange(hh, dtype=jnp.float32)[None, :, None] + factor * fine[..., 0]
+  xs = jnp.arange(ww, dtype=jnp.float32)[None, None, :] + factor * fine[..., 1]
+  ys, xs = jnp.clip(ys, 0, hh - 1), jnp.clip(xs, 0, ww - 1)
+  y0, x0 = jnp.floor(ys), jnp.floor(xs)
+  wy, wx = (ys - y0)[..., None], (xs - x0)[..., None]
+  y0, x0 = y0.astype(jnp.int32), x0.astype(jnp.int32)
+  y1, x1 = jnp.minimum(y0 + 1, hh - 1), jnp.minimum(x0 + 1, ww - 1)
+  flat = image.reshape(n, hh * ww, c)
+
+  def at(y, x):
+    idx = (y * ww + x).reshape(n, hh * ww, 1)
+    return jnp.take_along_axis(flat, idx, axis=1).reshape(n, hh, ww, c)
+
+  top = (1 - wx) * at(y0, x0) + wx * at(y0, x1)
+  bottom = (1 - wx) * at(y1, x0) + wx * at(y1, x1)
+  return ((1 - wy) * top + wy * bottom).astype(image.dtype)
