@@ -70,7 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   d.hr_patch = 160  # HR crop side; CUFED pairs are 160x160.
   # 'independent': the reference gets its own crop, 90-degree rotation and flip; 'paired': crop
   # position and rotation shared with the HR; 'mixed': independent with probability
-  # ref_independent_prob, else paired. Measured at demo scale (README, "Reference use", section 3
+  # ref_independent_prob, else paired. Measured at demo scale (docs/reference_use.md, "Earlier runs", augmentation study
   # table; the records' own references only, with the 3-pixel correlation prior so that the
   # reference path can open at all, 1600 steps, baseline 29.51 dB): independent XH/XL/ref_gain
   # 29.50/29.50/+0.00 (reference ignored: a reference turned 90 degrees cannot be aligned by 3x3
@@ -146,8 +146,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.use_nonlocal = False
   if 'demo' in variants:
     d.demo = True
-    # The correlation prior gives SSEN's first layer a starting point for alignment (measured,
-    # README "Reference use": without it no demo run learned to align, e1-e12), searching 18 LR
+    # The correlation prior (our extension) moves SSEN's first layer to the best match and carries
+    # the demo's whole reference gain (docs/reference_use.md: trained with SSEN's learned offsets
+    # frozen at zero the demo scores the same; without the prior, +0.19 dB), searching 18 LR
     # pixels around each position (the evaluation's M references share a quarter of the crop 16 LR
     # pixels away; a 3-pixel window left M tied with XL). References: 15 % the HR crop itself,
     # 25 % views of the same photo shifted by up to 8 HR pixels (any whole HR pixel, so also
