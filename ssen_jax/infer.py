@@ -15,7 +15,8 @@ Reference: --ref is fitted to scale x the LR size (crop top-left, reflect-pad; s
 reference (self-reference). Models without a reference input (baseline, rcan, selfsim) ignore --ref.
 
 Folders: --lr_dir IN --out_dir OUT writes OUT/<stem>.png per image of IN (bitwise what the
-one-image command writes), restoring the model once and compiling once per distinct input size;
+one-image command writes; OUT must not be IN, and inputs whose names differ only in their suffix,
+such as a.png and a.jpg, are refused before any work), restoring the model once and compiling once per distinct input size;
 --ref_dir REFS takes each image's reference from the file with the same stem in REFS. One progress
 line per image (with ETA) on stderr; an unreadable image or one without a reference is named and
 skipped, and the command then exits with status 1 after a one-line summary; existing outputs are
@@ -194,6 +195,14 @@ def run_folder(start: float) -> None:
   files = folder.list_images(lr_dir)
   if not files:
     _fail(f'--lr_dir {lr_dir} holds no image files ({", ".join(folder.IMAGE_SUFFIXES)})')
+  clash = folder.colliding_stems(files)
+  if clash:  # Before any work: their outputs would overwrite each other.
+    stem, names = next(iter(clash.items()))
+    _fail(f'--lr_dir {lr_dir} holds {len(clash)} name(s) whose outputs would collide '
+          f'({" and ".join(names)} -> {stem}.png); rename them or move one to another folder')
+  if os.path.realpath(FLAGS.out_dir) == os.path.realpath(lr_dir):
+    _fail(f'--out_dir {FLAGS.out_dir} is the input folder; choose another folder (the inputs '
+          'would be overwritten or mixed with the results)')
   out_dir = _check_out_dir(FLAGS.out_dir)
   try:
     ref_img = (images.read_image(FLAGS.ref, allow_large=FLAGS.allow_large_images)

@@ -134,6 +134,14 @@ def test_api_equals_cli_and_folder(model, workdir, images, tmp_path):
   proc = run_cli('infer', '--workdir', workdir, '--lr_dir', lr_dir, '--ref', ref_dir / 'a.png',
                  '--out_dir', out_dir)
   assert 'exists, kept' in proc.stderr and (out_dir / 'a.png').stat().st_mtime_ns == before
+  # Outputs that would overwrite each other, or the inputs: refused before any work.
+  Image.fromarray(lr).save(lr_dir / 'a.jpg')
+  proc = run_cli('infer', '--workdir', workdir, '--lr_dir', lr_dir, '--out_dir', tmp_path / 'o2')
+  assert_error(proc, 'a.jpg and a.png -> a.png')
+  assert not (tmp_path / 'o2').exists()
+  (lr_dir / 'a.jpg').unlink()
+  assert_error(run_cli('infer', '--workdir', workdir, '--lr_dir', lr_dir, '--out_dir',
+                       lr_dir / '.' , '--overwrite'), 'is the input folder')
   blocked = tmp_path / 'file'
   blocked.write_text('x')
   assert_error(run_cli('infer', '--workdir', workdir, '--lr_dir', lr_dir, '--out_dir',

@@ -16,7 +16,8 @@ import sys
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'ssen_jax'
-COMMANDS = {'main', 'evaluate', 'infer', 'visualize_offsets', 'convert_torch', 'benchmark'}
+COMMANDS = {'main', 'evaluate', 'infer', 'visualize_offsets', 'convert_torch', 'benchmark',
+            'probe_reference'}
 # Package -> the ssen_jax packages it may import (besides itself). Lower layers first.
 LAYERS = {
     'ops': set(),

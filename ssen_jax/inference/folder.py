@@ -26,6 +26,15 @@ def list_images(folder: str | os.PathLike) -> list[pathlib.Path]:
                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def colliding_stems(files: list[pathlib.Path]) -> dict[str, list[str]]:
+  """{stem: [file names]} for stems shared by several inputs (`a.png` and `a.jpg`), whose outputs
+  would all be `OUT/<stem>.png`."""
+  by_stem: dict[str, list[str]] = {}
+  for path in files:
+    by_stem.setdefault(path.stem, []).append(path.name)
+  return {stem: names for stem, names in by_stem.items() if len(names) > 1}
+
+
 def find_reference(ref_dir: pathlib.Path, stem: str) -> Optional[pathlib.Path]:
   matches = [p for p in list_images(ref_dir) if p.stem == stem]
   return matches[0] if matches else None
