@@ -49,6 +49,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # With the prior: resample the HR reference by the prior's flow before extracting its features,
   # instead of moving LR-grid features in SSEN's first layer (docs/choices.md, "Reference pre-warp").
   m.ref_prewarp = False
+  # With the prior: search at 1/p LR pixel (the reference moved by whole HR pixels before it is
+  # brought to the LR grid, p^2 versions); 1: whole LR pixels. docs/choices.md, "Sub-pixel search".
+  m.match_phases = 1
   # False freezes SSEN's own (learned) offsets at zero, masks kept: with the prior, the "prior
   # only" control of the reference-use study (docs/reference_use.md); not a paper setting.
   m.learned_offsets = True

@@ -207,3 +207,62 @@ def test_reference_prewarp_uses_the_flow_on_the_image_not_on_the_offsets():
                              np.asarray(model.clone(fixed_flow=(0.0, 0.0)).apply(params, lr,
                                                                                 shifted)),
                              atol=1e-6)
+
+
+@pytest.mark.parametrize('size', [(8, 9), (20, 22)])  # The dense and the windowed path (r = 3).
+def test_phase_search_with_one_version_is_match_flow(size):
+  rng = np.random.default_rng(7)
+  a = jnp.asarray(rng.normal(size=(2,) + size + (6,)), jnp.float32)
+  b = jnp.asarray(rng.normal(size=(2,) + size + (6,)), jnp.float32)
+  for local in (0, 1):
+    one = ops.match_flow_phases(a, [b], [(0.0, 0.0)], 3, jnp.float32(20.0), local)
+    ref = ops.match_flow(a, b, 3, jnp.float32(20.0), local)
+    for x, y in zip(one, ref):
+      np.testing.assert_allclose(x, y, atol=1e-5)
+    # A version moved by a known offset shifts every candidate, and so the flow, by that much.
+    moved = ops.match_flow_phases(a, [b], [(0.25, -0.5)], 3, jnp.float32(20.0), local)
+    np.testing.assert_allclose(moved[0], ref[0] + jnp.array([0.25, -0.5]), atol=1e-5)
+
+
+def test_phase_search_finds_a_half_pixel_shift_that_the_lr_grid_search_cannot():
+  """A smooth random HR image moved by 2 HR px (half an LR pixel): box-averaged to the LR grid,
+  its best whole-LR-pixel match is ambiguous; with the reference's four half-pixel versions the
+  search finds 0.5 LR px."""
+  rng = np.random.default_rng(11)
+  small = rng.uniform(size=(1, 20, 20, 3)).astype(np.float32)
+  hr = np.asarray(ops.bicubic_upsample(jnp.asarray(small), 4))  # 80x80, smooth at HR scale.
+  ref = jnp.asarray(np.pad(hr, ((0, 0), (2, 0), (2, 0), (0, 0)), mode='edge')[:, :80, :80])
+  lr = ops.box_downsample(jnp.asarray(hr), 4)
+  versions = [ops.box_downsample(ops.shift_image(ref, sy, sx), 4)
+              for sy in (0, 2) for sx in (0, 2)]
+  offsets = [(sy / 4, sx / 4) for sy in (0, 2) for sx in (0, 2)]
+  inner = (0, slice(3, 17), slice(3, 17))
+  phased, _ = ops.match_flow_phases(lr, versions, offsets, 2, jnp.float32(200.0), 1)
+  plain, _ = ops.match_flow(lr, versions[0], 2, jnp.float32(200.0), 1)
+  err_phased = np.abs(np.asarray(phased)[inner] - 0.5).mean()
+  err_plain = np.abs(np.asarray(plain)[inner] - 0.5).mean()
+  assert err_phased < 0.05, err_phased
+  assert err_plain > 3 * err_phased, (err_plain, err_phased)
+
+
+def test_shift_image():
+  x = jnp.arange(2 * 5 * 4 * 1, dtype=jnp.float32).reshape(2, 5, 4, 1)
+  y = np.asarray(ops.shift_image(x, 2, 1))
+  np.testing.assert_array_equal(y[:, :3, :3], np.asarray(x)[:, 2:, 1:])
+  np.testing.assert_array_equal(y[:, 3:], np.repeat(y[:, 2:3], 2, axis=1))  # Edge repeated.
+  assert ops.shift_image(x, 0, 0) is x
+
+
+def test_sub_pixel_search_adds_no_parameters_and_runs_at_odd_sizes():
+  cfg = refsr.get_config('tiny').model
+  cfg.match_radius, cfg.match_local_radius, cfg.ref_prewarp = 2, 1, True
+  base = create_model(cfg)
+  phased = create_model(dict(cfg, match_phases=4))
+  lr, ref = init_inputs(cfg, 7)
+  params = base.init(jax.random.key(0), lr, ref)
+  shapes = jax.tree.map(lambda x: x.shape, params)
+  assert jax.tree.map(lambda x: x.shape, phased.init(jax.random.key(0), lr, ref)) == shapes
+  out = phased.apply(params, lr, ref)
+  assert out.shape == (1, 28, 28, 3) and bool(jnp.all(jnp.isfinite(out)))
+  with pytest.raises(ValueError, match='does not divide'):
+    create_model(dict(cfg, match_phases=3)).init(jax.random.key(0), lr, ref)

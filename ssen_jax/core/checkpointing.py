@@ -244,6 +244,7 @@ ADDED_FIELDS = {'data.tfds_name': '', 'data.tfds_data_dir': '', 'data.tfds_split
                 'optim.offset_lr_multiplier': 1.0, 'loss.align_weight': 0.0,
                 'model.match_radius': 0, 'model.learned_offsets': True,
                 'model.match_local_radius': 0, 'model.ref_prewarp': False,
+                'model.match_phases': 1,
                 'data.ref_mix.far_prob': 0.0,
                 'data.ref_mix.far_max': 64.0, 'data.ref_mix.far_rotate': 0.0,
                 'data.ref_mix.far_zoom': 0.0}

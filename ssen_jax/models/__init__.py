@@ -33,7 +33,8 @@ def create_model(cfg: Mapping[str, Any], dtype: str = 'float32'):
                     match_radius=cfg.get('match_radius', 0),
                     match_local_radius=cfg.get('match_local_radius', 0),
                     learned_offsets=cfg.get('learned_offsets', True),
-                    ref_prewarp=cfg.get('ref_prewarp', False), **ssen, **common)
+                    ref_prewarp=cfg.get('ref_prewarp', False),
+                    match_phases=cfg.get('match_phases', 1), **ssen, **common)
   if variant in ('selfsim', 'rcan'):
     return RCAN(num_groups=cfg['rcan_groups'], num_blocks=cfg['rcan_blocks'],
                 reduction=cfg['rcan_reduction'], use_ssen=variant == 'selfsim', **ssen, **common)

@@ -232,8 +232,14 @@ class CorrelationPrior(nn.Module):
   local_radius: int = 0
 
   @nn.compact
-  def __call__(self, a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, a: jax.Array, b: jax.Array | list[jax.Array],
+               offsets: list[tuple[float, float]] | None = None) -> tuple[jax.Array, jax.Array]:
+    """`b`: the reference's features, or a list of them for versions moved by `offsets` (grid
+    pixels; `ops.match_flow_phases`)."""
     log_t = self.param('log_temperature',
                        nn.initializers.constant(math.log(self.init_temperature)), (),
                        jnp.float32)
+    if isinstance(b, (list, tuple)):
+      return ops.match_flow_phases(a, list(b), offsets, self.radius, jnp.exp(log_t),
+                                   self.local_radius)
     return ops.match_flow(a, b, self.radius, jnp.exp(log_t), self.local_radius)

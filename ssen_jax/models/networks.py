@@ -65,6 +65,10 @@ class RefSRNet(nn.Module):
   instead of moving the LR-grid features by the flow in SSEN's first layer: a displacement of a
   fraction of an LR pixel then moves the reference at HR resolution, which resampling stride-4
   features cannot reproduce.
+
+  `match_phases` p > 1 (with the prior; not in the paper): the prior searches at 1/p LR pixel
+  resolution, matching F_lr against the reference moved by 0, s/p, ..., (p-1)s/p HR pixels per
+  axis (p^2 versions, s the scale) before it is brought to the LR grid (`ops.match_flow_phases`).
   """
   features: int = 64
   num_extract_blocks: int = 5
@@ -79,6 +83,7 @@ class RefSRNet(nn.Module):
   prior_flow: bool = True
   fixed_flow: tuple[float, float] | None = None
   ref_prewarp: bool = False
+  match_phases: int = 1
   scale: int = 4
   nonlocal_chunk: int = DEFAULT_CHUNK
   nonlocal_dense_max: int = DEFAULT_DENSE_MAX
@@ -104,6 +109,23 @@ class RefSRNet(nn.Module):
     for block in self.extract:
       x = block(x)
     return x
+
+  def _prior(self, f_lr: jax.Array, ref: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The correlation prior's (flow, statistics): F_lr against the encoded, box-averaged
+    reference, or against each of its `match_phases`^2 sub-pixel versions."""
+    p = self.match_phases
+    if p <= 1:
+      return self.matcher(f_lr, self.lr_features(ops.box_downsample(ref, self.scale)))
+    if self.scale % p:
+      raise ValueError(f'match_phases {p} does not divide the scale {self.scale}')
+    step = self.scale // p
+    shifts = [(i * step, j * step) for i in range(p) for j in range(p)]
+    n = ref.shape[0]
+    versions = jnp.concatenate([ops.box_downsample(ops.shift_image(ref, sy, sx), self.scale)
+                                for sy, sx in shifts], axis=0)
+    feats = self.lr_features(versions)  # One pass for every version: (p^2 N, h, w, C).
+    return self.matcher(f_lr, [feats[i * n:(i + 1) * n] for i in range(len(shifts))],
+                        [(sy / self.scale, sx / self.scale) for sy, sx in shifts])
 
   def _warp_flow(self, prior: tuple | None, f_lr: jax.Array) -> jax.Array | None:
     """The flow the reference pre-warp applies: the constant `fixed_flow`, else the prior's
@@ -144,8 +166,7 @@ class RefSRNet(nn.Module):
                          f'{ref.shape[1:3]}; see ssen_jax.data.images.fit_reference')
       prior = None
       if self.match_radius:
-        ref_lr = ops.box_downsample(ref.astype(jnp.float32), self.scale)
-        prior = self.matcher(f_lr, self.lr_features(ref_lr))
+        prior = self._prior(f_lr, ref.astype(jnp.float32))
         self.sow('intermediates', 'prior_flow', prior[0])  # The probe reads it (as computed).
       warp = self._warp_flow(prior, f_lr) if self.ref_prewarp else None
       if warp is not None:

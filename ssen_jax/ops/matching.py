@@ -193,3 +193,65 @@ def warp_by_flow(image: jax.Array, flow: jax.Array, factor: int) -> jax.Array:
   top = (1 - wx) * at(y0, x0) + wx * at(y0, x1)
   bottom = (1 - wx) * at(y1, x0) + wx * at(y1, x1)
   return ((1 - wy) * top + wy * bottom).astype(image.dtype)
+
+
+def match_flow_phases(a: jax.Array, bs: list[jax.Array], offsets: list[tuple[float, float]],
+                      radius: int, temperature: jax.Array,
+                      local_radius: int = 0) -> tuple[jax.Array, jax.Array]:
+  """`match_flow` over several versions of the reference at once, each moved by a known fraction
+  of a grid pixel: candidate displacement d of version i stands for d + offsets[i].
+
+  With the reference's sub-pixel phases as versions (the HR reference moved by whole HR pixels
+  before it is brought to the LR grid), one search compares every displacement at HR-pixel
+  resolution: the soft arg-max (whole window, or `local_radius` around the best candidate) and the
+  statistics run over all versions' candidates together.
+
+  Args:
+    a: (N, H, W, C) features.
+    bs: features (N, H, W, C) of each version of the reference.
+    offsets: (dy, dx) in grid pixels, one per version.
+    radius, temperature, local_radius: as `match_flow`.
+  """
+  n, h, w, c = a.shape
+  if len(bs) != len(offsets) or not bs:
+    raise ValueError(f'{len(bs)} reference versions but {len(offsets)} offsets')
+  corrs, valids, dys, dxs = [], [], [], []
+  if h * w <= 4 * (2 * radius + 1) ** 2:  # Dense, as `dense_match`: one product per version.
+    au = _centred_unit(a).reshape(n, h * w, c)
+    ys, xs = jnp.meshgrid(jnp.arange(h), jnp.arange(w), indexing='ij')
+    pos = jnp.stack([ys.ravel(), xs.ravel()], axis=-1).astype(jnp.float32)
+    rel = pos[None, :, :] - pos[:, None, :]  # (P, Q, 2): q - p.
+    window = jnp.all(jnp.abs(rel) <= radius, axis=-1)[None]
+    for b, (oy, ox) in zip(bs, offsets):
+      corrs.append(jnp.einsum('npc,nqc->npq', au, _centred_unit(b).reshape(n, h * w, c)))
+      valids.append(window)
+      dys.append(rel[None, ..., 0] + oy)
+      dxs.append(rel[None, ..., 1] + ox)
+  else:
+    d = jnp.asarray(displacements(radius))
+    for b, (oy, ox) in zip(bs, offsets):
+      corr, valid = local_correlation(a, b, radius)
+      corrs.append(corr)
+      valids.append(valid)
+      dys.append(d[:, 0] + oy)
+      dxs.append(d[:, 1] + ox)
+  corr = jnp.concatenate(corrs, axis=-1)
+  shape = corr.shape[:-1]
+  valid = jnp.concatenate([jnp.broadcast_to(v, shape + v.shape[-1:]) for v in valids], axis=-1)
+  dy = jnp.concatenate([jnp.broadcast_to(x, shape + x.shape[-1:]) for x in dys], axis=-1)
+  dx = jnp.concatenate([jnp.broadcast_to(x, shape + x.shape[-1:]) for x in dxs], axis=-1)
+  weights, stats = _weights_and_stats(corr, valid, temperature)
+  if local_radius:
+    weights, _ = _weights_and_stats(corr, _near_best(corr, valid, dy, dx, local_radius),
+                                    temperature)
+  flow = jnp.stack([jnp.sum(weights * dy, -1), jnp.sum(weights * dx, -1)], axis=-1)
+  return flow.reshape(n, h, w, 2), stats.reshape(n, h, w, 2)
+
+
+def shift_image(x: jax.Array, dy: int, dx: int) -> jax.Array:
+  """x (N, H, W, C) with out[i, j] = x[i + dy, j + dx] (dy, dx >= 0), the edge repeated."""
+  h, w = x.shape[1:3]
+  if dy == 0 and dx == 0:
+    return x
+  x = jnp.pad(x, ((0, 0), (0, dy), (0, dx), (0, 0)), mode='edge')
+  return x[:, dy:dy + h, dx:dx + w]
