@@ -7,13 +7,16 @@ embedded demo set. So that a documented command can never be left broken by a co
 from (configs/selfsim.py:demo once inherited the RefSR demo's reference mix, which the single-image
 input pipeline refuses).
 
-To keep CI short: the configs as published and their `demo` variants train and evaluate (one
-image); the model variants (baseline, no_nonlocal, dcnN, rcan) train without evaluation (the
-evaluation code is the same for every model); the `tiny` variants are trained by tests/test_train.py
-(refsr and the GAN stage from it, selfsim on a benchmark folder); refsr_gan's variants are refsr's
-(checked below: same model and data sections) plus the GAN loss, which its published config trains
-here.
+To keep CI short: the configs as published and their `demo` variants go through the trainer end to
+end (`train_and_evaluate`: input pipeline, two steps, checkpoint, evaluation of one image); the model
+variants (baseline, no_nonlocal, dcnN, rcan) take two steps of the trainer's own train step
+(`steps.Trainer.train_step`) on a batch of the config's shapes, with finite losses (the
+pipeline and evaluation code is the same for every model); the `tiny` variants are trained end to
+end by tests/test_train.py (refsr and the GAN stage from it, selfsim on a benchmark folder);
+refsr_gan's variants are refsr's (checked below: same model and data sections) plus the GAN loss,
+which its published config trains here.
 """
+import jax
 import numpy as np
 import pytest
 
@@ -58,25 +61,32 @@ def shrink(config, demo_dir):
 @pytest.mark.parametrize('name,variant', CASES, ids=[f'{n}:{v or "-"}' for n, v in CASES])
 def test_config_trains_two_steps(name, variant, demo_dir, tmp_path):
   config = shrink(MODULES[name].get_config(variant), demo_dir)
-  evaluate = variant in (None,) + SIZES
-  if config.data.kind == 'sisr' or not evaluate:
-    # The demo's TFDS training data, read as any prepared dataset is; single-image models are
-    # evaluated on a folder of HR images, model variants not at all.
+  if variant not in (None,) + SIZES:  # A model variant: two steps of the trainer's train step.
+    from ssen_jax.core import sharding
+    from ssen_jax.training import steps
+    mesh = sharding.create_mesh(jax.devices()[:1])
+    trainer = steps.Trainer(config, mesh)
+    state = trainer.init_state(0)
+    rng = np.random.default_rng(0)
+    p, b = config.data.hr_patch, config.batch_size
+    hr = rng.uniform(size=(b, p, p, 3)).astype(np.float32)
+    batch = {'lr': hr.reshape(b, p // 4, 4, p // 4, 4, 3).mean(axis=(2, 4)), 'hr': hr, 'ref': hr}
+    losses = []
+    for _ in range(2):
+      state, metrics = trainer.train_step(state, sharding.global_batch(batch, mesh))
+      losses.append(float(metrics['loss']))
+    assert all(np.isfinite(losses)), losses
+    return
+  if config.data.kind == 'sisr':  # Single-image models are evaluated on a folder of HR images.
     from ssen_jax.data_prep import tfds_build
     config.data.demo = False
     config.data.tfds_name, config.data.tfds_data_dir, demo = tfds_build.prepare_demo(demo_dir)
-    config.data.eval_dir = ''
-    if evaluate:
-      folder = tmp_path / 'hr'
-      folder.mkdir()
-      (folder / 'a.png').write_bytes((demo.eval_dir / '000_0.png').read_bytes())
-      config.data.eval_dir = str(folder)
+    folder = tmp_path / 'hr'
+    folder.mkdir()
+    (folder / 'a.png').write_bytes((demo.eval_dir / '000_0.png').read_bytes())
+    config.data.eval_dir = str(folder)
   results = train.train_and_evaluate(config, str(tmp_path / 'w'))
-  if evaluate:
-    assert np.isfinite(results['psnr']), results
-  else:
-    from ssen_jax.inference import restore
-    assert restore.load_generator(tmp_path / 'w').step == 2
+  assert np.isfinite(results['psnr']), results
 
 
 def test_gan_variants_are_the_refsr_variants():

@@ -162,14 +162,15 @@ def test_command_writes_table_json_and_figure(demo_dir, tmp_path):
       img.crop((0, 0, 64, 64)).save(data / f'{gid}_{level}.png')
   out = tmp_path / 'probe'
   cmd = [sys.executable, '-m', 'ssen_jax.probe_reference', f'--workdir={workdir}',
-         f'--dataset_dir={data}', f'--out_dir={out}', '--shifts=0,4']
+         f'--dataset_dir={data}', f'--out_dir={out}', '--shifts=0,4',
+         '--settings=full,neither,oracle_flow']  # The other settings: the library tests above.
   env = dict(os.environ, **compilation_cache_env())
   run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
   assert run.returncode == 0, run.stderr[-3000:]
   assert '| full (as trained) |' in run.stdout and '| neither (both zeroed) |' in run.stdout
-  assert 'EPE prior alone (LR px)' in run.stdout
+  assert 'EPE prior alone (LR px)' in run.stdout and '| oracle_flow |' in run.stdout
   report = json.loads((out / 'probe.json').read_text())
-  assert report['has_prior'] and set(report['settings']) == set(probe.SETTINGS)
+  assert report['has_prior'] and set(report['settings']) == {'full', 'neither', 'oracle_flow'}
   full = report['settings']['full']
   assert full['ref_gain'] == pytest.approx(full['levels']['XH'] - full['unrelated'])
   assert full['shift']['shifts'] == [0, 4]
