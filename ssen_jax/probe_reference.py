@@ -81,8 +81,7 @@ def default_dataset_dir(config) -> str:
   """The demo's evaluation folder for demo runs (built if missing), else data.eval_dir."""
   if config.data.get('demo', False):
     from ssen_jax.data import demo_data  # pylint: disable=g-import-not-at-top
-    root = config.data.get('demo_dir') or os.path.join(
-        os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'ssen_jax')
+    root = demo_data.default_root(config.data.get('demo_dir', ''))
     return str(demo_data.build_demo_data(root).eval_dir)
   return config.data.get('eval_dir', '')
 

@@ -186,6 +186,13 @@ def _paths(root: pathlib.Path, num_train: int, num_eval: int) -> DemoData:
                   num_train=num_train, num_eval=num_eval)
 
 
+def default_root(demo_dir: str = '') -> str:
+  """Where the demo data lives: `demo_dir` (config.data.demo_dir), else $XDG_CACHE_HOME/ssen_jax
+  (~/.cache/ssen_jax)."""
+  return demo_dir or os.path.join(
+      os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'ssen_jax')
+
+
 def build_demo_data(out_dir: str | os.PathLike) -> DemoData:
   """Builds the demo dataset under `out_dir/ssen_demo_v3` unless a complete build is there.
 

@@ -7,7 +7,6 @@ bitwise-identical parameters. Metrics go to TensorBoard and the log through clu'
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any, Dict, List, Optional
 
@@ -57,9 +56,8 @@ def resolve_data_paths(config: ml_collections.ConfigDict) -> Dict[str, str]:
   d = config.data
   if d.demo:
     from ssen_jax.data_prep import tfds_build  # pylint: disable=g-import-not-at-top
-    root = d.demo_dir or os.path.join(
-        os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'ssen_jax')
-    name, data_dir, demo = tfds_build.prepare_demo(root)
+    from ssen_jax.data import demo_data  # pylint: disable=g-import-not-at-top
+    name, data_dir, demo = tfds_build.prepare_demo(demo_data.default_root(d.demo_dir))
     return {'tfds_name': name, 'tfds_data_dir': data_dir, 'tfds_split': 'train',
             'train_pattern': '', 'eval_dir': str(demo.eval_dir)}
   if not d.tfds_name and not d.train_pattern:
