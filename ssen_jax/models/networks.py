@@ -96,8 +96,7 @@ class RefSRNet(nn.Module):
     self.extract = [ResBlock(c, d) for _ in range(self.num_extract_blocks)]
     if self.use_ssen:
       self.ssen = SSEN(c, self.num_dcn_layers, self.use_nonlocal, self.offset_groups,
-                       self.learned_offsets, self.prior_flow, self.fixed_flow,
-                       self.nonlocal_chunk, self.nonlocal_dense_max, d)
+                       self.learned_offsets, self.nonlocal_chunk, self.nonlocal_dense_max, d)
       if self.match_radius:
         self.matcher = CorrelationPrior(self.match_radius, local_radius=self.match_local_radius)
     self.fuse = conv(c, 1, dtype=d)
@@ -127,9 +126,10 @@ class RefSRNet(nn.Module):
     return self.matcher(f_lr, [feats[i * n:(i + 1) * n] for i in range(len(shifts))],
                         [(sy / self.scale, sx / self.scale) for sy, sx in shifts])
 
-  def _warp_flow(self, prior: tuple | None, f_lr: jax.Array) -> jax.Array | None:
-    """The flow the reference pre-warp applies: the constant `fixed_flow`, else the prior's
-    (zeros with `prior_flow=False`); None without either."""
+  def _used_flow(self, prior: tuple | None, f_lr: jax.Array) -> jax.Array | None:
+    """The flow SSEN's first layer (or the reference pre-warp) applies: the constant `fixed_flow`,
+    else the prior's (zeros with `prior_flow=False`); None without either. The one place these
+    switches are resolved."""
     if self.fixed_flow is not None:
       return jnp.broadcast_to(jnp.asarray(self.fixed_flow, jnp.float32), f_lr.shape[:3] + (2,))
     if prior is None:
@@ -168,11 +168,13 @@ class RefSRNet(nn.Module):
       if self.match_radius:
         prior = self._prior(f_lr, ref.astype(jnp.float32))
         self.sow('intermediates', 'prior_flow', prior[0])  # The probe reads it (as computed).
-      warp = self._warp_flow(prior, f_lr) if self.ref_prewarp else None
-      if warp is not None:
-        ref = ops.warp_by_flow(ref.astype(jnp.float32), warp, self.scale)
-      aligned, offsets, masks = self.ssen(f_lr, self.ref_features(ref), prior=prior,
-                                          flow_in_offsets=warp is None, return_offsets=True)
+      flow = self._used_flow(prior, f_lr)
+      prewarp = self.ref_prewarp and flow is not None
+      if prewarp:
+        ref = ops.warp_by_flow(ref.astype(jnp.float32), flow, self.scale)
+      used = None if flow is None else (flow, None if prior is None else prior[1])
+      aligned, offsets, masks = self.ssen(f_lr, self.ref_features(ref), prior=used,
+                                          flow_in_offsets=not prewarp, return_offsets=True)
       # Kept only when applied with mutable=['intermediates'] (the alignment loss of training).
       self.sow('intermediates', 'aligned', aligned)
       fused = self.fuse(jnp.concatenate([f_lr, aligned], axis=-1))

@@ -63,19 +63,12 @@ class SSEN(nn.Module):
     offset_groups: deformable groups of each layer (DCNv2's default, 1; the paper is silent).
     learned_offsets: False replaces every layer's predicted offsets by zeros, masks kept (the
       "prior only" control, or a test-time ablation; `ModulatedDeformConv`).
-    prior_flow: False replaces the correlation prior's flow by zeros wherever it is used (first
-      layer's offsets and the estimators' input); its match statistics are kept (test-time ablation).
-    fixed_flow: (dy, dx) in LR pixels, or None: a constant flow used instead of the prior's (and
-      added to the first layer's offsets also without a prior): the probe's "oracle flow", the
-      true displacement of a shifted reference (test time only).
   """
   features: int = 64
   num_dcn_layers: int = 3
   use_nonlocal: bool = True
   offset_groups: int = 1
   learned_offsets: bool = True
-  prior_flow: bool = True
-  fixed_flow: tuple[float, float] | None = None
   nonlocal_chunk: int = DEFAULT_CHUNK
   nonlocal_dense_max: int = DEFAULT_DENSE_MAX
   dtype: Dtype = jnp.float32
@@ -87,7 +80,9 @@ class SSEN(nn.Module):
 
     `prior`: optional (flow (N, H, W, 2), match statistics (N, H, W, 2)) of a correlation prior
     (`CorrelationPrior`): the flow is added to the first layer's offsets (the later layers refine
-    features already moved), and flow and statistics join every estimator's input.
+    features already moved), and flow and statistics join every estimator's input; statistics
+    None: a flow alone (the probe's constant `fixed_flow` on a model without a prior), added to
+    the offsets only.
     `flow_in_offsets=False`: the flow was applied already (the reference pre-warp of
     `RefSRNet(ref_prewarp=True)`); it only informs the estimators.
 
@@ -97,12 +92,9 @@ class SSEN(nn.Module):
     """
     r = f_ref
     flow, match = (None, None)
-    if self.fixed_flow is not None:
-      flow = jnp.broadcast_to(jnp.asarray(self.fixed_flow, jnp.float32), f_lr.shape[:3] + (2,))
     if prior is not None:
-      if flow is None:
-        flow = prior[0] if self.prior_flow else jnp.zeros_like(prior[0])
-      match = jnp.concatenate([flow, prior[1]], -1)
+      flow, stats = prior
+      match = None if stats is None else jnp.concatenate([flow, stats], -1)
     offsets, masks = [], []
     for l in range(self.num_dcn_layers):
       cond = DynamicOffsetEstimator(self.features, self.use_nonlocal, self.nonlocal_chunk,
