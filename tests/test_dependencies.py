@@ -125,3 +125,20 @@ def test_inference_process_loads_no_training_stack():
                        text=True, timeout=120)
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.split()[0] == '[]', out.stdout
+
+
+def test_train_extra_has_one_installable_tensorflow_on_each_platform():
+  """tensorflow-cpu publishes x86-64 wheels only: macOS on Apple silicon and Linux aarch64 get
+  the full `tensorflow`, and every platform gets exactly one of the two."""
+  from packaging.requirements import Requirement
+  project = tomllib.loads((pathlib.Path(REPO_ROOT) / 'pyproject.toml').read_text())['project']
+  tf = [Requirement(r) for r in project['optional-dependencies']['train']
+        if _requirement_name(r) in ('tensorflow', 'tensorflow-cpu')]
+  platforms = {'linux-x86_64': ('Linux', 'x86_64'), 'windows': ('Windows', 'AMD64'),
+               'linux-aarch64': ('Linux', 'aarch64'), 'macos-arm64': ('Darwin', 'arm64')}
+  chosen = {}
+  for name, (system, machine) in platforms.items():
+    env = {'platform_machine': machine, 'platform_system': system}
+    chosen[name] = [r.name for r in tf if r.marker is None or r.marker.evaluate(env)]
+  assert chosen == {'linux-x86_64': ['tensorflow-cpu'], 'windows': ['tensorflow-cpu'],
+                    'linux-aarch64': ['tensorflow'], 'macos-arm64': ['tensorflow']}, chosen
