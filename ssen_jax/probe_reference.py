@@ -181,6 +181,7 @@ def main(argv: Sequence[str]) -> None:
   curve, writer = [], None
   if FLAGS.every_checkpoint:
     try:
+      from ssen_jax.data import tf_env  # noqa: F401  pylint: disable=g-import-not-at-top
       from clu import metric_writers  # pylint: disable=g-import-not-at-top
       writer = metric_writers.create_default_writer(str(out_dir), just_logging=False)
     except ImportError:

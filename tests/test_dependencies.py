@@ -142,3 +142,21 @@ def test_train_extra_has_one_installable_tensorflow_on_each_platform():
     chosen[name] = [r.name for r in tf if r.marker is None or r.marker.evaluate(env)]
   assert chosen == {'linux-x86_64': ['tensorflow-cpu'], 'windows': ['tensorflow-cpu'],
                     'linux-aarch64': ['tensorflow'], 'macos-arm64': ['tensorflow']}, chosen
+
+
+def test_import_leaves_the_environment_alone_until_tensorflow_is_imported():
+  """`import ssen_jax` and the inference side set no environment variable; the modules that
+  import TensorFlow (here the input pipeline) set its two defaults first, a user's value kept."""
+  code = ('import os, sys\n'
+          'before = dict(os.environ)\n'
+          'import ssen_jax, ssen_jax.inference.api\n'
+          'assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())\n'
+          'import ssen_jax.data.input_pipeline\n'
+          'assert "tensorflow" in sys.modules\n'
+          'print(os.environ["TF_ENABLE_ONEDNN_OPTS"], os.environ["TF_CPP_MIN_LOG_LEVEL"])\n')
+  env = {k: v for k, v in __import__('os').environ.items()
+         if k not in ('TF_ENABLE_ONEDNN_OPTS', 'TF_CPP_MIN_LOG_LEVEL')}
+  env['TF_CPP_MIN_LOG_LEVEL'] = '1'  # The user's own value wins.
+  out = subprocess.run([sys.executable, '-c', code], env=env, cwd=REPO_ROOT, capture_output=True,
+                       text=True, check=True).stdout.split()
+  assert out == ['0', '1'], out

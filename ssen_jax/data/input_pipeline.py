@@ -31,6 +31,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
+from ssen_jax.data import tf_env  # noqa: F401  (first: TensorFlow's defaults)
 import numpy as np
 import tensorflow as tf
 

@@ -51,6 +51,7 @@ from collections.abc import Sequence
 from absl import app
 from absl import flags
 
+from ssen_jax.data import tf_env  # noqa: F401  (first: TensorFlow's defaults)
 from ssen_jax.data_prep import layouts
 from ssen_jax.data import datasets
 

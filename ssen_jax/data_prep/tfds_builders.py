@@ -25,6 +25,7 @@ import os
 import pathlib
 from collections.abc import Iterator, Sequence
 
+from ssen_jax.data import tf_env  # noqa: F401  (first: TensorFlow's defaults)
 import numpy as np
 import tensorflow_datasets as tfds
 
