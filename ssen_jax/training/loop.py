@@ -14,6 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from ssen_jax.data import tf_env  # noqa: F401  (first: TensorFlow's defaults)
 from clu import metric_writers
 from clu import periodic_actions
 
