@@ -18,12 +18,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import struct
 import tempfile
-import warnings
-from typing import Optional
+from typing import IO, Optional
 
 import numpy as np
 from PIL import Image
+from PIL import UnidentifiedImageError
 
 from ssen_jax.data import imresize as imresize_lib
 
@@ -94,12 +95,85 @@ def pixel_limit() -> Optional[int]:
   return Image.MAX_IMAGE_PIXELS
 
 
+def _open_unchecked(file: str | os.PathLike | IO[bytes]) -> Image.Image:
+  """`PIL.Image.open` without its decompression-bomb check: the file is identified and its header
+  read, nothing decoded.
+
+  `Image.open` checks the size against the process-wide `Image.MAX_IMAGE_PIXELS` (a warning above
+  it, an error above twice it) and offers no per-call limit; switching the global off around a
+  read is not thread-safe (another thread may read unguarded, or restore None for good). So the
+  plugins are tried here as `Image.open` tries them, and `open_image` checks the size itself.
+
+  Raises:
+    OSError (`PIL.UnidentifiedImageError`): no plugin accepts the file.
+  """
+  is_path = isinstance(file, (str, os.PathLike))
+  if is_path:
+    with open(file, 'rb') as f:
+      prefix = f.read(16)
+  else:
+    file.seek(0)
+    prefix = file.read(16)
+  for loader in (Image.preinit, Image.init):  # Common plugins first, then all of them.
+    loader()
+    for fmt in tuple(Image.ID):
+      factory, accept = Image.OPEN[fmt]
+      verdict = accept(prefix) if accept else True
+      if not verdict or isinstance(verdict, str):  # A str explains a refusal.
+        continue
+      if not is_path:
+        file.seek(0)
+      try:  # Given a path, the plugin opens (and on close closes) its own file.
+        return factory(os.fspath(file), None) if is_path else factory(file, '')
+      except (SyntaxError, IndexError, TypeError, struct.error):  # Not this format.
+        continue
+  raise UnidentifiedImageError(f'cannot identify image file {os.fspath(file) if is_path else ""}')
+
+
+def open_image(file: str | os.PathLike | IO[bytes], name: str | os.PathLike | None = None, *,
+               allow_large: bool = False, flag: Optional[str] = '--allow_large_images'
+               ) -> Image.Image:
+  """Opens an image file lazily (header only) and refuses it if it is over `pixel_limit()`.
+
+  The size is checked here, before anything is decoded, without touching Pillow's process-wide
+  `Image.MAX_IMAGE_PIXELS` (safe with threads; `_open_unchecked`). Some plugins check frame or tile
+  sizes again while decoding (GIF, tiled TIFF, WebP, ICO, ...): with `allow_large` those formats
+  are still refused by Pillow above twice its limit (reported by `read_image` as unreadable).
+
+  Args:
+    file: a path or a binary file object (read from its start).
+    name: how the messages name the file (default: `file`).
+    allow_large: skip the size check.
+    flag: the command-line flag that sets `allow_large`, named in the refusal (None: no hint).
+
+  Returns:
+    The opened, not yet loaded, Pillow image; the caller closes it.
+
+  Raises:
+    DatasetError: unreadable file, or over the limit (one line naming both sizes).
+  """
+  name = file if name is None else name
+  try:
+    img = _open_unchecked(file)
+  except (OSError, ValueError) as e:
+    raise DatasetError(f'cannot read image {name}: {e}') from None
+  w, h = img.size
+  limit = pixel_limit()
+  if limit and w * h > limit and not allow_large:
+    img.close()
+    hint = f'; pass {flag} if you trust the file' if flag else ''
+    raise DatasetError(f'{name} is {w}x{h} = {w * h:,} pixels, over the {limit:,}-pixel limit on '
+                       f'image size (Pillow\'s decompression-bomb guard){hint}')
+  return img
+
+
 def read_image(path: str | os.PathLike, *, allow_large: bool = False) -> ImageFile:
   """Reads an image file (PNG, JPEG, BMP, TIFF, ...).
 
   Images over Pillow's decompression-bomb limit (`pixel_limit()`, about 89.5 million pixels) are
   refused with one line naming the limit, unless `allow_large` (the tools' --allow_large_images).
-  The size is read from the header, before anything is decoded.
+  The size is read from the header, before anything is decoded, and Pillow's global limit is never
+  changed (`open_image`).
 
   Raises:
     DatasetError: missing file, a folder, a truncated/unreadable image, or one over the limit.
@@ -109,30 +183,17 @@ def read_image(path: str | os.PathLike, *, allow_large: bool = False) -> ImageFi
     raise DatasetError(f'{path} does not exist')
   if path.is_dir():
     raise DatasetError(f'{path} is a folder, not an image file')
-  limit = pixel_limit()
   try:
     with open(path, 'rb') as f:
       head = f.read(26)
-    Image.MAX_IMAGE_PIXELS = None  # Checked below with a clearer message (and the flag).
+  except OSError as e:
+    raise DatasetError(f'cannot read image {path}: {e}') from None
+  with open_image(path, allow_large=allow_large) as img:
     try:
-      with warnings.catch_warnings():
-        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
-        img = Image.open(path)
-    finally:
-      Image.MAX_IMAGE_PIXELS = limit
-    with img:
-      w, h = img.size
-      if limit and w * h > limit and not allow_large:
-        raise DatasetError(
-            f'{path} is {w}x{h} = {w * h:,} pixels, over the {limit:,}-pixel limit on image '
-            'size (Pillow\'s decompression-bomb guard); pass --allow_large_images if you trust '
-            'the file')
       img.load()
       return from_pil(img, path.name, head)
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-    if isinstance(e, DatasetError):
-      raise
-    raise DatasetError(f'cannot read image {path}: {e}') from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+      raise DatasetError(f'cannot read image {path}: {e}') from None
 
 
 ROW_BLOCK = 256  # Rows converted at a time: no full-size float64 copy of a large output.

@@ -84,14 +84,17 @@ def _load(path: pathlib.Path) -> tuple[np.ndarray, bytes | None]:
   """(RGB uint8 image, its file bytes if they are already an RGB 8-bit PNG else None).
 
   Raises:
-    datasets.DatasetError: unreadable file.
+    datasets.DatasetError: unreadable file, or one over Pillow's decompression-bomb limit
+      (`images.open_image`, checked before decoding).
   """
   try:
     data = path.read_bytes()
-    with Image.open(io.BytesIO(data)) as img:
+    with images.open_image(io.BytesIO(data), path, flag=None) as img:
       img.load()
       keep = img.format == 'PNG' and img.mode == 'RGB'
       return images.from_pil(img).uint8(), (data if keep else None)
+  except datasets.DatasetError:
+    raise
   except (OSError, ValueError, Image.DecompressionBombError) as e:
     raise datasets.DatasetError(f'cannot read image {path}: {e}') from None
 
