@@ -18,9 +18,10 @@ Folders: --lr_dir IN --out_dir OUT writes OUT/<stem>.png per image of IN (bitwis
 one-image command writes; OUT must not be IN, and inputs whose names differ only in their suffix,
 such as a.png and a.jpg, are refused before any work), restoring the model once and compiling once per distinct input size;
 --ref_dir REFS takes each image's reference from the file with the same stem in REFS. One progress
-line per image (with ETA) on stderr; an unreadable image or one without a reference is named and
-skipped, and the command then exits with status 1 after a one-line summary; existing outputs are
-kept unless --overwrite.
+line per image (with ETA) on stderr; an unreadable image, one without a reference, or one whose run
+fails for lack of memory (MemoryError, an XLA out-of-memory) is named and skipped, the rest still
+run, and the command then exits with status 1 after a one-line summary; existing outputs are kept
+unless --overwrite (counted as kept, not written).
 
 Input/output: any LR size from 1x1 up; PNG/JPEG/...; grayscale in, grayscale out; alpha is kept
 (bicubic-upscaled); 16-bit grayscale PNG in, 16-bit out. The output is a PNG written atomically

@@ -76,3 +76,47 @@ def test_data_prep_loader_has_the_same_guard(tmp_path, monkeypatch):
   monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 5000)
   img, original = layouts._load(path)  # pylint: disable=protected-access
   assert img.shape == (40, 50, 3) and original == path.read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# Folder inference after one image's out-of-memory (issue 21, section 5).
+
+
+class _FakeModel:
+  """`upscale_folder`'s view of an `api.Model`: fails on the files named in `errors`."""
+  uses_ref = False
+
+  def __init__(self, errors):
+    self.errors = errors
+
+  def upscale_file(self, lr, ref=None):
+    del ref
+    error = self.errors.get(lr.rgb.shape[1])  # Files told apart by their width.
+    if error is not None:
+      raise error
+    return Image.fromarray(lr.uint8())
+
+
+def test_folder_goes_on_after_out_of_memory(tmp_path):
+  from jax.errors import JaxRuntimeError  # What jaxlib raises for an XLA out-of-memory.
+  from ssen_jax.inference import folder
+  src, out = tmp_path / 'in', tmp_path / 'out'
+  src.mkdir()
+  out.mkdir()
+  files = [_png(src / f'{name}.png', 8, w) for name, w in (('a', 8), ('b', 9), ('c', 10), ('d', 11))]
+  errors = {9: MemoryError(), 10: JaxRuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying '
+                                                   'to allocate 9.1GiB.\nmore detail')}
+  lines = []
+  result = folder.upscale_folder(_FakeModel(errors), files, out, log=lines.append)
+  assert result.written == ['a.png', 'd.png']  # The image after the failures still ran.
+  assert [name for name, _ in result.failed] == ['b.png', 'c.png']
+  assert sorted(p.name for p in out.iterdir()) == ['a.png', 'd.png']
+  why = dict(result.failed)
+  assert why['b.png'].startswith('MemoryError') and 'smaller --max_memory_gb' in why['b.png']
+  assert why['c.png'].startswith('JaxRuntimeError: RESOURCE_EXHAUSTED') and '\n' not in why['c.png']
+  assert any('[3/4] c.png: failed: JaxRuntimeError' in line for line in lines)
+  assert 'b.png, c.png' in result.summary(1.0)
+  # Kept outputs are not successes: a second pass writes nothing and says so.
+  again = folder.upscale_folder(_FakeModel({}), files[:1], out)
+  assert again.written == [] and again.kept == ['a.png']
+  assert again.summary(1.0).startswith('0 written, 1 kept')

@@ -3,8 +3,10 @@
 `OUT/<stem>.png` per image, written as the one-image command writes it (same `Model.upscale_file`,
 so the files are bitwise equal); one compilation per distinct input size. The reference is one
 file for all images, the file with the same stem in a reference folder, or the self-reference. An
-image that cannot be read or has no reference is named and skipped; existing outputs are kept
-(skipped with a note) unless `overwrite`.
+image that cannot be read or has no reference is named and skipped, and so is one whose run fails
+for lack of memory (MemoryError, an XLA out-of-memory or other runtime error): the folder goes on,
+and the failures are listed in the summary. Existing outputs are kept (skipped with a note, never
+counted as written) unless `overwrite`.
 """
 from __future__ import annotations
 
@@ -38,6 +40,17 @@ def colliding_stems(files: list[pathlib.Path]) -> dict[str, list[str]]:
 def find_reference(ref_dir: pathlib.Path, stem: str) -> Optional[pathlib.Path]:
   matches = [p for p in list_images(ref_dir) if p.stem == stem]
   return matches[0] if matches else None
+
+
+def resource_error(error: BaseException) -> str:
+  """One line for an error that is not the file's fault (out of memory, an XLA runtime error): its
+  type and the first line of its message, plus what to try when memory ran out."""
+  lines = str(error).strip().splitlines()
+  text = f'{type(error).__name__}: {lines[0][:300]}' if lines else type(error).__name__
+  if isinstance(error, MemoryError) or any(
+      word in str(error) for word in ('RESOURCE_EXHAUSTED', 'Out of memory', 'out of memory')):
+    text += ' (out of memory: a smaller --max_memory_gb or --tile may help)'
+  return text
 
 
 @dataclasses.dataclass
@@ -89,6 +102,11 @@ def upscale_folder(model, files: list[pathlib.Path], out_dir: pathlib.Path, *,
     except (ValueError, OSError) as e:  # DatasetError is a ValueError.
       result.failed.append((path.name, str(e)))
       progress(f'skipped: {e}')
+      continue
+    except (MemoryError, RuntimeError) as e:  # An XLA out-of-memory is a RuntimeError.
+      why = resource_error(e)
+      result.failed.append((path.name, why))
+      progress(f'failed: {why}')
       continue
     done += 1
     result.written.append(path.name)
