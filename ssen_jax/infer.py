@@ -29,8 +29,9 @@ Input/output: any LR size from 1x1 up; PNG/JPEG/...; grayscale in, grayscale out
 decompression-bomb limit (about 89.5 million pixels) are refused unless --allow_large_images.
 
 Memory: the whole image runs in one call when XLA's memory analysis of that call fits
---max_memory_gb (default: 90% of the accelerator memory, or half the host RAM on CPU, where the
-budget also covers the full-size host arrays, 512 B per LR pixel); otherwise in balanced
+--max_memory_gb (default: 90% of the accelerator memory, or on CPU half the host memory: the RAM or
+the container's / SLURM job's cgroup memory limit, whichever is smaller; on CPU the budget also
+covers the full-size host arrays, 656 B per LR pixel at x4, and the decoded reference); otherwise in balanced
 overlapping tiles with feathered seams (--tile N forces tiles of at most N x N LR pixels). See
 `ssen_jax.inference.tiling`. Timing, the tile count and one line per tile go to stderr. The plan
 minimises the tile count, not the time: the non-local attention's cost grows with the square of a
@@ -73,7 +74,7 @@ def define_flags() -> None:
   flags.DEFINE_bool('best', False, 'Use the checkpoint with the best eval PSNR.')
   flags.DEFINE_float('max_memory_gb', None, 'Memory budget (GB): one model call, plus the host '
                      'arrays on CPU; tiles when the image does not fit. Default: 90%% of the '
-                     'accelerator, or half the RAM.')
+                     'accelerator, or half the RAM or cgroup memory limit, the smaller.')
   flags.DEFINE_integer('tile', None, 'Force tiles of at most this many LR pixels per side.')
   flags.DEFINE_integer('overlap', tiling.DEFAULT_OVERLAP, 'LR pixels shared by neighbouring '
                        'tiles (3/8 of it discarded at each cut edge, the rest feathered).')
@@ -164,7 +165,7 @@ def main(argv: Sequence[str]) -> None:
     _log(f'note: the {model.variant} model takes no reference; --ref is ignored')
   loaded = time.perf_counter()
   try:
-    plan = model.plan(h, w)
+    plan = model.plan(h, w, ref_img)
   except ValueError as e:
     _fail(str(e))
   if plan is None:

@@ -90,7 +90,7 @@ class Model:
     self.max_bytes = None if max_memory_gb is None else int(max_memory_gb * 2**30)
     self.tile, self.overlap, self.log = tile, overlap, log
     self.upscaler = tiling.Upscaler(generator, log=log)
-    self._plans: dict[tuple[int, int], Optional[tiling.TilePlan]] = {}
+    self._plans: dict[tuple[int, int, int], Optional[tiling.TilePlan]] = {}
 
   scale = property(lambda self: self.generator.scale)
   uses_ref = property(lambda self: self.generator.uses_ref)
@@ -98,18 +98,26 @@ class Model:
   config = property(lambda self: self.generator.config)
   variant = property(lambda self: self.generator.config.model.variant)
 
-  def plan(self, h: int, w: int) -> Optional[tiling.TilePlan]:
+  def plan(self, h: int, w: int, ref: Optional[images.ImageFile] = None
+           ) -> Optional[tiling.TilePlan]:
     """The tiles of an LR (h, w) input (None: one call), compiled; cached per size.
+
+    `ref`: the decoded reference to be used (a reference-based model holds it beside the run, so
+    its bytes count in the host arrays).
 
     Raises:
       ValueError: the budget holds no tile, or the forced tile is too small.
     """
-    if (h, w) not in self._plans:
+    ref_bytes = 0
+    if ref is not None and self.uses_ref:
+      ref_bytes = ref.rgb.nbytes + (0 if ref.alpha is None else ref.alpha.nbytes)
+    key = (h, w, ref_bytes)
+    if key not in self._plans:
       plan = self.upscaler.plan(h, w, tile=self.tile, max_bytes=self.max_bytes,
-                                overlap=self.overlap)
+                                overlap=self.overlap, ref_bytes=ref_bytes)
       self.upscaler.compiled(*((h, w) if plan is None else plan.size))
-      self._plans[(h, w)] = plan
-    return self._plans[(h, w)]
+      self._plans[key] = plan
+    return self._plans[key]
 
   def upscale(self, lr: images.ImageFile, ref: Optional[images.ImageFile] = None, *,
               progress: Optional[Callable[[int, int], None]] = None
@@ -118,7 +126,7 @@ class Model:
 
     `progress(done, count)` is called after each tile when the image is tiled."""
     s, (h, w) = self.scale, lr.rgb.shape[:2]
-    plan = self.plan(h, w)
+    plan = self.plan(h, w, ref)
     reference = None
     if self.uses_ref:
       reference = images.prepare_reference(None if ref is None else ref.rgb, lr.rgb, s)

@@ -18,10 +18,17 @@ give a square tile size, whose compilation is checked against the budget again (
 try, as dense attention below `nonlocal_dense_max` positions grows faster than linearly). Where
 XLA gives no analysis, ANALYTIC_BYTES_PER_FEATURE * features bytes per LR pixel is assumed (a bound
 above the measured bytes per feature channel, docs/performance.md). The host also holds the
-full-size arrays of the image (LR, fitted reference and blend accumulators in float32, the uint8
-output: HOST_BYTES_PER_LR_PIXEL = 512 B per LR pixel; no float64 full-size copies): on CPU, where
-device memory is host memory, they are counted in the budget (the model calls get the rest); on
-an accelerator the budget is the device's and the host arrays come on top.
+full-size arrays of the image (`host_bytes`: the decoded LR image, HOST_BYTES_PER_LR_PIXEL, and per
+HR pixel, scale**2 of them per LR pixel, the fitted reference and blend accumulators in float32 and
+the uint8 output, HOST_BYTES_PER_HR_PIXEL: 656 B per LR pixel at x4; no float64 full-size copies),
+plus the decoded reference file at its own size: on CPU, where device memory is host memory, they
+are counted in the budget (the model calls get the rest); on an accelerator the budget is the
+device's and the host arrays come on top.
+
+The default budget (`default_memory_bytes`) is 90% of the accelerator's memory, or on CPU half the
+host memory: the smaller of the physical RAM and the memory limit of the process's cgroup (v2 or
+v1: containers, SLURM allocations; `cgroup_memory_limit`), so that a plan fits where the process
+may allocate, not the machine.
 
 Tiles are balanced (`plan_tiles`, `axis_tiles`): the fewest tiles the budget allows, then the
 smallest equal tiles that cover the image with them (a 2048 x 2048 LR image whose budget allows
@@ -32,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import pathlib
 import time
 from typing import Any, Callable, Optional
 
@@ -43,9 +51,13 @@ import numpy as np
 ALIGN = 8  # Tile origins (LR px): 2**3 for the offset estimator's three stride-2 convolutions.
 DEFAULT_OVERLAP = 32  # LR px shared by neighbouring tiles; see `blend_weights`.
 ANALYTIC_BYTES_PER_FEATURE = 256  # Per LR pixel and feature channel, when XLA reports nothing.
-# Host arrays per LR pixel at scale 4 (16 HR px): LR float32 12, fitted reference float32 192,
-# blend accumulators float32 192 + 64, output uint8 48 (+ alpha), rounded up.
-HOST_BYTES_PER_LR_PIXEL = 512
+# Host arrays of a whole image (`host_bytes`). Per LR pixel: the decoded input, float32 RGB 12 +
+# alpha 4. Per HR pixel (scale**2 per LR pixel): fitted reference float32 12, blend accumulators
+# float32 12 + 4, output uint8 3 and its Pillow image 4, upscaled alpha float32 4 + uint8 1.
+HOST_BYTES_PER_LR_PIXEL = 16
+HOST_BYTES_PER_HR_PIXEL = 40
+# cgroup limits at or above this mean "no limit" (v1 writes 2**63 - page size; v2 writes 'max').
+_CGROUP_UNLIMITED = 2**60
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,8 +175,63 @@ def blend_weights(start: int, size: int, length: int, overlap: int, scale: int) 
 # Running the model.
 
 
-def default_memory_bytes() -> int:
-  """Budget without --max_memory_gb: 90% of the accelerator's memory, else half the host RAM."""
+def _read_cgroup_limit(path: pathlib.Path) -> Optional[int]:
+  """A cgroup memory limit file's bytes, or None (no file, unreadable, 'max', or unlimited)."""
+  try:
+    text = path.read_text().strip()
+  except OSError:
+    return None
+  if not text.isdigit() or int(text) >= _CGROUP_UNLIMITED:
+    return None
+  return int(text)
+
+
+def cgroup_memory_limit(root: str | os.PathLike = '/') -> Optional[int]:
+  """The memory limit (bytes) of this process's cgroup, or None when there is none.
+
+  The process's cgroups come from `ROOT/proc/self/cgroup`: cgroup v2 (`0::/PATH`) limits are in
+  `ROOT/sys/fs/cgroup/PATH/memory.max`, v1 (`N:memory:/PATH`) in
+  `ROOT/sys/fs/cgroup/memory/PATH/memory.limit_in_bytes`. A cgroup is bounded by its ancestors
+  too, so the smallest limit from PATH up to the hierarchy's root counts (inside a container the
+  PATH may not exist in the container's view; its root then holds the container's limit).
+
+  Args:
+    root: the file system root (tests point it at a fake tree).
+  """
+  root = pathlib.Path(root)
+  try:
+    lines = (root / 'proc/self/cgroup').read_text().splitlines()
+  except OSError:
+    return None
+  limits = []
+  for line in lines:
+    parts = line.strip().split(':', 2)
+    if len(parts) != 3:
+      continue
+    controllers, cgroup_path = parts[1], pathlib.PurePosixPath(parts[2] or '/')
+    if not controllers:  # The v2 unified hierarchy.
+      base, name = root / 'sys/fs/cgroup', 'memory.max'
+    elif 'memory' in controllers.split(','):
+      base, name = root / 'sys/fs/cgroup/memory', 'memory.limit_in_bytes'
+    else:
+      continue
+    for folder in (cgroup_path, *cgroup_path.parents):
+      limit = _read_cgroup_limit(base / str(folder).lstrip('/') / name)
+      if limit is not None:
+        limits.append(limit)
+  return min(limits) if limits else None
+
+
+def host_memory_bytes(root: str | os.PathLike = '/') -> int:
+  """The memory this process may use: the physical RAM, or its cgroup's limit when smaller."""
+  physical = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  limit = cgroup_memory_limit(root)
+  return physical if limit is None else min(physical, limit)
+
+
+def default_memory_bytes(root: str | os.PathLike = '/') -> int:
+  """Budget without --max_memory_gb: 90% of the accelerator's memory, else half the host memory
+  (`host_memory_bytes`: the RAM or the cgroup limit, the smaller; `root` as there)."""
   import jax  # pylint: disable=import-outside-toplevel
   try:
     stats = jax.local_devices()[0].memory_stats()
@@ -172,7 +239,13 @@ def default_memory_bytes() -> int:
     stats = None
   if stats and stats.get('bytes_limit'):
     return int(0.9 * stats['bytes_limit'])
-  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2
+  return host_memory_bytes(root) // 2
+
+
+def host_bytes(h: int, w: int, scale: int, ref_bytes: int = 0) -> int:
+  """Host bytes of the full-size arrays of an LR (h, w) image at `scale` (module docstring),
+  plus `ref_bytes` for the decoded reference file."""
+  return (HOST_BYTES_PER_LR_PIXEL + HOST_BYTES_PER_HR_PIXEL * scale * scale) * h * w + ref_bytes
 
 
 class Upscaler:
@@ -215,8 +288,11 @@ class Upscaler:
                stats.temp_size_in_bytes - stats.alias_size_in_bytes)
 
   def plan(self, h: int, w: int, *, tile: Optional[int] = None,
-           max_bytes: Optional[int] = None, overlap: int = DEFAULT_OVERLAP) -> Optional[TilePlan]:
+           max_bytes: Optional[int] = None, overlap: int = DEFAULT_OVERLAP,
+           ref_bytes: int = 0) -> Optional[TilePlan]:
     """None (untiled) if the image fits `max_bytes`, else the tiles; `tile` forces a tile size.
+
+    `ref_bytes`: the decoded reference file held beside the run (counted as `host_bytes`).
 
     Raises:
       ValueError: the budget cannot hold even the smallest tile, or `tile` is too small.
@@ -226,7 +302,7 @@ class Upscaler:
       size_x, xs = axis_tiles(w, tile, overlap)
       return None if len(ys) * len(xs) == 1 else TilePlan((size_y, size_x), ys, xs, overlap)
     max_bytes = default_memory_bytes() if max_bytes is None else max_bytes
-    host = self.host_bytes(h, w)
+    host = self.host_bytes(h, w, ref_bytes)
     call_budget = max_bytes - host
     need = self.estimate_bytes(h, w)
     self.log(f'memory: LR {h}x{w} needs {need / 2**30:.3g} GB per call (XLA memory analysis) '
@@ -252,11 +328,13 @@ class Upscaler:
                          f'{need / 2**30:.3g} GB beside {host / 2**30:.3g} GB of host arrays')
       max_pixels = int(max_pixels * 0.72)  # 15% less per side.
 
-  def host_bytes(self, h: int, w: int) -> int:
-    """Host arrays of a whole image held beside the model calls, counted in the budget on CPU
-    (where device memory is host memory): HOST_BYTES_PER_LR_PIXEL per LR pixel."""
+  def host_bytes(self, h: int, w: int, ref_bytes: int = 0) -> int:
+    """Host arrays of a whole image held beside the model calls (module-level `host_bytes`),
+    counted in the budget on CPU (where device memory is host memory), else 0."""
     import jax  # pylint: disable=import-outside-toplevel
-    return HOST_BYTES_PER_LR_PIXEL * h * w if jax.default_backend() == 'cpu' else 0
+    if jax.default_backend() != 'cpu':
+      return 0
+    return host_bytes(h, w, self.gen.scale, ref_bytes)
 
   def _run(self, lr: np.ndarray, ref: Optional[np.ndarray]) -> np.ndarray:
     exe = self.compiled(*lr.shape[:2])
