@@ -14,7 +14,10 @@ CUFED5-style sets, beside bicubic. One line per image on stderr, counted i/N.
 
 --save_images DIR writes every SR image scored as DIR/<group>_<level>.png (level: XH ... XL,
 oracle, unrelated; `all` on benchmark folders; `bicubic` for the baseline), never over existing
-files unless --overwrite (checked before any compute).
+files unless --overwrite (checked before any compute). On a benchmark folder <group> is the file
+name without its suffix, so a folder holding files that differ only in their suffix (a.png and
+a.jpg) is refused with --save_images before anything is read: their images would overwrite each
+other.
 """
 import json
 import os
@@ -51,7 +54,7 @@ def define_flags() -> None:
                       'before any compute; written atomically).')
   flags.DEFINE_bool('overwrite', False, 'Replace an existing --output_json file or images.')
   flags.DEFINE_string('save_images', None, 'Folder for every SR image scored, as '
-                      '<group>_<level>.png.')
+                      '<group>_<level>.png (group: the file stem; stems must be distinct).')
   flags.mark_flag_as_required('dataset_dir')
 
 
@@ -86,6 +89,24 @@ def _write_json(path: str, results: dict) -> None:
     os.replace(f.name, path)
   except OSError as e:
     _fail(f'cannot write {path}: {e}')
+
+
+def check_distinct_names(dataset: str, dataset_dir: str) -> None:
+  """Fails before anything is read if two files of a benchmark folder share a stem (a.png and
+  a.jpg): their --save_images files, named by the stem, would overwrite each other. CUFED5 group
+  ids are distinct by construction."""
+  if dataset != 'folder':
+    return
+  from ssen_jax.inference import folder as folder_lib  # Light: no JAX.
+  try:
+    clash = folder_lib.colliding_stems(datasets.list_images(dataset_dir))
+  except datasets.DatasetError as e:
+    _fail(str(e))
+  if clash:
+    stem, names = next(iter(clash.items()))
+    _fail(f'--dataset_dir {dataset_dir} holds {len(clash)} name(s) whose --save_images files '
+          f'would collide ({" and ".join(names)} -> {stem}_<level>.png); rename them or move one '
+          'to another folder')
 
 
 def check_save_images(folder: str, examples: list[dict], overwrite: bool) -> pathlib.Path:
@@ -159,6 +180,8 @@ def main(argv: Sequence[str]) -> None:
     _fail('--method=model needs --workdir')
   if FLAGS.output_json:
     check_output_json(FLAGS.output_json, FLAGS.overwrite)
+  if FLAGS.save_images:
+    check_distinct_names(FLAGS.dataset, FLAGS.dataset_dir)
   try:
     examples = protocol.load_dataset(FLAGS.dataset, FLAGS.dataset_dir, scale)
   except datasets.DatasetError as e:

@@ -214,3 +214,19 @@ def test_evaluate_model_logs_i_of_n_per_run():
   assert '[XH] 1/2 000: PSNR' in lines[0] and '[XH] 2/2 001: PSNR' in lines[1]
   assert len(lines) == 7 * 2 and lines[-1].startswith('[unrelated] 2/2 001')
   assert ('000_XL', (32, 32, 3)) in saved and ('001_oracle', (32, 32, 3)) in saved
+
+
+def test_save_images_refuses_files_sharing_a_stem_before_any_work(tmp_path):
+  """a.png and a.jpg would both be saved as a_bicubic.png: refused before anything is read."""
+  data, out = tmp_path / 'set', tmp_path / 'sr'
+  data.mkdir()
+  photo = skimage.data.astronaut()[:96, :80]
+  Image.fromarray(photo).save(data / 'a.png')
+  Image.fromarray(photo).save(data / 'a.jpg', quality=90)
+  Image.fromarray(photo).save(data / 'b.png')
+  proc = _run('--dataset_dir', str(data), '--save_images', str(out))
+  assert proc.returncode == 1
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and 'a.jpg and a.png -> a_<level>.png' in lines[0], proc.stderr
+  assert not out.exists()  # Nothing written, the folder not even made.
+  assert _run('--dataset_dir', str(data)).returncode == 0  # Without --save_images: scored.
