@@ -19,6 +19,10 @@ weights are copied into the PyTorch reference network and its output is checked 
 The benchmarks live in `ssen_jax.benchmarks` (harness, op, model_speed, memory); the measured
 figures and their commands are in docs/performance.md.
 
+`--json FILE` is checked before anything is measured (its folder must take files; an existing FILE
+is refused unless --overwrite) and written atomically (a temporary file in the same folder, then a
+rename), so a failed or interrupted run never leaves a truncated or half-replaced file.
+
 torch is optional (the `test` extra) and imported only with `--compare torch`.
 """
 from __future__ import annotations
@@ -28,7 +32,9 @@ import os
 import pathlib
 import re
 import sys
+import tempfile
 from collections.abc import Sequence
+from typing import Any
 
 from absl import app
 from absl import flags
@@ -43,7 +49,9 @@ def define_flags() -> None:
   flags.DEFINE_enum('compare', None, ['torch'], 'Also run the PyTorch peers (needs torch).')
   flags.DEFINE_string('config', 'configs/refsr.py', 'Config FILE[:variants] of the model '
                       '(infer, train, memory).')
-  flags.DEFINE_string('json', None, 'Optional path for the results as JSON.')
+  flags.DEFINE_string('json', None, 'Optional path for the results as JSON (checked before '
+                      'any measurement; written atomically).')
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing --json file.')
   flags.DEFINE_integer('repeats', None, 'Interleaved repetitions per case (default per --what).')
   flags.DEFINE_bool('tiny', False, 'Shrink every size (tests; the ratios mean nothing then).')
   flags.DEFINE_float('pause', 0.05, 'Seconds between two timed calls (see `harness.interleaved`).')
@@ -65,9 +73,50 @@ def _benchmarks():
           'train': (model_speed.bench_train, 5), 'memory': (memory.bench_memory, 1)}
 
 
+def check_json(path: str, overwrite: bool) -> None:
+  """Exits with one line, before any measurement, if --json could not be written at the end: a
+  folder, a missing or read-only parent folder, or an existing file without `overwrite`."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if os.path.isdir(path):
+    sys.exit(f'error: --json {path} is a folder.')
+  if os.path.exists(path) and not overwrite:
+    sys.exit(f'error: --json {path} exists; pass --overwrite to replace it.')
+  if not os.path.isdir(folder):
+    sys.exit(f'error: folder {folder} of --json does not exist.')
+  try:
+    with tempfile.NamedTemporaryFile(dir=folder, prefix='.probe-'):
+      pass
+  except OSError as e:
+    sys.exit(f'error: cannot write in {folder} (--json): {e.strerror or e}.')
+
+
+def write_json(path: str, result: Any) -> None:
+  """Writes `result` as JSON to a temporary file beside `path`, then renames it over `path`: an
+  existing file is replaced whole or not at all.
+
+  Raises:
+    OSError, TypeError, ValueError: the write failed (nothing is left behind).
+  """
+  folder = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=folder)
+  try:
+    with os.fdopen(fd, 'w') as f:
+      json.dump(result, f, indent=2)
+      f.write('\n')
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would otherwise survive the rename.
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if FLAGS.json and not FLAGS.infer_once:
+    check_json(FLAGS.json, FLAGS.overwrite)
   from ssen_jax.benchmarks import harness, torch_peers  # pylint: disable=import-outside-toplevel
   from ssen_jax.core import config as config_lib  # pylint: disable=import-outside-toplevel
   try:
@@ -97,7 +146,10 @@ def main(argv: Sequence[str]) -> None:
   result['load_average_after'] = round(os.getloadavg()[0], 2)
   print(harness.to_markdown(result))
   if FLAGS.json:
-    pathlib.Path(FLAGS.json).write_text(json.dumps(result, indent=2) + '\n')
+    try:
+      write_json(FLAGS.json, result)
+    except OSError as e:
+      sys.exit(f'error: cannot write {FLAGS.json}: {e}')
 
 
 if __name__ == '__main__':

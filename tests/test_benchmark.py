@@ -143,3 +143,33 @@ def test_bad_sizes_fail_in_one_line(flag, message):
   assert proc.returncode != 0
   lines = [line for line in proc.stderr.splitlines() if line.strip()]
   assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_json_is_checked_before_measuring(tmp_path):
+  """An existing --json file is refused unless --overwrite, and an unwritable place is refused,
+  in one line before anything is measured (no table printed)."""
+  existing = tmp_path / 'op.json'
+  existing.write_text('{"earlier": "results"}\n')
+  blocked = tmp_path / 'file'
+  blocked.write_text('x')
+  for target, message in [(existing, 'exists; pass --overwrite'),
+                          (blocked / 'op.json', 'does not exist'),
+                          (tmp_path, 'is a folder')]:
+    proc = _run('--what', 'op', '--repeats', '1', '--tiny', f'--json={target}',
+                without_torch=True, check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(lines) == 1 and message in lines[0], proc.stderr
+    assert proc.stdout == ''  # Nothing measured.
+  assert existing.read_text() == '{"earlier": "results"}\n'
+
+
+def test_json_write_is_atomic(tmp_path):
+  from ssen_jax import benchmark
+  out = tmp_path / 'op.json'
+  out.write_text('{"earlier": "results"}\n')
+  with pytest.raises(TypeError):  # Fails half-way through the dump ...
+    benchmark.write_json(str(out), {'a': 1, 'b': object()})
+  assert out.read_text() == '{"earlier": "results"}\n'  # ... the old file is whole ...
+  assert [p.name for p in tmp_path.iterdir()] == ['op.json']  # ... and nothing is left beside.
+  benchmark.write_json(str(out), {'a': 1})
+  assert json.loads(out.read_text()) == {'a': 1} and oct(out.stat().st_mode & 0o777) != '0o600'
