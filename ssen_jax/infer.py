@@ -14,14 +14,14 @@ Reference: --ref is fitted to scale x the LR size (crop top-left, reflect-pad; s
 `ssen_jax.data.images.fit_reference`). Without --ref the LR image upscaled by MATLAB bicubic is the
 reference (self-reference). Models without a reference input (baseline, rcan, selfsim) ignore --ref.
 
-Folders: --lr_dir IN --out_dir OUT writes OUT/<stem>.png per image of IN (bitwise what the
-one-image command writes; OUT must not be IN, and inputs whose names differ only in their suffix,
-such as a.png and a.jpg, are refused before any work), restoring the model once and compiling once per distinct input size;
---ref_dir REFS takes each image's reference from the file with the same stem in REFS. One progress
-line per image (with ETA) on stderr; an unreadable image, one without a reference, or one whose run
-fails for lack of memory (MemoryError, an XLA out-of-memory) is named and skipped, the rest still
-run, and the command then exits with status 1 after a one-line summary; existing outputs are kept
-unless --overwrite (counted as kept, not written).
+Folders: --lr_dir IN --out_dir OUT writes OUT/<stem>.png per image of IN (bitwise what the one-image
+command writes; OUT must not be IN, and inputs whose names differ only in their suffix, such as
+a.png and a.jpg, are refused before any work), restoring the model once and compiling once per
+distinct input size; --ref_dir REFS takes each image's reference from the file with the same stem in
+REFS. One progress line per image (with ETA) on stderr; an unreadable image, one without a
+reference, or one whose run fails for lack of memory (MemoryError, an XLA out-of-memory) is named
+and skipped, the rest still run, and the command then exits with status 1 after a one-line summary;
+existing outputs are kept unless --overwrite (counted as kept, not written).
 
 Input/output: any LR size from 1x1 up; PNG/JPEG/...; grayscale in, grayscale out; alpha is kept
 (bicubic-upscaled); 16-bit grayscale PNG in, 16-bit out. The output is a PNG written atomically
@@ -31,9 +31,9 @@ decompression-bomb limit (about 89.5 million pixels) are refused unless --allow_
 Memory: the whole image runs in one call when XLA's memory analysis of that call fits
 --max_memory_gb (default: 90% of the accelerator memory, or on CPU half the host memory: the RAM or
 the container's / SLURM job's cgroup memory limit, whichever is smaller; on CPU the budget also
-covers the full-size host arrays, 656 B per LR pixel at x4, and the decoded reference); otherwise in balanced
-overlapping tiles with feathered seams (--tile N forces tiles of at most N x N LR pixels). See
-`ssen_jax.inference.tiling`. Timing, the tile count and one line per tile go to stderr. The plan
+covers the full-size host arrays, 656 B per LR pixel at x4, and the decoded reference); otherwise in
+balanced overlapping tiles with feathered seams (--tile N forces tiles of at most N x N LR pixels).
+See `ssen_jax.inference.tiling`. Timing, the tile count and one line per tile go to stderr. The plan
 minimises the tile count, not the time: the non-local attention's cost grows with the square of a
 call's size, so on a CPU a 2048x2048 input under `--tile 1024` takes 7x less CPU time than in one
 call (docs/performance.md).

@@ -104,7 +104,8 @@ def test_folder_goes_on_after_out_of_memory(tmp_path):
   src, out = tmp_path / 'in', tmp_path / 'out'
   src.mkdir()
   out.mkdir()
-  files = [_png(src / f'{name}.png', 8, w) for name, w in (('a', 8), ('b', 9), ('c', 10), ('d', 11))]
+  files = [_png(src / f'{name}.png', 8, w)
+           for name, w in (('a', 8), ('b', 9), ('c', 10), ('d', 11))]
   errors = {9: MemoryError(), 10: JaxRuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying '
                                                    'to allocate 9.1GiB.\nmore detail')}
   lines = []
