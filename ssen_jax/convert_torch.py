@@ -11,10 +11,11 @@ written.
 
 DIR receives `config.json` and an Orbax checkpoint at step 0 holding the converted parameters and
 a fresh optimiser state (so DIR can also start a fine-tuning run; `ssen_jax.training.workdir`). A
-non-empty DIR is refused without --overwrite, which replaces only DIR/config.json and
-DIR/checkpoints (the old ones are deleted only once the new ones are in place); a training workdir
-is always refused. The workdir is built in a temporary folder beside DIR and moved into place at
-the end.
+non-empty DIR is refused without --overwrite, which replaces DIR/config.json and DIR/checkpoints
+and keeps DIR's other files; a training workdir is always refused. The new DIR is built complete
+in a folder beside it and swapped in as one folder (`ssen_jax.data_prep.folder_swap`): DIR is
+all-old or all-new; a run killed between the swap's two renames leaves the old DIR whole in
+.DIR.old, and the next convert_torch puts it back before anything else.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) != 2:
     print('error: usage: python -m ssen_jax.convert_torch IN.pth --config FILE[:variant] '
           '--out DIR [--overwrite]', file=sys.stderr)
-    sys.exit(2)
+    sys.exit(1)  # Like absl's usage errors in every command (docs/exit_statuses.md).
   from ssen_jax.training import workdir  # pylint: disable=import-outside-toplevel
   try:
     print(workdir.import_pth(argv[1], FLAGS.config, FLAGS.out, overwrite=FLAGS.overwrite))

@@ -158,3 +158,54 @@ def test_unwritable_out_is_one_line_before_reading_the_pth(files, tmp_path):
                                          for name in ('model.pth', 'junk.pth')]):
     assert_error(proc, f'--out {out} is not writable', 'Not a directory')
   assert sorted(p.name for p in tmp_path.iterdir()) == ['file']
+
+
+def test_overwrite_is_one_folder_swap_and_a_kill_in_between_loses_nothing(files, tmp_path,
+                                                                           monkeypatch):
+  """--overwrite swaps in a complete new folder: a failure of the second rename leaves the old
+  workdir; a kill between the renames leaves it whole beside the missing --out, a reader says so
+  in one line and the next convert_torch puts it back first."""
+  import os  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  from ssen_jax.data_prep import folder_swap  # pylint: disable=import-outside-toplevel
+  from ssen_jax.training import workdir  # pylint: disable=import-outside-toplevel
+  out = tmp_path / 'wd'
+  out.mkdir()
+  (out / 'notes.txt').write_text('mine')
+  (out / 'config.json').write_text('{"old": true}')
+  (out / 'checkpoints' / '0').mkdir(parents=True)
+  (out / 'checkpoints' / '0' / 'old').write_text('old checkpoint')
+  snapshot = lambda root: {str(p.relative_to(root)): p.read_bytes()
+                           for p in sorted(root.rglob('*')) if p.is_file()}
+  old = snapshot(out)
+  hidden = lambda: sorted(p.name for p in tmp_path.iterdir() if p.name.startswith('.'))
+
+  def fail(new, dest):
+    raise OSError(5, 'Input/output error')
+
+  monkeypatch.setattr(folder_swap, '_move_in', fail)
+  with pytest.raises(OSError, match='Input/output error'):
+    workdir.import_pth(str(files / 'model.pth'), CONFIG, str(out), overwrite=True)
+  monkeypatch.undo()
+  assert snapshot(out) == old and hidden() == []
+
+  script = ('import os, sys\n'
+            'from ssen_jax.data_prep import folder_swap\n'
+            'from ssen_jax.training import workdir\n'
+            'folder_swap._move_in = lambda new, dest: os._exit(9)\n'
+            'workdir.import_pth(sys.argv[1], sys.argv[2], sys.argv[3], overwrite=True)\n')
+  proc = subprocess.run([sys.executable, '-c', script, str(files / 'model.pth'), CONFIG, str(out)],
+                        cwd=checkpointing.__file__.rsplit('/ssen_jax/', 1)[0],
+                        env=dict(os.environ), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 9, proc.stderr[-3000:]
+  assert not out.exists() and snapshot(tmp_path / '.wd.old') == old
+  with pytest.raises(FileNotFoundError, match=r'interrupted replacement left the previous one '
+                                              r'whole in .*\.wd\.old'):
+    checkpointing.read_config(out)
+
+  workdir.import_pth(str(files / 'model.pth'), CONFIG, str(out), overwrite=True)
+  new = snapshot(out)
+  assert new['notes.txt'] == b'mine' and 'checkpoints/0/old' not in new
+  assert json.loads(new['config.json'])['model']['variant'] == 'ssen'
+  assert checkpointing.checkpoint_steps(out) == [0] and hidden() == []

@@ -1,4 +1,6 @@
 """ssen_jax.data_prep.convert on tiny fake layouts built from real images (skimage.data)."""
+import errno
+import json
 import os
 import pathlib
 import subprocess
@@ -178,3 +180,49 @@ def test_benchmark_input_demo_data_goes_to_a_private_temporary_folder(monkeypatc
   (a, mode_a), (b, mode_b) = roots
   assert a != b and a.parent == b.parent == tmp_path and mode_a == mode_b == 0o700
   assert list(tmp_path.iterdir()) == []
+
+
+def _snapshot(root):
+  return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob('*')) if p.is_file()}
+
+
+def test_overwrite_is_one_folder_swap_and_a_kill_in_between_loses_nothing(cufed_dir, tmp_path,
+                                                                           monkeypatch):
+  """--overwrite builds the new output beside the old and swaps the folders: the output is
+  all-old or all-new; a kill between the swap's renames leaves the old folder whole, and the
+  next run puts it back before anything else."""
+  from ssen_jax.data_prep import folder_swap  # pylint: disable=import-outside-toplevel
+  out = tmp_path / 'out'
+  convert.convert('cufed', cufed_dir, out, num_shards=2, progress=False)
+  (out / 'notes.txt').write_text('another file of the folder')
+  old = _snapshot(out)
+  hidden = lambda: sorted(p.name for p in tmp_path.iterdir() if p.name.startswith('.'))
+
+  def fail(new, dest):
+    raise OSError(errno.EIO, 'Input/output error')
+
+  monkeypatch.setattr(folder_swap, '_move_in', fail)  # The second rename fails: all-old.
+  with pytest.raises(convert.ConvertError, match='cannot replace .* as one folder'):
+    convert.convert('cufed', cufed_dir, out, num_shards=3, progress=False, overwrite=True)
+  monkeypatch.undo()
+  assert _snapshot(out) == old and hidden() == []
+
+  script = ('import os, sys\n'
+            'from ssen_jax.data_prep import convert, folder_swap\n'
+            'folder_swap._move_in = lambda new, dest: os._exit(9)\n'  # Killed in between.
+            'convert.convert("cufed", sys.argv[1], sys.argv[2], num_shards=3, progress=False, '
+            'overwrite=True)\n')
+  proc = subprocess.run([sys.executable, '-c', script, str(cufed_dir), str(out)], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 9, proc.stderr[-3000:]
+  assert not out.exists() and _snapshot(tmp_path / '.out.old') == old  # Nothing lost.
+  with pytest.raises(convert.ConvertError, match='already holds cufed output'):
+    convert.convert('cufed', cufed_dir, out, num_shards=3, progress=False)  # Put back first.
+  assert _snapshot(out) == old and hidden() == []
+
+  convert.convert('cufed', cufed_dir, out, num_shards=3, progress=False, overwrite=True)
+  new = _snapshot(out)
+  assert sorted(new) == ['cufed-00000-of-00003.tfrecord', 'cufed-00001-of-00003.tfrecord',
+                         'cufed-00002-of-00003.tfrecord', 'cufed.json', 'notes.txt']
+  assert json.loads(new['cufed.json'])['num_shards'] == 3
+  assert len(_read(str(out / 'cufed-*.tfrecord'))) == 6 and hidden() == []

@@ -34,9 +34,12 @@ Choices:
 * PNG sources already RGB 8-bit are stored byte-for-byte; anything else (JPEG, grayscale, palette,
   16-bit, alpha) is decoded, converted to RGB uint8 and re-encoded as PNG.
 * Existing output of the same NAME is refused unless --overwrite. Shards are written under
-  OUTPUT/.NAME.tmp-PID/ and renamed into place only after every image was read; with --overwrite,
-  shards of an earlier run with another shard count are deleted afterwards. An interrupted
-  run leaves its partial files only in the temporary folder, which the next run removes.
+  OUTPUT/.NAME.tmp-PID/ and renamed into place only after every image was read. --overwrite
+  builds a whole new OUTPUT beside it (new shards and manifest, and hard links to the folder's
+  other files) and swaps it in as one folder (`folder_swap`): a reader sees the old output or the
+  new one, never new shards under the old manifest; a run killed between the swap's two renames
+  leaves the old OUTPUT whole as .OUTPUT.old, which the next run puts back first. An interrupted
+  run leaves its partial files only in a temporary folder, which the next run removes.
 """
 import json
 import multiprocessing
@@ -52,6 +55,7 @@ from absl import app
 from absl import flags
 
 from ssen_jax.data import tf_env  # noqa: F401  (first: TensorFlow's defaults)
+from ssen_jax.data_prep import folder_swap
 from ssen_jax.data_prep import layouts
 from ssen_jax.data import datasets
 
@@ -139,11 +143,13 @@ def convert(dataset: str, input_dir: str | os.PathLike, output_dir: str | os.Pat
   if len(jobs) < num_shards:
     raise ConvertError(f'{len(jobs)} examples found in {input_dir}, fewer than --num_shards '
                        f'{num_shards}: every shard must hold at least one example')
-  output_dir = pathlib.Path(output_dir)
+  given_output_dir = output_dir
+  output_dir = pathlib.Path(os.path.realpath(output_dir))  # A symlink: its target is replaced.
+  folder_swap.recover(output_dir)  # An --overwrite killed half-way: the old folder comes back.
   existing = _existing_shards(output_dir, name) + [
       p for p in [output_dir / f'{name}.json'] if p.exists()]
   if existing and not overwrite:
-    raise ConvertError(f'{output_dir} already holds {name} output ({len(existing)} files, e.g. '
+    raise ConvertError(f'{given_output_dir} already holds {name} output ({len(existing)} files, e.g. '
                        f'{existing[0].name}); pass --overwrite to replace it, or choose another '
                        '--name or --output_dir')
   try:
@@ -156,21 +162,34 @@ def convert(dataset: str, input_dir: str | os.PathLike, output_dir: str | os.Pat
   for stale in _tmp_dirs(output_dir, name):  # Left over by an interrupted run.
     if not _pid_alive(stale.name.rsplit('-', 1)[-1]):
       shutil.rmtree(stale, ignore_errors=True)
-  tmp_dir = output_dir / f'.{name}.tmp-{os.getpid()}'
-  tmp_dir.mkdir()
+  if existing:  # --overwrite: a new output folder, swapped in whole at the end.
+    try:
+      tmp_dir = folder_swap.staging(output_dir)
+    except OSError as e:
+      raise ConvertError(f'--overwrite builds the new {given_output_dir} beside it, but '
+                         f'{output_dir.parent} is not writable: {e.strerror or e}') from None
+  else:
+    tmp_dir = output_dir / f'.{name}.tmp-{os.getpid()}'
+    tmp_dir.mkdir()
   try:
     manifest = _write_shards(jobs, tmp_dir, name, num_shards, skip_bad=skip_bad,
                              tile_size=tile_size, num_workers=num_workers, progress=progress)
     manifest.update(dataset=dataset, input_dir=str(input_dir), tile_size=tile_size)
-    final = datasets.shard_names(name, num_shards)
-    for shard in final:  # os.replace is atomic per file: a reader never sees a half shard.
-      os.replace(tmp_dir / shard, output_dir / shard)
-    for old in _existing_shards(output_dir, name):
-      if old.name not in final:  # From an earlier run with another shard count.
-        old.unlink()
     with open(tmp_dir / 'manifest.json', 'w') as f:
       json.dump({k: v for k, v in manifest.items() if k != 'images_per_second'}, f, indent=2)
-    os.replace(tmp_dir / 'manifest.json', output_dir / f'{name}.json')
+    if existing:
+      os.replace(tmp_dir / 'manifest.json', tmp_dir / f'{name}.json')
+      own = {p.name for p in existing} | {p.name for p in _tmp_dirs(output_dir, name)}
+      folder_swap.carry_over(output_dir, tmp_dir, skip=own)  # Other datasets' files stay.
+      try:
+        folder_swap.replace(tmp_dir, output_dir)
+      except OSError as e:  # E.g. a mount point: nothing was changed.
+        raise ConvertError(f'cannot replace {given_output_dir} as one folder ({e.strerror or e}); '
+                           'write to a new --output_dir') from None
+    else:  # Nothing of NAME there before: shards, then the manifest, each renamed into place.
+      for shard in datasets.shard_names(name, num_shards):
+        os.replace(tmp_dir / shard, output_dir / shard)
+      os.replace(tmp_dir / 'manifest.json', output_dir / f'{name}.json')
   finally:
     shutil.rmtree(tmp_dir, ignore_errors=True)
   return manifest

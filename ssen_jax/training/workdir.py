@@ -21,6 +21,7 @@ import numpy as np
 from ssen_jax.core import checkpointing
 from ssen_jax.core import config as config_lib
 from ssen_jax.core import sharding
+from ssen_jax.data_prep import folder_swap
 from ssen_jax.inference import restore
 from ssen_jax.interop import convert
 from ssen_jax.training import steps
@@ -79,25 +80,28 @@ def _check_out_writable(out_dir: pathlib.Path) -> None:
 def import_pth(pth: str, config_spec: str, out: str, *, overwrite: bool = False) -> str:
   """Converts a PyTorch .pth into the training workdir `out`; returns a summary line.
 
-  The workdir is built in a temporary folder beside `out` and moved into place at the end; with
-  `overwrite`, only `out`/config.json and `out`/checkpoints are replaced: the old ones are moved
-  aside first, put back if the new ones cannot be moved in, and deleted only after. A training
-  workdir (training checkpoints or logs) is never overwritten.
+  The workdir is built complete in a folder beside `out` and swapped in as one folder
+  (`data_prep.folder_swap`: `out` is either all-old, all-new, or, only while killed between two
+  renames, absent with the old one whole in `.NAME.old`, which the next run puts back first).
+  With `overwrite`, the new `out` holds a new config.json and checkpoints/ and the old folder's
+  other entries (hard links). A training workdir (training checkpoints or logs) is never
+  overwritten.
 
   Raises:
     convert.ConversionError, config_lib.ConfigError: bad input (the message may list several
       problems), or `out` cannot be written (checked first); nothing is written.
     ImportError: torch is not installed.
   """
-  out_dir = pathlib.Path(out)
+  out_dir = pathlib.Path(os.path.realpath(out))  # A symlinked --out: its target is replaced.
+  folder_swap.recover(out_dir)  # A replacement killed half-way: the old folder comes back.
   if out_dir.exists() and not out_dir.is_dir():
-    raise convert.ConversionError(f'--out {out_dir} exists and is not a folder')
+    raise convert.ConversionError(f'--out {out} exists and is not a folder')
   if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-    raise convert.ConversionError(f'--out {out_dir} is not empty; pass --overwrite to replace '
+    raise convert.ConversionError(f'--out {out} is not empty; pass --overwrite to replace '
                                   'its config.json and checkpoints/')
   if out_dir.is_dir() and _is_training_workdir(out_dir):
     raise convert.ConversionError(
-        f'--out {out_dir} is a training workdir (it has training checkpoints or logs); '
+        f'--out {out} is a training workdir (it has training checkpoints or logs); '
         '--overwrite would destroy the run: choose another --out')
   _check_out_writable(out_dir)  # Before the state_dict is read and converted.
   config = config_lib.load_config(config_spec)
@@ -107,29 +111,12 @@ def import_pth(pth: str, config_spec: str, out: str, *, overwrite: bool = False)
   except convert.ConversionError as e:
     raise convert.ConversionError(
         f'{pth} does not fit the architecture of {config_spec}: {e}') from None
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent))
+  tmp = folder_swap.staging(out_dir)
   try:
     write_workdir(tmp, config, params)
-    if not out_dir.exists():
-      tmp.rename(out_dir)
-    else:  # Old entries move aside first and are deleted only once the new ones are in place.
-      names = ('checkpoints', checkpointing.CONFIG_FILE)
-      old = tmp / 'replaced'
-      old.mkdir()
-      for name in names:
-        if (out_dir / name).exists():
-          (out_dir / name).rename(old / name)
-      try:
-        for name in names:
-          (tmp / name).rename(out_dir / name)
-      except OSError:
-        for name in names:  # Put the old ones back.
-          if (old / name).exists():
-            if (out_dir / name).is_dir():
-              shutil.rmtree(out_dir / name)
-            (old / name).replace(out_dir / name)
-        raise
+    if out_dir.is_dir():  # Entries other than config.json and checkpoints/ stay.
+      folder_swap.carry_over(out_dir, tmp, skip=('checkpoints', checkpointing.CONFIG_FILE))
+    folder_swap.replace(tmp, out_dir)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return (f'wrote {out_dir}: {config.model.variant} x{config.model.scale} from {pth} '
