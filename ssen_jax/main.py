@@ -82,12 +82,20 @@ def parse_flags(argv):
 
 
 def check_workdir(workdir: str) -> None:
-  """Creates the workdir and checks that it takes files, before anything is computed."""
+  """Checks that the workdir takes files (or can be created), before anything is computed.
+
+  Creates nothing: the training creates the workdir once every check has passed, so a refused
+  run leaves it as it was (absent or untouched). A missing workdir is probed at its nearest
+  existing ancestor."""
   if '://' in workdir:  # Buckets: Orbax reports access problems itself.
     return
+  folder = os.path.abspath(workdir)
+  while not os.path.lexists(folder) and os.path.dirname(folder) != folder:
+    folder = os.path.dirname(folder)
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write_test-{os.getpid()}')
+    if not os.path.isdir(folder):
+      raise NotADirectoryError(20, 'Not a directory')
+    probe = os.path.join(folder, f'.write_test-{os.getpid()}')
     with open(probe, 'w'):
       pass
     os.remove(probe)
@@ -119,7 +127,7 @@ def main(argv):
     print(str(e), file=sys.stderr)
     sys.exit(checkpointing.PREEMPTED_EXIT_CODE)
   except (loop.NonFiniteLossError, loop.EvalFailedElsewhere, ValueError, FileNotFoundError,
-          checkpointing.CorruptCheckpointError) as e:
+          checkpointing.CorruptCheckpointError, checkpointing.CheckpointReadError) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)

@@ -67,7 +67,7 @@ def test_best_is_highest_psnr_across_restarts_and_used_everywhere(tmp_path):
 def test_best_without_any_evaluation(tmp_path):
   config = refsr.get_config('tiny')
   saved = _save_run(tmp_path, config, [None, None])
-  with pytest.raises(FileNotFoundError, match='carries an eval PSNR'):
+  with pytest.raises(FileNotFoundError, match='carries a finite eval PSNR'):
     restore.load_generator(tmp_path, best=True)
   # The GAN stage falls back to the latest when the reconstruction run had no evaluation.
   params, step = checkpointing.restore_params(tmp_path, restore.abstract_params(config),

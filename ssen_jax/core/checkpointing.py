@@ -35,7 +35,12 @@ class CorruptCheckpointError(RuntimeError):
 
 
 class NoBestCheckpointError(FileNotFoundError):
-  """`--best` asked for, but no checkpoint of the workdir carries an eval PSNR."""
+  """`--best` asked for, but no checkpoint of the workdir carries a finite eval PSNR."""
+
+
+class CheckpointReadError(RuntimeError):
+  """Restoring failed without proof that the checkpoint is damaged (an I/O or permission error,
+  out of memory, ...): nothing was set aside; the run stops so that a rerun can try again."""
 
 
 def workdir_path(workdir: PathLike) -> epath.Path:
@@ -49,9 +54,22 @@ def checkpoint_dir(workdir: PathLike) -> epath.Path:
 
 
 def best_metric(metrics: Optional[Dict[str, Any]]) -> float:
-  """The ranking value of a checkpoint's saved metrics: its eval PSNR (-inf if absent or NaN)."""
-  value = float((metrics or {}).get(BEST_METRIC, float('-inf')))
-  return value if value == value else float('-inf')
+  """The ranking value of a checkpoint's saved metrics: its eval PSNR, -inf if absent or not
+  finite (NaN, +inf, -inf): a non-finite PSNR says the evaluation went wrong, never that the
+  checkpoint is the best one (docs/choices.md, "Which checkpoint is the best")."""
+  try:
+    value = float((metrics or {}).get(BEST_METRIC, float('-inf')))
+  except (TypeError, ValueError):
+    return float('-inf')
+  return value if np.isfinite(value) else float('-inf')
+
+
+def best_step(manager: ocp.CheckpointManager) -> Optional[int]:
+  """The step whose checkpoint has the highest finite eval PSNR (the latest of equal ones), or
+  None when no checkpoint carries a finite one."""
+  ranked = [(best_metric(manager.metrics(step)), step) for step in manager.all_steps()]
+  ranked = [r for r in ranked if np.isfinite(r[0])]
+  return max(ranked)[1] if ranked else None
 
 
 def create_manager(workdir: PathLike, *, save_every: int, keep: int,
@@ -64,7 +82,13 @@ def create_manager(workdir: PathLike, *, save_every: int, keep: int,
   restart and to rank by them in `best_step()`; without it `best_step()` is `latest_step()`.
   Checkpoints saved without metrics (interval, preemption and final saves between evaluations)
   take no part in the ranking: the latest `keep` protect them.
+
+  Raises:
+    ValueError: `keep` or `save_every` below 1 (with `keep` 0 the latest checkpoint would survive
+      only by the order in which Orbax prunes).
   """
+  if keep < 1 or save_every < 1:
+    raise ValueError(f'keep ({keep}) and save_every ({save_every}) must be at least 1')
   preservation = policies.AnyPreservationPolicy([
       policies.LatestN(n=keep),
       policies.BestN(get_metric_fn=best_metric, reverse=False, n=1,
@@ -102,8 +126,54 @@ def _sync(name: str) -> None:
     multihost_utils.sync_global_devices(f'ssen_jax:{name}')
 
 
+def _broadcast_from_0(values: list[int]) -> list[int]:
+  """Process 0's `values` on every host (small non-negative or -1 integers: steps, verdicts)."""
+  if jax.process_count() == 1:
+    return [int(v) for v in values]
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  out = multihost_utils.broadcast_one_to_all(np.asarray(values, np.int32))
+  return [int(v) for v in np.asarray(out).reshape(-1)]
+
+
+def _gather(value: int) -> list[int]:
+  """Every host's `value`, in process order (a collective: call it on all hosts)."""
+  if jax.process_count() == 1:
+    return [int(value)]
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return [int(v) for v in np.asarray(
+      multihost_utils.process_allgather(np.asarray([value], np.int32))).reshape(-1)]
+
+
+# Outcomes of reading a checkpoint on one host, worst last: hosts take the worst of all of them.
+_READ_OK, _DAMAGED, _READ_FAILED = 0, 1, 2
+# TensorStore (the array storage under Orbax) raises ValueError for every failure, with the
+# absl status code first. These codes, raised while a committed checkpoint's own files are read,
+# are proof of damage: bytes that do not decode (DATA_LOSS: a truncated or garbled OCDBT
+# manifest or chunk), a file the checkpoint's metadata names that is missing (NOT_FOUND), a read
+# past a file's end (OUT_OF_RANGE). Other codes (PERMISSION_DENIED, UNAVAILABLE,
+# RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, UNKNOWN, ...) are not.
+DAMAGE_STATUS_CODES = ('DATA_LOSS', 'NOT_FOUND', 'OUT_OF_RANGE')
+
+
+def is_damage(error: BaseException) -> bool:
+  """Whether `error`, raised while a checkpoint was read, proves its files damaged.
+
+  Proof: metadata that does not parse (json.JSONDecodeError, UnicodeDecodeError), a missing file
+  (FileNotFoundError), or a TensorStore ValueError with a code of DAMAGE_STATUS_CODES. Everything
+  else is not: another OSError (permission, I/O error, a stale network mount), MemoryError, an XLA
+  error (out of device memory), a ValueError about shapes or structure (a code change, not the
+  files), KeyboardInterrupt. Such errors leave every checkpoint where it is.
+  """
+  if isinstance(error, (json.JSONDecodeError, UnicodeDecodeError, FileNotFoundError)):
+    return True
+  if type(error) is ValueError:  # pylint: disable=unidiomatic-typecheck  (TensorStore's own)
+    code = str(error).split(':', 1)[0].strip()
+    return code in DAMAGE_STATUS_CODES
+  return False
+
+
 def _set_aside(folder: epath.Path, cause: str, previous: int) -> None:
-  """Renames a corrupt step folder (process 0) once every host has stopped reading it."""
+  """Renames a damaged step folder (process 0) once every host has stopped reading it."""
   aside = folder.parent / f'{folder.name}.corrupt-{time.strftime("%Y%m%d-%H%M%S")}'
   _sync('before_set_aside')
   if jax.process_index() == 0:
@@ -118,16 +188,15 @@ def _describe(error: BaseException) -> str:
   return f'{type(error).__name__}: {text}'[:300]
 
 
-def set_aside_unreadable_latest(workdir: PathLike) -> None:
-  """Before a CheckpointManager opens the folder (it parses every step's metadata and metrics and
-  fails on a truncated one): sets the latest step aside if one of its JSON files does not parse
-  and an earlier step exists. Binary damage is found by `restore_latest_good`."""
-  saved = checkpoint_steps(workdir)
-  _sync('listed_steps')  # Every host has decided from the same listing before any rename.
-  if not saved:
-    return
-  folder = checkpoint_dir(workdir) / str(saved[-1])
-  cause = None
+def _read_failed(folder, error: Optional[BaseException]) -> CheckpointReadError:
+  cause = _describe(error) if error is not None else 'on another host: see its log'
+  return CheckpointReadError(
+      f'checkpoint {folder} could not be read ({cause}); this is no proof that it is damaged, so '
+      'every checkpoint was left as it is: rerun the same command once the cause is gone')
+
+
+def _damaged_json(folder: epath.Path) -> Optional[str]:
+  """The first of a step folder's JSON files that does not parse, with why; None if all do."""
   # Two levels (STEP/_CHECKPOINT_METADATA, STEP/ITEM/_METADATA, STEP/metrics/metrics): epath
   # refuses recursive globs, which would be slow on buckets anyway.
   files = [f for d in [folder] + [p for p in folder.iterdir() if p.is_dir()]
@@ -137,39 +206,90 @@ def set_aside_unreadable_latest(workdir: PathLike) -> None:
       try:
         json.loads(f.read_text())
       except (ValueError, UnicodeDecodeError) as e:
-        cause = f'{f.relative_to(folder)}: {_describe(e)}'
-        break
-  if cause is None:
+        return f'{f.relative_to(folder)}: {_describe(e)}'
+  return None
+
+
+def set_aside_unreadable_latest(workdir: PathLike) -> None:
+  """Before a CheckpointManager opens the folder (it parses every step's metadata and metrics and
+  fails on a truncated one): sets the latest step aside if one of its JSON files does not parse
+  and an earlier step exists. Binary damage is found by `restore_latest_good`.
+
+  Process 0 lists the steps and reads the files; every host follows its verdict. An error other
+  than a parse error (the folder cannot be listed or read) stops every host with
+  CheckpointReadError and renames nothing.
+  """
+  latest, previous, verdict, cause, error = -1, -1, _READ_OK, None, None
+  if jax.process_index() == 0:
+    try:
+      saved = checkpoint_steps(workdir)
+      if saved:
+        latest, previous = saved[-1], (saved[-2] if len(saved) > 1 else -1)
+        cause = _damaged_json(checkpoint_dir(workdir) / str(latest))
+        verdict = _DAMAGED if cause else _READ_OK
+    except Exception as e:  # pylint: disable=broad-except  (handed to the other hosts first)
+      verdict, error = _READ_FAILED, e
+  latest, previous, verdict = _broadcast_from_0([latest, previous, verdict])
+  folder = checkpoint_dir(workdir) / str(latest)
+  if verdict == _READ_FAILED:
+    raise _read_failed(checkpoint_dir(workdir) if latest < 0 else folder, error) from error
+  if verdict == _READ_OK:
     return
-  if len(saved) < 2:
+  if previous < 0:
+    cause = cause or 'see the log of process 0'
     raise CorruptCheckpointError(f'checkpoint {folder} is damaged ({cause}) and there is no '
                                  'earlier one; move it away to start afresh')
-  _set_aside(folder, cause, saved[-2])
+  _set_aside(folder, cause or 'unparseable metadata, found by process 0', previous)
+
+
+def _try_restore(manager, abstract_state, step: int):
+  """(state or None, outcome on this host, error or None)."""
+  try:
+    return restore(manager, abstract_state, step), _READ_OK, None
+  except Exception as e:  # pylint: disable=broad-except  (Orbax/TensorStore raise many kinds)
+    return None, (_DAMAGED if is_damage(e) else _READ_FAILED), e
 
 
 def restore_latest_good(manager: ocp.CheckpointManager, abstract_state: Any):
-  """Restores the latest checkpoint; if it is corrupt or truncated and the one before restores,
-  sets the latest aside (renamed `STEP.corrupt-TIME`, not deleted) with a warning.
+  """Restores the latest checkpoint; if its files are shown to be damaged (`is_damage`) and the
+  one before restores, sets the latest aside (renamed `STEP.corrupt-TIME`, not deleted) with a
+  warning.
 
-  Only one checkpoint is ever set aside: if the previous one fails too, the cause is likely not
-  the files (e.g. a code change), and the original error is raised with nothing renamed.
+  Any other failure (`is_damage` false: a transient I/O or permission error, out of memory)
+  raises CheckpointReadError and leaves every checkpoint in place. Only one checkpoint is ever
+  set aside: if the previous one fails too, the cause is likely not the files (e.g. a code
+  change), and CorruptCheckpointError is raised with nothing renamed.
+
+  On several hosts, process 0 chooses the steps (its listing) and every host restores them; the
+  hosts then exchange their outcomes and all act on the worst one (read failure > damage > ok),
+  so they resume from the same step or stop together.
   """
   saved = manager.all_steps()
-  latest = saved[-1]
-  try:
-    return restore(manager, abstract_state, latest)
-  except Exception as e:  # pylint: disable=broad-except  (Orbax/TensorStore raise many kinds)
-    error = e
+  latest, previous = _broadcast_from_0([saved[-1] if saved else -1,
+                                        saved[-2] if len(saved) > 1 else -1])
   folder = manager.directory / str(latest)
-  if len(saved) < 2:
+  state, outcome, error = _try_restore(manager, abstract_state, latest)
+  verdict = max(_gather(outcome))
+  if verdict == _READ_OK:
+    return state
+  if verdict == _READ_FAILED:
+    raise _read_failed(folder, error if outcome == _READ_FAILED else None) from error
+  cause = _describe(error) if error is not None else 'damaged as read by another host'
+  if previous < 0:
     raise CorruptCheckpointError(
-        f'checkpoint {folder} cannot be restored ({_describe(error)}) and there is no earlier '
-        'one; move it away to start afresh') from error
-  try:
-    state = restore(manager, abstract_state, saved[-2])
-  except Exception:  # pylint: disable=broad-except
-    raise error from None
-  _set_aside(folder, _describe(error), saved[-2])
+        f'checkpoint {folder} cannot be restored ({cause}) and there is no earlier one; move it '
+        'away to start afresh') from error
+  state, outcome, error2 = _try_restore(manager, abstract_state, previous)
+  verdict = max(_gather(outcome))
+  if verdict == _READ_FAILED:
+    raise _read_failed(manager.directory / str(previous),
+                       error2 if outcome == _READ_FAILED else None) from error2
+  if verdict == _DAMAGED:
+    raise CorruptCheckpointError(
+        f'checkpoints {latest} and {previous} in {manager.directory} both cannot be restored '
+        f'({cause}); nothing was set aside: two at once point to another cause (a code or '
+        'library change)') from error
+  _set_aside(folder, cause, previous)
   manager.reload()
   return state
 
@@ -184,20 +304,21 @@ def restore_params(workdir: PathLike, abstract_params: Any,
   (with shardings) that `jax.eval_shape` gives for the model's `init`.
 
   Args:
-    best: the checkpoint with the highest eval PSNR; NoBestCheckpointError (a FileNotFoundError)
-      if none carries one.
-    best_or_latest: the best, else (no evaluation was saved) the latest.
+    best: the checkpoint with the highest finite eval PSNR (`best_step`); NoBestCheckpointError
+      (a FileNotFoundError) if none carries one.
+    best_or_latest: the best, else (no finite evaluation was saved) the latest.
 
   Returns:
     (params, step).
   """
   with create_manager(workdir, save_every=1, keep=1, read_only=True) as manager:
     if step is None:
-      step = manager.best_step() if best or best_or_latest else manager.latest_step()
+      step = best_step(manager) if best or best_or_latest else manager.latest_step()
       if step is None and best and manager.latest_step() is not None:
         raise NoBestCheckpointError(
-            f'no checkpoint in {checkpoint_dir(workdir)} carries an eval PSNR (the run saved '
-            'no evaluation), so there is no best one; leave out --best for the latest')
+            f'no checkpoint in {checkpoint_dir(workdir)} carries a finite eval PSNR (the run '
+            'saved no evaluation, or only NaN/inf ones), so there is no best one; leave out '
+            '--best for the latest')
       if step is None:
         step = manager.latest_step()
     if step is None:
@@ -207,6 +328,42 @@ def restore_params(workdir: PathLike, abstract_params: Any,
         item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
         partial_restore=True)))
     return restored['state']['params'], step
+
+
+def record_psnr(workdir: PathLike, step: int, psnr: float) -> bool:
+  """Records `psnr` as the eval PSNR of the saved step `step` if it carries none (process 0).
+
+  For the re-evaluation of a finished run whose last evaluation was cut short by SIGTERM (that
+  step was saved without a PSNR); a step that carries one keeps it (the same parameters evaluated
+  again). Written where Orbax keeps the metrics of a save (`checkpoints/STEP/metrics/metrics`, by
+  a rename: all or nothing), so `best_step` and the preservation policy see it after a restart.
+
+  Returns:
+    Whether it was written.
+  """
+  folder = checkpoint_dir(workdir) / str(step) / 'metrics'
+  if jax.process_index() != 0 or (folder / 'metrics').exists():
+    return False
+  folder.mkdir(parents=True, exist_ok=True)
+  tmp = folder / 'metrics.tmp'
+  tmp.write_text(json.dumps({BEST_METRIC: float(psnr)}))
+  tmp.replace(folder / 'metrics')
+  return True
+
+
+def has_checkpoints(workdir: PathLike) -> bool:
+  """Whether `workdir` holds a checkpoint, as process 0 lists it: the same answer on every host
+  (CheckpointReadError on all of them if process 0 cannot list the folder)."""
+  found, error = 0, None
+  if jax.process_index() == 0:
+    try:
+      found = int(bool(checkpoint_steps(workdir)))
+    except OSError as e:
+      found, error = _READ_FAILED, e
+  [found] = _broadcast_from_0([found])
+  if found == _READ_FAILED:
+    raise _read_failed(checkpoint_dir(workdir), error) from error
+  return bool(found)
 
 
 def checkpoint_steps(workdir: PathLike) -> list[int]:
@@ -327,6 +484,12 @@ def record_config_change(workdir: PathLike, changes: Dict[str, tuple], step: int
 def read_config(workdir: PathLike) -> ml_collections.ConfigDict:
   path = workdir_path(workdir) / CONFIG_FILE
   if not path.exists():
+    # `data_prep.folder_swap` (convert_torch --overwrite) killed between its two renames.
+    aside = workdir_path(workdir).parent / f'.{workdir_path(workdir).name}.old'
+    if not workdir_path(workdir).exists() and aside.exists():
+      raise FileNotFoundError(
+          f'{workdir} is missing: an interrupted replacement left the previous one whole in '
+          f'{aside}; rerun the command that replaced it (it puts the previous one back first)')
     raise FileNotFoundError(f'{workdir} is not a training workdir (no {CONFIG_FILE})')
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 

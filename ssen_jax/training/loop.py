@@ -183,9 +183,29 @@ class _EvalSync:
         raise _EvalInterrupted()
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """ValueError (one line) for a value the loop cannot run with, before anything is written."""
+  for field in ('keep_checkpoints', 'checkpoint_every_steps', 'eval_every_steps',
+                'log_every_steps'):
+    if int(config[field]) < 1:
+      raise ValueError(f'config.{field} must be at least 1, got {config[field]}'
+                       + (' (the number of latest checkpoints kept besides the best one)'
+                          if field == 'keep_checkpoints' else ''))
+
+
+def _first_writes(workdir: str, config: ml_collections.ConfigDict, changes: Dict[str, tuple],
+                  start: int) -> None:
+  """The workdir, its config change record (effective after the restored step) and config.json."""
+  checkpointing.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
+  if changes:
+    checkpointing.record_config_change(workdir, changes, start)
+  checkpointing.write_config(workdir, config)
+
+
 def _initial_state(trainer: steps.Trainer, config: ml_collections.ConfigDict, manager):
-  """The latest checkpoint's state, else a fresh one (GAN stage: generator from init_workdir)."""
-  if manager.latest_step() is not None:
+  """The latest checkpoint's state (`manager` None: a workdir without checkpoints), else a fresh
+  one (GAN stage: generator from init_workdir)."""
+  if manager is not None and manager.latest_step() is not None:
     state = checkpointing.restore_latest_good(manager, trainer.abstract_state())
     logging.info('Resumed from step %d.', int(state['step']))
     return state
@@ -230,19 +250,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Raises:
     checkpointing.ConfigChangeError: see above.
   """
+  # Everything that can refuse the run is checked before its first write (config.json,
+  # config_history.json, data_stream.json, the events file, the checkpoint folder): the config,
+  # the batch, the data paths, the evaluation data, the checkpoint to resume from and the training
+  # data. A refused run leaves the workdir as it found it.
+  check_config(config)
   changes = checkpointing.check_resume_config(workdir, config, allow_change=allow_config_change)
-  checkpointing.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
-  if changes:
-    checkpointing.record_config_change(workdir, changes,
-                                       checkpointing.checkpoint_steps(workdir)[-1])
-  checkpointing.write_config(workdir, config)
-  mesh = sharding.create_mesh()
-  trainer = steps.Trainer(config, mesh)
   if config.batch_size % jax.device_count():
     raise ValueError(f'batch_size {config.batch_size} is not divisible by the '
                      f'{jax.device_count()} devices')
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   paths = resolve_data_paths(config)
+  mesh = sharding.create_mesh()
+  trainer = steps.Trainer(config, mesh)
   # Only process 0 opens eval_dir (the other hosts need not have it); its sizes are checked here,
   # before the first step, and an error stops every host.
   eval_examples, eval_error = [], ''
@@ -297,22 +316,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   from ssen_jax.data import input_pipeline  # TensorFlow is imported by the input pipeline only.
 
-  checkpointing.set_aside_unreadable_latest(workdir)
-  manager = checkpointing.create_manager(workdir, save_every=config.checkpoint_every_steps,
-                                         keep=config.keep_checkpoints)
+  new_manager = lambda: checkpointing.create_manager(
+      workdir, save_every=config.checkpoint_every_steps, keep=config.keep_checkpoints)
+  manager = None  # A new run's checkpoint folder is made after the checks.
+  if checkpointing.has_checkpoints(workdir):
+    checkpointing.set_aside_unreadable_latest(workdir)  # Renames only a damaged checkpoint.
+    manager = new_manager()
   state = _initial_state(trainer, config, manager)
   start = int(sharding.local_value(state['step']))
   total = config.num_train_steps
   last_results: Dict[str, Any] = {}
   if start >= total:
     logging.info('Nothing to train: the checkpoint is at step %d of %d.', start, total)
+    _first_writes(workdir, config, changes, start)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     if has_eval:
       last_results = run_eval(state, start)
-    manager.close()
+      # The last evaluation of the run was cut short (SIGTERM): its checkpoint gets this PSNR.
+      if checkpointing.record_psnr(workdir, start, last_results['psnr']):
+        logging.info('Step %d: eval PSNR %.4f recorded for --best.', start, last_results['psnr'])
+    if manager is not None:
+      manager.close()
     writer.close()
     return last_results
 
-  check_data_stream(workdir, config, start)
   train_iter = input_pipeline.create_train_iterator(
       file_pattern=paths['train_pattern'] or None, tfds_name=paths['tfds_name'] or None,
       tfds_data_dir=paths['tfds_data_dir'] or None, tfds_split=paths['tfds_split'],
@@ -323,6 +350,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       independent_prob=config.data.ref_independent_prob,
       ref_mix=input_pipeline.RefMix(**config.data.ref_mix.to_dict()),
       examples_per_host=_min_over_hosts)
+  # Every check passed: the first writes.
+  _first_writes(workdir, config, changes, start)
+  check_data_stream(workdir, config, start)
+  manager = manager or new_manager()
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
                                              every_steps=config.log_every_steps)
   pending: Optional[tuple] = None  # (step, metrics) checked while the next step runs.
