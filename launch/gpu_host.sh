@@ -9,6 +9,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 usage() {
   cat <<'EOF'
 Usage: launch/gpu_host.sh --workdir DIR [flags] [-- TRAINER_FLAGS...]
+       launch/gpu_host.sh --install [--python_version V] [--dry_run]
 
 Flags:
   --workdir DIR          checkpoints and summaries (required; relative paths are made absolute)
@@ -21,12 +22,17 @@ Flags:
   --env NAME=VALUE       environment variable for the trainer (repeatable)
   --python PATH          interpreter (default: the repository's .venv/bin/python)
   --log FILE             run in the background with nohup, appending to FILE, and print the pid
+  --install              make the repository's .venv and install the trainer in it, then exit:
+                         uv pip install -e '.[train]' 'jax[cuda12]' (uv comes from pip --user
+                         when missing; SSEN_JAX_REQUIREMENT replaces 'jax[cuda12]', e.g. jax[cuda13])
+  --python_version V     --install: Python of the .venv, installed by uv when missing (default 3.11)
   --dry_run              print the commands (a runnable script) instead of running them
   -h, --help             this help
 EOF
 }
 
-CONFIG=configs/refsr.py WORKDIR='' GPUS='' MEM_FRACTION=0.9 PYTHON='' LOG=''
+CONFIG=configs/refsr.py WORKDIR='' GPUS='' MEM_FRACTION=0.9 PYTHON='' LOG='' INSTALL=0
+PYTHON_VERSION=3.11
 EXTRA=() ENV_VARS=()
 
 parse_init "$@"
@@ -41,12 +47,20 @@ while parse_next; do
     --env) flag_value; add_env "$VALUE" ;;
     --python) flag_value; PYTHON=$VALUE ;;
     --log) flag_value; LOG=$VALUE ;;
+    --install) no_value; INSTALL=1 ;;
+    --python_version) flag_value; PYTHON_VERSION=$VALUE ;;
     --dry_run) no_value; DRY_RUN=1 ;;
     *) unknown_flag ;;
   esac
 done
 for a in ${REST_ARGS[@]+"${REST_ARGS[@]}"}; do add_extra "$a"; done
 
+if ((INSTALL)); then
+  [[ -z $WORKDIR && -z $PYTHON && -z $LOG ]] ||
+    die "--install makes the repository's .venv and runs nothing: drop --workdir, --python, --log"
+  install_here "$PYTHON_VERSION" 'jax[cuda12]'
+  exit
+fi
 require --workdir "$WORKDIR"
 [[ -n $CONFIG ]] || die "--config must not be empty"
 [[ -z $GPUS || $GPUS =~ ^[0-9]+(,[0-9]+)*$ ]] ||
@@ -56,7 +70,7 @@ WORKDIR=$(absolute_workdir "$WORKDIR")
 PYTHON=${PYTHON:-$SSEN_REPO_ROOT/.venv/bin/python}
 if [[ $PYTHON == */* && $PYTHON != /* ]]; then PYTHON=$PWD/$PYTHON; fi  # Before the cd below.
 ((DRY_RUN)) || command -v "$PYTHON" >/dev/null ||
-  die "no Python at $PYTHON: make the .venv (see README.md) or pass --python"
+  die "no Python at $PYTHON: make the .venv ($PROG --install) or pass --python"
 if [[ -n $LOG && $LOG != /* ]]; then LOG=$PWD/$LOG; fi
 
 # `off`: one process drives every local GPU, so there are no peers to find, even when this runs

@@ -153,3 +153,32 @@ train_flags() {
   if [[ -n ${1:-} ]]; then TRAIN_FLAGS+=("--multihost=$1"); fi
   if ((${#EXTRA[@]})); then TRAIN_FLAGS+=("${EXTRA[@]}"); fi
 }
+
+# --- Installing the trainer ------------------------------------------------------------------------
+# `python -m ssen_jax.main` needs the project's `train` extra (optax, clu, TensorFlow, TFDS,
+# TensorBoard); the base set is inference only. tests/test_launch.py checks that this extra provides
+# every module the trainer imports.
+INSTALL_PROJECT='.[train]'
+
+# Prints the POSIX shell command, run in a checkout's root, that makes its .venv and installs the
+# trainer there: uv (installed with `pip --user` when missing) makes the venv with Python $1 and
+# installs the checkout (editable, with the train extra) and the JAX requirement $2, the
+# accelerator's build (jax[tpu], jax[cuda12]); SSEN_JAX_REQUIREMENT, when set, replaces $2 (e.g.
+# jax[cuda13], or plain jax on a machine without the accelerator).
+venv_install_command() {
+  local python_version=$1 jax=${SSEN_JAX_REQUIREMENT:-$2}
+  local c="export PATH=\"\$HOME/.local/bin:\$PATH\""
+  c+=" && { command -v uv >/dev/null 2>&1 || python3 -m pip install --user --quiet uv"
+  c+=" || python3 -m pip install --user --quiet --break-system-packages uv; }"
+  c+=" && { [ -x .venv/bin/python ]"
+  c+=" || uv venv --quiet --python $(shell_quote "$python_version") .venv; }"
+  c+=" && uv pip install --quiet --python .venv/bin/python -e $(shell_quote "$INSTALL_PROJECT")"
+  c+=" $(shell_quote "$jax")"
+  printf '%s' "$c"
+}
+
+# Makes this checkout's .venv (see venv_install_command) for the launchers that run here.
+install_here() {
+  run cd "$SSEN_REPO_ROOT" || return
+  run sh -c "$(venv_install_command "$1" "$2")"
+}

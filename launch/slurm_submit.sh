@@ -8,6 +8,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 usage() {
   cat <<'EOF'
 Usage: launch/slurm_submit.sh --workdir DIR [flags] [-- TRAINER_FLAGS...]
+       launch/slurm_submit.sh --install [--python_version V] [--dry_run]
 
 Job:
   --nodes N              nodes (default 1)
@@ -32,6 +33,11 @@ Training:
   --mem_fraction F       XLA_PYTHON_CLIENT_MEM_FRACTION (default 0.9)
   --python PATH          interpreter on the nodes (default: the repository's .venv/bin/python)
   --setup COMMAND        shell command run on each start before training, e.g. 'module load cuda'
+Install (on a login node; the repository is on a filesystem every node sees):
+  --install              make the repository's .venv and install the trainer in it, then exit:
+                         uv pip install -e '.[train]' 'jax[cuda12]' (uv comes from pip --user
+                         when missing; SSEN_JAX_REQUIREMENT replaces 'jax[cuda12]', e.g. jax[cuda13])
+  --python_version V     --install: Python of the .venv, installed by uv when missing (default 3.11)
 Other:
   --dry_run              print the generated script and the sbatch command; submit nothing
   -h, --help             this help
@@ -40,7 +46,8 @@ EOF
 
 NODES=1 GPUS_PER_NODE=8 CPUS_PER_TASK='' TIME=24:00:00 PARTITION='' ACCOUNT='' QOS='' JOB_NAME=ssen
 SIGNAL_LEAD=120 LOG_DIR=$SSEN_REPO_ROOT/launch/logs
-CONFIG=configs/refsr.py WORKDIR='' MEM_FRACTION=0.9 PYTHON='' SETUP=''
+CONFIG=configs/refsr.py WORKDIR='' MEM_FRACTION=0.9 PYTHON='' SETUP='' INSTALL=0
+PYTHON_VERSION=3.11
 EXTRA=() ENV_VARS=() SBATCH_ARGS=()
 
 parse_init "$@"
@@ -65,12 +72,20 @@ while parse_next; do
     --mem_fraction) flag_value; MEM_FRACTION=$VALUE ;;
     --python) flag_value; PYTHON=$VALUE ;;
     --setup) flag_value; SETUP=$VALUE ;;
+    --install) no_value; INSTALL=1 ;;
+    --python_version) flag_value; PYTHON_VERSION=$VALUE ;;
     --dry_run) no_value; DRY_RUN=1 ;;
     *) unknown_flag ;;
   esac
 done
 for a in ${REST_ARGS[@]+"${REST_ARGS[@]}"}; do add_extra "$a"; done
 
+if ((INSTALL)); then
+  [[ -z $WORKDIR && -z $PYTHON ]] ||
+    die "--install makes the repository's .venv and submits nothing: drop --workdir and --python"
+  install_here "$PYTHON_VERSION" 'jax[cuda12]'
+  exit
+fi
 require --workdir "$WORKDIR"
 [[ -n $CONFIG ]] || die "--config must not be empty"
 for n in NODES GPUS_PER_NODE SIGNAL_LEAD; do

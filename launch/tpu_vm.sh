@@ -11,7 +11,8 @@ Usage: launch/tpu_vm.sh COMMAND --name NAME --zone ZONE [flags] [-- TRAINER_FLAG
 
 Commands:
   create    create the TPU VM (gcloud compute tpus tpu-vm create)
-  install   copy (or clone) the repository to every worker, make .venv, pip install -e . jax[tpu]
+  install   copy (or clone) the repository to every worker, make .venv, install the trainer:
+            uv pip install -e '.[train]' 'jax[tpu]' (SSEN_JAX_REQUIREMENT replaces 'jax[tpu]')
   run       start training on every worker in the background (nohup, log in REMOTE_DIR/logs)
   status    the TPU's state and whether training runs on each worker
   logs      the end of the training log on one worker
@@ -19,7 +20,8 @@ Commands:
   resume    one check: recreate + reinstall + rerun when preempted or gone, rerun the trainer
             when it stopped; a STOPPED or TERMINATED TPU is deleted and recreated only with
             --recreate or after a "yes" typed at the prompt (else: one line, exit 1)
-  watch     resume every --interval seconds until training ends
+  watch     resume every --interval seconds until training finishes, fails or is stopped
+            with stop; a trainer ended by SIGTERM elsewhere (exit 143) is rerun
   delete    delete the TPU VM
 
 Flags:
@@ -172,6 +174,7 @@ D=$(shell_quote "$REMOTE_DIR")  # The remote directory, quoted for the workers' 
 # variable its plan sets with mktemp -d.
 run_tmp() {
   if ((DRY_RUN)); then
+    # shellcheck disable=SC2016  # "$tmp" is printed for the plan's shell, not expanded here.
     run "$@" | sed 's#@TMP@#"$tmp"#g'
   else
     run "$@"
@@ -204,6 +207,7 @@ install_all() {
     # packed in a private folder of mktemp -d (no predictable /tmp name another user could take).
     local tmp
     if ((DRY_RUN)); then
+      # shellcheck disable=SC2016  # A line of the printed plan.
       printf '%s\n' 'tmp=$(mktemp -d)'
       tmp=@TMP@  # Printed as "$tmp" by run_tmp.
     else
@@ -229,12 +233,8 @@ install_all() {
     fetch+=" else git clone --quiet $q $D && git -C $D checkout --quiet $r; fi"
   fi
   # TPU VM images ship an older Python than the project needs: uv installs the one asked for.
-  local venv="export PATH=\"\$HOME/.local/bin:\$PATH\""
-  venv+=" && { command -v uv >/dev/null 2>&1 || python3 -m pip install --user --quiet uv"
-  venv+=" || python3 -m pip install --user --quiet --break-system-packages uv; }"
-  venv+=" && { [ -x .venv/bin/python ]"
-  venv+=" || uv venv --quiet --python $(shell_quote "$PYTHON_VERSION") .venv; }"
-  venv+=" && uv pip install --quiet --python .venv/bin/python -e . 'jax[tpu]'"
+  local venv
+  venv=$(venv_install_command "$PYTHON_VERSION" 'jax[tpu]')
   local stage='' s
   for s in ${STAGES[@]+"${STAGES[@]}"}; do
     stage+=" && mkdir -p $(shell_quote "${s#*=}") && gcloud storage rsync --recursive"
@@ -244,8 +244,14 @@ install_all() {
 }
 
 # Worker-side shell, expanded there: whether the trainer of the pid file is alive; the host's name.
+# In REMOTE_DIR/logs: train.pid (the trainer's pid), train.exit (its exit status, written when it
+# ends) and stopped (left by `stop`: a watch then ends instead of restarting the trainer).
 # shellcheck disable=SC2016
 ALIVE='[ -f logs/train.pid ] && kill -0 "$(cat logs/train.pid)" 2>/dev/null' HOST='$(hostname)'
+# The shell that runs the trainer: it starts it in the background, so that the pid file names the
+# trainer itself (`stop` signals it directly), waits for it and writes its exit status.
+# shellcheck disable=SC2016
+WAITER='"$@" & echo $! > logs/train.pid; wait $!; echo $? > logs/train.exit'
 
 # The trainer in the background on every worker; the pid file lets stop and resume find it.
 start_training() {
@@ -256,15 +262,17 @@ start_training() {
   local pid=logs/train.pid
   local remote="set -eu; cd $D && mkdir -p logs; if $ALIVE; then"
   remote+=" echo \"$HOST: training already runs (pid \$(cat $pid)); stop it first\" >&2; exit 1; fi"
-  remote+="; $envs nohup .venv/bin/python -m ssen_jax.main $(quote_words "${TRAIN_FLAGS[@]}")"
-  remote+=" >> logs/train.log 2>&1 < /dev/null & echo \$! > $pid"
+  remote+="; rm -f $pid logs/train.exit logs/stopped"
+  remote+="; $envs nohup sh -c $(shell_quote "$WAITER") trainer .venv/bin/python -m ssen_jax.main"
+  remote+=" $(quote_words "${TRAIN_FLAGS[@]}") >> logs/train.log 2>&1 < /dev/null &"
+  remote+=" i=0; while [ ! -s $pid ] && [ \$i -lt 100 ]; do sleep 0.1; i=\$((i + 1)); done"
   remote+="; echo \"$HOST: training started (pid \$(cat $pid)), log ~/$REMOTE_DIR/logs/train.log\""
   on_workers all "$remote"
 }
 
 stop_training() {
   local pid=logs/train.pid
-  local remote="cd $D && if $ALIVE; then kill -TERM \"\$(cat $pid)\""
+  local remote="cd $D && if $ALIVE; then touch logs/stopped && kill -TERM \"\$(cat $pid)\""
   remote+=" && echo \"$HOST: sent SIGTERM; the trainer saves a checkpoint and exits\";"
   remote+=" else echo \"$HOST: training is not running\"; fi"
   on_workers all "$remote"
@@ -298,16 +306,61 @@ tpu_state() {
 }
 
 # Whether the trainer runs on worker 0: 0 yes, 3 no, anything else: could not tell (ssh failed).
+# When it does not run, ENDED says how it ended, from its exit status and the workdir:
+#   finished  exit status 0
+#   stopped   stopped with `stop`
+#   saved     exit status 143 (SIGTERM: a maintenance event, a preemption) and the workdir's newest
+#             checkpoint is complete
+#   unsaved   exit status 143 but the newest checkpoint is not complete: a shell shows a death by
+#             SIGTERM as 143 too, so 143 alone does not prove that the trainer saved
+#   failed    any other exit status (ENDED_NOTE: the status)
+#   unknown   no exit status: never started here, or the worker restarted under it
+# ENDED_NOTE holds the worker's line (the checkpoint's state, or the exit status).
 training_running() {
-  local check="if cd $D 2>/dev/null && $ALIVE; then exit 0; else exit 3; fi"
+  ENDED=unknown ENDED_NOTE=''
+  local check="cd $D 2>/dev/null || exit 9; if $ALIVE; then exit 0; fi"
+  # The trainer may have ended a moment ago, before its status was written.
+  check+="; [ -f logs/train.exit ] || sleep 1; s=\$(cat logs/train.exit 2>/dev/null) || s=none"
+  check+="; [ ! -f logs/stopped ] || exit 4"
+  check+="; case \$s in 0) exit 3 ;; none) exit 9 ;; 143) ;; *) echo \"\$s\"; exit 7 ;; esac"
+  check+="; if .venv/bin/python launch/checkpoint_state.py $(shell_quote "$WORKDIR"); then exit 5;"
+  check+=" else exit 8; fi"
   if ((DRY_RUN)); then
     on_workers 0 "$check"
     if [[ $DRY_RUN_STATE == RUNNING ]]; then return 0; else return 3; fi
   fi
-  local rc=0
-  "${GCLOUD[@]}" ssh "$NAME" "${LOC[@]}" --worker=0 --quiet "--command=$check" >/dev/null 2>&1 ||
+  local rc=0 out
+  out=$("${GCLOUD[@]}" ssh "$NAME" "${LOC[@]}" --worker=0 --quiet "--command=$check" 2>/dev/null) ||
     rc=$?
-  return "$rc"
+  ENDED_NOTE=$(printf '%s' "$out" | tail -n 1)
+  case $rc in
+    0) return 0 ;;
+    3) ENDED=finished ;;
+    4) ENDED=stopped ;;
+    5) ENDED=saved ;;
+    7) ENDED=failed ;;
+    8) ENDED=unsaved ;;
+    9) ENDED=unknown ;;
+    *) return "$rc" ;;
+  esac
+  return 3
+}
+
+# How the trainer ended, in words (see training_running).
+ended_words() {
+  local s=$ENDED_NOTE
+  case $ENDED in
+    finished) printf 'the trainer finished (exit status 0)' ;;
+    stopped) printf 'the trainer was stopped with %s stop' "$PROG" ;;
+    saved) printf 'the trainer was stopped by SIGTERM (exit status 143) and saved (%s)' "$s" ;;
+    unsaved) printf 'the trainer ended with status 143 without a complete save, killed by SIGTERM' \
+      && printf ' during it? (%s)' "$s" ;;
+    failed)
+      printf 'the trainer failed (exit status %s' "$s"
+      if [[ $s =~ ^[0-9]+$ ]] && ((s > 128)); then printf ': killed by signal %d' $((s - 128)); fi
+      printf ')' ;;
+    *) printf 'no trainer has run on worker 0, or it left no exit status' ;;
+  esac
 }
 
 # Whether the TPU (STOPPED or TERMINATED: someone may have stopped it on purpose, and it may hold
@@ -333,7 +386,7 @@ recreate_and_run() {
 
 # One look at the TPU, and the repair it needs. Returns
 #   0  training runs
-#   10 the TPU is READY but training does not run (finished, failed or stopped)
+#   10 the TPU is READY but training does not run (ENDED says how it ended)
 #   11 the TPU is changing state, or gcloud could not tell: look again later
 #   12 the TPU was preempted (or is gone) and has been recreated, reinstalled and restarted
 #   13 the TPU is STOPPED or TERMINATED and may not be deleted (no --recreate, no "yes")
@@ -348,7 +401,7 @@ check_once() {
       training_running || rc=$?
       case $rc in
         0) say "$NAME: READY, training runs"; return 0 ;;
-        3) say "$NAME: READY, training does not run"; return 10 ;;
+        3) say "$NAME: READY, training does not run: $(ended_words)"; return 10 ;;
         *) say "$NAME: READY, but worker 0 did not answer (ssh exit $rc)"; return 11 ;;
       esac ;;
     TERMINATED | STOPPED)
@@ -392,7 +445,8 @@ stopped_refusal() {
 }
 
 # watch: a resume, then a check every INTERVAL seconds until training ends (the TPU is READY and the
-# trainer no longer runs), recovering each preemption on the way.
+# trainer finished, failed or was stopped with `stop`), recovering each preemption on the way: of
+# the TPU (recreated), or of the trainer alone (SIGTERM from a maintenance event: rerun).
 watch_loop() {
   local restarts=0 rc first=1
   while true; do
@@ -400,12 +454,24 @@ watch_loop() {
     check_once || rc=$?
     case $rc in
       10)
-        if ((!first)); then
-          note "training has ended; see: launch/tpu_vm.sh logs --name $NAME --zone $ZONE"
-          return 0
-        fi
-        say "rerunning the training command; it resumes from the latest checkpoint"
-        start_training || note "could not start training; looking again in ${INTERVAL}s" ;;
+        if ((first)); then
+          say "rerunning the training command; it resumes from the latest checkpoint"
+          start_training || note "could not start training; looking again in ${INTERVAL}s"
+        else
+          case $ENDED in
+            finished | stopped)
+              note "training has ended: $(ended_words); see: $PROG logs --name $NAME --zone $ZONE"
+              return 0 ;;
+            failed)
+              note "training has ended: $(ended_words); see: $PROG logs --name $NAME --zone $ZONE"
+              exit 1 ;;
+            *)
+              restarts=$((restarts + 1))
+              note "recovery $restarts of at most $MAX_RESTARTS: rerunning the training command," \
+                "which resumes from the latest complete checkpoint"
+              start_training || note "could not start training; looking again in ${INTERVAL}s" ;;
+          esac
+        fi ;;
       12)
         if ((!first)); then
           restarts=$((restarts + 1))

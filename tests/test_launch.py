@@ -42,9 +42,18 @@ if name == 'gcloud' and args[:4] == ['compute', 'tpus', 'tpu-vm', 'describe']:
   print(lines[0])
 elif name == 'gcloud' and args[3:4] == ['ssh']:
   command = next(a for a in args if a.startswith('--command='))[len('--command='):]
-  if 'exit 3' in command:  # The is-training-running check.
-    sys.exit(int(os.environ.get('FAKE_RUNNING_RC', '3')))
+  if 'exit 3' in command and not os.environ.get('FAKE_REMOTE_HOME'):
+    # The is-training-running check: FAKE_RUNNING lists its results, one a line.
+    results = pathlib.Path(os.environ['FAKE_RUNNING'])
+    lines = (results.read_text().splitlines() if results.exists() else []) or ['3']
+    results.write_text('\n'.join(lines[1:]))
+    rc, _, note = lines[0].partition(':')  # e.g. 7:137 (exit 7, printing 137)
+    if note:
+      print(note)
+    sys.exit(int(rc))
   home = os.environ.get('FAKE_REMOTE_HOME')
+  if 'FAKE_BUCKET' in os.environ:  # The bucket gs://fake-bucket is this local folder.
+    command = command.replace('gs://fake-bucket', os.environ['FAKE_BUCKET'])
   if home:  # Run it as a worker would: a POSIX shell (dash) in the home directory.
     sys.exit(subprocess.run(['sh', '-c', command], cwd=home, env={{**os.environ, 'HOME': home}})
              .returncode)
@@ -65,6 +74,10 @@ elif name == 'sbatch':
 _FAKE_PYTHON = r'''#!/bin/bash
 # Records what the trainer would get, then (FAKE_SLEEP) waits for SIGTERM like the real one.
 out=${FAKE_OUT:?}
+if [[ ${1:-} == */checkpoint_state.py ]]; then  # The launchers' question after a SIGTERM.
+  echo "newest checkpoint: step 7, complete (asked about $2)"
+  exit 0
+fi
 printf '%s\0' "$@" > "$out/argv"
 env -0 > "$out/env"
 pwd > "$out/cwd"
@@ -89,7 +102,8 @@ def env(tmp_path):
   out.mkdir()
   return {**os.environ, 'PATH': f'{bin_dir}:{os.environ["PATH"]}',
           'STUB_LOG': str(tmp_path / 'calls'), 'FAKE_OUT': str(out),
-          'FAKE_STATES': str(tmp_path / 'states'), 'TMPDIR': str(tmp_path)}
+          'FAKE_STATES': str(tmp_path / 'states'), 'FAKE_RUNNING': str(tmp_path / 'running'),
+          'TMPDIR': str(tmp_path)}
 
 
 @pytest.fixture
@@ -227,7 +241,10 @@ def test_tpu_run_dry_run_passes_config_workdir_and_overrides(accelerator, multih
       '-m', 'ssen_jax.main', '--config=configs/refsr.py:dcn2', '--workdir=gs://bkt/runs/a',
       f'--multihost={multihost}', '--config.batch_size=64', SPACED, QUOTED]
   assert "PYTHONUNBUFFERED=1 LIBTPU_INIT_ARGS='--xla_tpu_x=1 --y' nohup " in remote
-  assert '>> logs/train.log 2>&1 < /dev/null & echo $! > logs/train.pid' in remote
+  # The trainer runs under a shell that writes its pid file and, when it ends, its exit status.
+  assert ("nohup sh -c '\"$@\" & echo $! > logs/train.pid; wait $!; echo $? > logs/train.exit' "
+          'trainer .venv/bin/python -m ssen_jax.main ') in remote
+  assert '>> logs/train.log 2>&1 < /dev/null &' in remote
   assert not calls(env)
 
 
@@ -273,6 +290,10 @@ def test_tpu_run_on_a_worker_then_stop(env, tmp_path, fake_python):
     stop = ok('tpu_vm.sh', 'stop', *TPU, env=env)
     assert 'sent SIGTERM' in stop.stdout
     wait_for(tmp_path / 'out' / 'term')
+    # The trainer's exit status is written when it ends; `stop` leaves its mark for a watch.
+    wait_for(home / 'ssen_jax' / 'logs' / 'train.exit')
+    assert (home / 'ssen_jax' / 'logs' / 'train.exit').read_text() == '0\n'
+    assert (home / 'ssen_jax' / 'logs' / 'stopped').exists()
   finally:
     try:
       os.kill(pid, signal.SIGKILL)
@@ -302,7 +323,7 @@ def test_tpu_install_copies_repo_and_makes_venv(env, tmp_path, small_repo):
   d = home / 'ssen_jax'
   assert (tmp_path / 'out' / 'uv').read_text().splitlines() == [
       f'{d} venv --quiet --python 3.11 .venv',
-      f'{d} pip install --quiet --python .venv/bin/python -e . jax[tpu]']
+      f'{d} pip install --quiet --python .venv/bin/python -e .[train] jax[tpu]']
   made = calls(env)
   assert [c[4] for c in made[:2]] == ['scp', 'ssh']
   assert made[0][6:] == ['ssen-test:ssen_jax.tar.gz', '--zone=us-central2-b', '--worker=all',
@@ -321,7 +342,7 @@ def test_tpu_install_from_git(env):
   (argv,) = commands(proc.stdout)
   remote = remote_command(argv)
   assert 'git clone --quiet https://github.com/me/ssen_jax.git ssen_jax' in remote
-  assert 'fetch --quiet origin v1.0' in remote and "-e . 'jax[tpu]'" in remote
+  assert 'fetch --quiet origin v1.0' in remote and "-e '.[train]' 'jax[tpu]'" in remote
 
 
 def _subcommands(made):
@@ -376,8 +397,8 @@ def test_tpu_stopped_is_never_deleted_without_asking(command, state, env, small_
 ])
 def test_tpu_resume_when_ready(running_rc, expected, rc, env):
   pathlib.Path(env['FAKE_STATES']).write_text('READY')
-  proc = run('tpu_vm.sh', 'resume', *TPU, '--workdir', 'gs://b/r', env={
-      **env, 'FAKE_RUNNING_RC': running_rc})
+  pathlib.Path(env['FAKE_RUNNING']).write_text(running_rc)
+  proc = run('tpu_vm.sh', 'resume', *TPU, '--workdir', 'gs://b/r', env=env)
   assert proc.returncode == rc, proc.stderr
   assert _subcommands(calls(env)) == expected
 
@@ -411,6 +432,88 @@ def test_tpu_watch_starts_on_a_busy_or_idle_tpu(env, small_repo):
   made = calls(env)
   assert _subcommands(made) == ['describe', 'ssh', 'ssh', 'describe', 'ssh']
   assert 'nohup' in remote_command(made[2])  # Started, then (fake trainer gone) ended.
+
+
+_ENDINGS = {  # A worker-0 check result (exit status:printed line) and what the watch says.
+    'finished': ('3', 'training has ended: the trainer finished (exit status 0)'),
+    'stopped': ('4', 'training has ended: the trainer was stopped with tpu_vm.sh stop'),
+    'saved': ('5:newest checkpoint: step 9, complete',
+              'the trainer was stopped by SIGTERM (exit status 143) and saved (newest checkpoint: '
+              'step 9, complete)'),
+    'unsaved': ('8:newest checkpoint: step 12, NOT complete (an interrupted save); latest '
+                'complete: step 10', 'the trainer ended with status 143 without a complete save'),
+    'failed': ('7:137', 'training has ended: the trainer failed (exit status 137: killed by '
+                        'signal 9)'),
+}
+
+
+@pytest.mark.parametrize('ending', list(_ENDINGS))
+def test_tpu_watch_reruns_a_trainer_ended_by_sigterm_and_ends_otherwise(ending, env):
+  """A trainer that exited 143 (SIGTERM from a maintenance event, the TPU itself still READY) is
+  rerun, whether or not its save completed, and the watch says which; a finished or stopped one
+  ends the watch (exit 0), a failed one too, with exit 1."""
+  check, words = _ENDINGS[ending]
+  pathlib.Path(env['FAKE_STATES']).write_text('READY\n' * 4)
+  pathlib.Path(env['FAKE_RUNNING']).write_text(f'3\n0\n{check}\n3\n')
+  proc = run('tpu_vm.sh', 'watch', *TPU, '--workdir', 'gs://b/r', '--interval', '0', env=env)
+  assert words in proc.stderr
+  made = _subcommands(calls(env))
+  start, look = ['ssh'], ['describe', 'ssh']
+  if ending in ('saved', 'unsaved'):
+    assert proc.returncode == 0, proc.stderr
+    assert made == [*look, *start, *look, *look, *start, *look]
+    assert 'recovery 1 of at most 20: rerunning the training command' in proc.stderr
+    assert 'training has ended: the trainer finished' in proc.stderr
+  else:
+    assert proc.returncode == (1 if ending == 'failed' else 0), proc.stderr
+    assert made == [*look, *start, *look, *look]
+    assert 'rerunning' not in proc.stderr.split('READY, training runs')[-1]
+
+
+def test_tpu_worker_check_reads_the_exit_status_and_the_workdir(env, tmp_path, fake_python):
+  """On a worker: exit status 143 alone is not taken as a save; the workdir's newest checkpoint
+  decides (orbax's own rule, through launch/checkpoint_state.py and the worker's .venv)."""
+  home = _fake_worker(tmp_path, fake_python)
+  d = home / 'ssen_jax'
+  (d / 'launch').mkdir()
+  shutil.copy(LAUNCH / 'checkpoint_state.py', d / 'launch')
+  venv_python = d / '.venv' / 'bin' / 'python'
+  venv_python.write_text(f'#!/bin/bash\n[[ $1 != */checkpoint_state.py ]] || exec {sys.executable}'
+                         f' "$@"\nexec {fake_python} "$@"\n')
+  (d / 'logs').mkdir()
+  workdir = tmp_path / 'bucket'
+  (workdir / 'checkpoints' / '4').mkdir(parents=True)
+  (workdir / 'checkpoints' / '6.orbax-checkpoint-tmp-1733').mkdir()
+  env = {**env, 'FAKE_REMOTE_HOME': str(home), 'FAKE_BUCKET': str(workdir)}
+  pathlib.Path(env['FAKE_STATES']).write_text('READY\nREADY\n')
+  for expected in ['the trainer ended with status 143 without a complete save, killed by SIGTERM '
+                   'during it? (newest checkpoint: step 6, NOT complete (an interrupted save); '
+                   'latest complete: step 4)',
+                   'the trainer was stopped by SIGTERM (exit status 143) and saved (newest '
+                   'checkpoint: step 4, complete)']:
+    (d / 'logs' / 'train.exit').write_text('143\n')
+    proc = ok('tpu_vm.sh', 'resume', *TPU, '--workdir', 'gs://fake-bucket', env=env)
+    assert f'READY, training does not run: {expected}' in proc.stderr
+    assert 'training started' in proc.stdout  # Rerun: it resumes from the latest complete step.
+    wait_for(d / 'logs' / 'train.exit')  # The fake trainer has ended.
+    # Then the same without the interrupted save.
+    shutil.rmtree(workdir / 'checkpoints' / '6.orbax-checkpoint-tmp-1733', ignore_errors=True)
+
+
+def test_checkpoint_state_reports_the_newest_step(tmp_path):
+  script = [sys.executable, str(LAUNCH / 'checkpoint_state.py')]
+  proc = subprocess.run([*script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+  assert (proc.returncode, proc.stdout) == (1, f'no checkpoint in {tmp_path}\n')
+  for name in ['2', '5', '7.orbax-checkpoint-tmp-99', 'best', '3.corrupt']:
+    (tmp_path / 'checkpoints' / name).mkdir(parents=True)
+  proc = subprocess.run([*script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+  assert (proc.returncode, proc.stdout) == (1, 'newest checkpoint: step 7, NOT complete (an '
+                                            'interrupted save); latest complete: step 5\n')
+  (tmp_path / 'checkpoints' / '7.orbax-checkpoint-tmp-99').rename(tmp_path / 'checkpoints' / '7')
+  proc = subprocess.run([*script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+  assert (proc.returncode, proc.stdout) == (0, 'newest checkpoint: step 7, complete\n')
+  proc = subprocess.run(script, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and proc.stderr.startswith('usage:')
 
 
 def test_tpu_watch_gives_up_after_max_restarts(env, small_repo):
@@ -564,6 +667,9 @@ def test_slurm_sigterm_saves_then_requeues(env, tmp_path, fake_python):
   assert [c[0] for c in calls(env)] == ['srun', 'scancel', 'scontrol']
   assert (tmp_path / 'out' / 'scontrol_saw_term').read_text() == 'True'  # Saved before requeue.
   assert 'then the job is requeued' in stdout and 'training finished' not in stdout
+  # What the trainers left is reported from the workdir, not assumed from their exit status.
+  assert re.search(r'trainers ended \(srun exit status \d+\); newest checkpoint: step 7, '
+                   r'complete \(asked about /shared/w\)', stdout), stdout
 
 
 def test_slurm_sbatch_template_alone_needs_trainer_flags(env):
