@@ -152,6 +152,11 @@ def main(argv: Sequence[str]) -> None:
       sys.exit(f'error: cannot write {FLAGS.json}: {e}')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console command `ssen-benchmark` (the same as `python -m ssen_jax.benchmark`)."""
   define_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -52,6 +52,11 @@ def main(argv: Sequence[str]) -> None:
     sys.exit(1)
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console command `ssen-convert-torch` (the same as `python -m ssen_jax.convert_torch`)."""
   define_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -207,6 +207,11 @@ def main(argv: Sequence[str]) -> None:
     _write_json(FLAGS.output_json, results)
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console command `ssen-evaluate` (the same as `python -m ssen_jax.evaluate`)."""
   define_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -227,6 +227,11 @@ def run_folder(start: float) -> None:
     sys.exit(1)
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console command `ssen-infer` (the same as `python -m ssen_jax.infer`)."""
   define_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

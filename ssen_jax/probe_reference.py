@@ -230,6 +230,11 @@ def main(argv: Sequence[str]) -> None:
     writer.close()
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console command `ssen-probe-reference` (the same as `python -m ssen_jax.probe_reference`)."""
   define_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -106,6 +106,11 @@ def main(argv: Sequence[str]) -> None:
   print(f'wrote {out}', file=sys.stderr)
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console command `ssen-visualize-offsets` (the same as `python -m ssen_jax.visualize_offsets`)."""
   define_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -83,6 +83,11 @@ def _report(pattern: str | None, name: str | None, data_dir: str | None) -> None
     print(f'| {t} | {rate:.1f} | {rate / t:.1f} |')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console command `ssen-benchmark-input` (the same as `python -m ssen_jax.data_prep.benchmark_input`)."""
   define_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -283,6 +283,11 @@ def main(argv: Sequence[str]) -> None:
         f'{m["images_per_second"]:.1f} images/s with {workers} worker(s).')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console command `ssen-convert-tfrecords` (the same as `python -m ssen_jax.data_prep.convert`)."""
   define_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -116,6 +116,11 @@ def main(argv: Sequence[str]) -> None:
   print(f'{count} groups written to {FLAGS.out_dir}')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console command `ssen-reference-views` (the same as `python -m ssen_jax.data_prep.reference_views`)."""
   define_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -117,6 +117,11 @@ def main(argv: Sequence[str]) -> None:
         f'{builder.info.metadata.get("source_sha256")}')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console command `ssen-prepare-data` (the same as `python -m ssen_jax.data_prep.tfds_build`)."""
   define_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()
