@@ -10,7 +10,9 @@ latest checkpoint in the workdir. On several hosts (TPU pod slices, SLURM GPU cl
 runs the same command; `jax.distributed.initialize()` finds its peers from the environment.
 """
 import os
+import socket
 import sys
+import uuid
 
 from absl import app
 from absl import flags
@@ -95,7 +97,10 @@ def check_workdir(workdir: str) -> None:
   try:
     if not os.path.isdir(folder):
       raise NotADirectoryError(20, 'Not a directory')
-    probe = os.path.join(folder, f'.write_test-{os.getpid()}')
+    # A name no other host can choose, even one with the same PID (containers): hosts that share
+    # the workdir probe it at the same time.
+    probe = os.path.join(folder, f'.write_test-{socket.gethostname()}-{os.getpid()}-'
+                                  f'{uuid.uuid4().hex}')
     with open(probe, 'w'):
       pass
     os.remove(probe)
@@ -106,6 +111,9 @@ def check_workdir(workdir: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  from ssen_jax.core import checkpointing  # Imports JAX: after flag parsing, --help stays fast.
+  # From here to the end, SIGTERM exits with status 143 (training saves first); never -15.
+  checkpointing.PreemptionFlag.install_process_handler()
   check_workdir(_WORKDIR.value)
   import jax  # Imported after flag parsing so that --help stays fast.
 
@@ -114,7 +122,6 @@ def main(argv):
     # CPU processes exchange collectives through gloo; accelerators ignore this setting.
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  from ssen_jax.core import checkpointing
   from ssen_jax.training import loop
   quiet_library_logs()
   logging.info('JAX process %d/%d, %d local / %d global devices (%s).', jax.process_index(),
@@ -126,7 +133,7 @@ def main(argv):
   except loop.Preempted as e:
     print(str(e), file=sys.stderr)
     sys.exit(checkpointing.PREEMPTED_EXIT_CODE)
-  except (loop.NonFiniteLossError, loop.EvalFailedElsewhere, ValueError, FileNotFoundError,
+  except (loop.NonFiniteLossError, loop.FailedElsewhere, ValueError, OSError,
           checkpointing.CorruptCheckpointError, checkpointing.CheckpointReadError) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)

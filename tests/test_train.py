@@ -378,16 +378,68 @@ def _preempted_steps(procs, logs, signalled_at):
   return saved
 
 
-def test_sigterm_on_one_host_saves_and_exits_143(demo_dir, tmp_path):
-  logs = [tmp_path / 'log0']
+@pytest.fixture(scope='module')
+def preempted_workdir(tmp_path_factory):
+  """One workdir that the SIGTERM tests below preempt in turn: each run resumes the last one's
+  save (and its compiled programs come from the session's cache)."""
+  return tmp_path_factory.mktemp('preempted') / 'w'
+
+
+def _preempt_twice(workdir, demo_dir, log, gap):
+  """Trains `workdir` on, sends SIGTERM two steps after the start and again `gap` s after the run
+  logs that it is saving; checks that the run saved the step it stopped at, completely, and
+  exited 143. Returns (step, log)."""
+  before = checkpointing.checkpoint_steps(workdir)
+  start = before[-1] if before else 0
   args = [f'--config.data.demo=True', f'--config.data.demo_dir={demo_dir}',
           '--config.eval_every_steps=100000', *_PREEMPT_ARGS]
-  procs = _launch(tmp_path / 'w', args, logs, 1)
-  _wait_for(logs, r'\[4\] train/', procs)  # Mid-run: step 4 of 100000 logged.
+  procs = _launch(workdir, args, [log], 1)
+  _wait_for([log], rf'\[{start + 2}\] train/', procs)
   procs[0].send_signal(signal.SIGTERM)
-  [step] = _preempted_steps(procs, logs, time.time())
-  assert 4 <= step < 100000
-  assert checkpointing.checkpoint_steps(tmp_path / 'w')[-1] == step
+  signalled_at = time.time()
+  while 'Preemption: saving step' not in pathlib.Path(log).read_text(errors='replace'):
+    assert procs[0].poll() is None and time.time() - signalled_at < 120, 'no save logged'
+    time.sleep(0.005)
+  time.sleep(gap)
+  procs[0].send_signal(signal.SIGTERM)  # Nothing if the process has already exited.
+  [step] = _preempted_steps(procs, [log], signalled_at)
+  text = pathlib.Path(log).read_text()
+  if before:
+    assert f'Resumed from step {start}.' in text
+  assert start + 2 <= step < 100000
+  assert checkpointing.checkpoint_steps(workdir)[-1] == step
+  leftovers = [p.name for p in (workdir / 'checkpoints').iterdir() if 'tmp' in p.name]
+  assert not leftovers, (leftovers, text[-3000:])
+  return step, text
+
+
+@pytest.mark.parametrize('gap', [0.05, 0.5, 1.0])
+def test_sigterm_twice_saves_the_step_completely_and_exits_143(demo_dir, preempted_workdir,
+                                                               tmp_path, gap):
+  """A second SIGTERM `gap` s after the save started (while it commits, or during the exit that
+  follows) neither kills the process nor changes its status: 143 means the step named in the log
+  is saved and complete."""
+  _preempt_twice(preempted_workdir, demo_dir, tmp_path / 'log', gap)
+
+
+def test_twice_preempted_run_resumes_bitwise_equal(demo_dir, preempted_workdir, tmp_path):
+  """The runs above, resumed to one step past the last save, end with the parameters of a run
+  that was never interrupted."""
+  if not checkpointing.checkpoint_steps(preempted_workdir):  # Run on its own.
+    _preempt_twice(preempted_workdir, demo_dir, tmp_path / 'log', 0.5)
+  total = checkpointing.checkpoint_steps(preempted_workdir)[-1] + 1
+  common = [f'--config.data.demo=True', f'--config.data.demo_dir={demo_dir}',
+            '--config.eval_every_steps=100000', *_PREEMPT_ARGS,
+            f'--config.num_train_steps={total}']  # After _PREEMPT_ARGS: replaces its value.
+  for workdir in (preempted_workdir, tmp_path / 'straight'):
+    proc = subprocess.run(_main_cmd(workdir, *common), env=_env(2), cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  a, step_a = final_params(preempted_workdir)
+  b, step_b = final_params(tmp_path / 'straight')
+  assert step_a == step_b == total
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
 
 
 def test_sigterm_to_one_of_two_hosts_in_training_and_in_evaluation(demo_dir, tmp_path):

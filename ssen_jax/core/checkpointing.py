@@ -502,6 +502,12 @@ PREEMPTED_EXIT_CODE = 143
 class PreemptionFlag:
   """SIGTERM on this host -> `requested`; decisions that all hosts must share go through JAX.
 
+  Use it as a context manager around everything that writes checkpoints, the final
+  `wait_until_finished` included: inside, every SIGTERM is only recorded (a second one, while the
+  save it asked for commits, is logged and absorbed), so the process never dies half-way through
+  a checkpoint. Outside, `install_process_handler` (the trainer's `main`) turns SIGTERM into exit
+  status 143 at once: nothing is being written there.
+
   Single process (no `jax.distributed`): the flag is the whole story, checked between steps and
   between evaluation images.
 
@@ -512,44 +518,135 @@ class PreemptionFlag:
   the notifier still sees every SIGTERM. Training steps stop on `reached_preemption` only; an
   evaluation (one host's flag is not the others') asks all hosts between images
   (`any_host_requested`) and is cut short on all of them at the same image.
+
+  Any other handler found at entry is chained the same way (called after the signal is recorded);
+  SIG_DFL, SIG_IGN and `install_process_handler`'s own are not: inside the block, SIGTERM means
+  save and stop, whatever it means outside.
   """
+
+  _stopping = False  # install_process_handler's handler has taken a SIGTERM.
+  _UNDECIDED = object()
 
   def __init__(self):
     self.requested = False
-    self._c_handler = None  # The handler found at entry (JAX's notifier), as a C address.
+    self._found = None  # The C-level `struct sigaction` found at entry, restored at exit.
+    # The handler called after ours (signum, frame), or None; _UNDECIDED while __enter__ reads
+    # what it found: a SIGTERM handled then is counted in `_missed` and passed on at its end.
+    self._chained = self._UNDECIDED
+    self._missed = 0
     self._installed = False
-    self._previous = None  # The Python-level handler found at entry, if any.
+    self._previous = None  # The Python-level handler found at entry.
+
+  # glibc's `struct sigaction` on Linux (x86-64 and aarch64): the handler (a union with
+  # sa_sigaction) first, a 128-byte signal mask, then sa_flags. Read with sigaction(2), which
+  # changes nothing: signal(2) would have to install something to learn what was there, and a
+  # SIGTERM arriving in between would be lost.
+  _SIGACTION_SIZE = 256  # More than the 152 bytes glibc uses.
+  _FLAGS_OFFSET = 8 + 128
+  _SA_SIGINFO = 4
+
+  @classmethod
+  def _read_action(cls):
+    """(struct bytes, handler address or 0/1 for SIG_DFL/SIG_IGN, sa_flags), or None off Linux."""
+    import ctypes  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+    if not sys.platform.startswith('linux'):
+      return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(cls._SIGACTION_SIZE)
+    if libc.sigaction(signal.SIGTERM, None, buf) != 0:
+      return None
+    handler = ctypes.c_void_p.from_buffer(buf, 0).value or 0
+    flags = ctypes.c_int.from_buffer(buf, cls._FLAGS_OFFSET).value
+    return buf.raw, handler, flags
+
+  @classmethod
+  def _write_action(cls, raw: bytes) -> None:
+    import ctypes  # pylint: disable=import-outside-toplevel
+    buf = ctypes.create_string_buffer(raw, cls._SIGACTION_SIZE)
+    ctypes.CDLL(None).sigaction(signal.SIGTERM, buf, None)
 
   @staticmethod
-  def _libc():
-    import ctypes  # pylint: disable=import-outside-toplevel
-    libc = ctypes.CDLL(None)
-    libc.signal.restype = ctypes.c_void_p
-    libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
-    return libc
+  def _say(line: str) -> None:
+    # From a signal handler: one unbuffered write (the stderr stream or a logging handler may be
+    # in the middle of a write of their own on this thread).
+    try:
+      os.write(2, f'{line}\n'.encode())
+    except OSError:
+      pass
 
   def __enter__(self):
     try:
-      libc = self._libc()
-      current = libc.signal(signal.SIGTERM, 1)  # Reads the C handler (SIG_IGN for an instant).
-      libc.signal(signal.SIGTERM, current)
+      found = self._read_action()
       self._previous = signal.signal(signal.SIGTERM, self._handle)
-      self._installed = True
-      python_trampoline = libc.signal(signal.SIGTERM, 1)
-      libc.signal(signal.SIGTERM, python_trampoline)
-      # A handler neither default (0, read as None), ignore (1) nor Python's own: JAX's notifier.
-      if current not in (None, 1, python_trampoline):
-        self._c_handler = current
     except ValueError:  # Not the main thread (e.g. a notebook worker): rely on JAX's sync point.
-      pass
+      self._chained = None
+      return self
+    self._installed = True
+    chained = self._decide_chain(found)
+    self._chained = chained
+    missed, self._missed = self._missed, 0
+    for _ in range(missed if chained is not None else 0):
+      chained(signal.SIGTERM, None)
     return self
 
+  def _decide_chain(self, found):
+    """The handler to call after ours, from what __enter__ found (sets `_found` where the exit
+    must restore a C-level action that Python's table does not know)."""
+    previous = self._previous
+    python_live = callable(previous) and not self._is_process_handler(previous)
+    if found is None:  # Off Linux: chain a Python handler only.
+      return previous if python_live else None
+    raw, handler, flags = found
+    if handler == self._read_action()[1]:  # Python's C trampoline: a Python handler was live.
+      return previous if python_live else None
+    if handler in (0, 1):  # SIG_DFL, SIG_IGN: our semantics (record, then stop after a save).
+      if previous != (signal.SIG_DFL, signal.SIG_IGN)[handler]:
+        self._found = raw  # Python's table says otherwise: the exit restores the C action.
+      return None
+    self._found = raw  # A C handler, which Python's table does not know: restored at exit.
+    import ctypes  # pylint: disable=import-outside-toplevel
+    if flags & self._SA_SIGINFO:
+      function = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)(handler)
+      return lambda signum, frame: function(signum, None, None)
+    function = ctypes.CFUNCTYPE(None, ctypes.c_int)(handler)
+    return lambda signum, frame: function(signum)
+
   def _handle(self, signum, frame):
-    del frame
+    if self.requested:
+      self._say('SIGTERM again: ignored; the checkpoint under way is written first, then the '
+                f'run exits with status {PREEMPTED_EXIT_CODE}.')
     self.requested = True
-    if self._c_handler not in (None, 0, 1):  # SIG_DFL, SIG_IGN
-      import ctypes  # pylint: disable=import-outside-toplevel
-      ctypes.CFUNCTYPE(None, ctypes.c_int)(self._c_handler)(signum)
+    if self._chained is self._UNDECIDED:
+      self._missed += 1
+    elif self._chained is not None:
+      self._chained(signum, frame)
+
+  @staticmethod
+  def _is_process_handler(handler) -> bool:
+    return getattr(handler, '__func__', handler) is PreemptionFlag._process_handler.__func__
+
+  @classmethod
+  def _process_handler(cls, signum, frame):
+    del signum, frame
+    if cls._stopping:
+      cls._say('SIGTERM again: ignored; already stopping.')
+      return
+    cls._stopping = True
+    cls._say(f'SIGTERM outside training (no checkpoint was being written): exiting with status '
+             f'{PREEMPTED_EXIT_CODE}; rerun the same command to resume.')
+    raise SystemExit(PREEMPTED_EXIT_CODE)
+
+  @classmethod
+  def install_process_handler(cls) -> None:
+    """For a command's whole life (main thread): SIGTERM outside a `PreemptionFlag` block exits
+    with status 143 (`SystemExit`, so `finally` blocks run) instead of killing the process, and
+    any later SIGTERM is absorbed, up to the interpreter's very end (where it is ignored)."""
+    import atexit  # pylint: disable=import-outside-toplevel
+    signal.signal(signal.SIGTERM, cls._process_handler)
+    # Registered first, so run last: Python resets its handlers to SIG_DFL when it finalises,
+    # and a SIGTERM then would kill a process that has already decided its exit status.
+    atexit.register(signal.signal, signal.SIGTERM, signal.SIG_IGN)
 
   def reached(self, manager: ocp.CheckpointManager, step: int) -> bool:
     """Whether to save `step` and stop: the same answer on every host."""
@@ -566,9 +663,11 @@ class PreemptionFlag:
     return bool(np.any(flags))
 
   def __exit__(self, *exc):
-    if self._installed:
-      if self._c_handler is not None:
-        self._libc().signal(signal.SIGTERM, self._c_handler)
-      else:
-        signal.signal(signal.SIGTERM, self._previous)
+    if not self._installed:
+      return False
+    if self._found is None:
+      signal.signal(signal.SIGTERM, self._previous)  # A Python handler (or none) was found.
+    else:
+      # A C handler, SIG_DFL or SIG_IGN: put back exactly what was there, in one call.
+      self._write_action(self._found)
     return False

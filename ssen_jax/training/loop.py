@@ -40,7 +40,11 @@ class _EvalInterrupted(Exception):
   """Raised between evaluation images when a host received SIGTERM."""
 
 
-class EvalFailedElsewhere(RuntimeError):
+class FailedElsewhere(RuntimeError):
+  """On a host that reached a collective: another host raised before it (its log has why)."""
+
+
+class EvalFailedElsewhere(FailedElsewhere):
   """On a host that waited for process 0's evaluation: that evaluation raised (its log has why)."""
 
 
@@ -91,11 +95,27 @@ def _allgather(values) -> np.ndarray:
                     np.float64).reshape(jax.process_count(), -1)
 
 
+def _hand_over(what: str, failed: bool, value: float = 0.0) -> np.ndarray:
+  """Every host's `value` ((process_count,) float64), and whether a host failed `what` (a
+  collective: call it on all hosts, also from the `except` of a host whose part raised, with
+  `failed=True`, before re-raising). A host that did not fail raises FailedElsewhere naming the
+  one that did, at once, instead of waiting in the next collective until the coordination service
+  gives up."""
+  if jax.process_count() == 1:
+    return np.asarray([value], np.float64)
+  rows = _allgather([float(failed), value])
+  bad = np.flatnonzero(rows[:, 0])
+  if bad.size and not failed:
+    raise FailedElsewhere(f'process {", ".join(map(str, bad))} failed {what} (its log says why); '
+                          'this host stops too')
+  return rows[:, 1]
+
+
 def _min_over_hosts(count: int) -> int:
   """The smallest of every host's `count` (each host's epoch uses that many examples)."""
   if jax.process_count() == 1:
     return count
-  counts = _allgather([count])[:, 0].astype(int)
+  counts = _hand_over('reading its training data', False, count).astype(int)
   if counts.min() < count:
     logging.info('Hosts read %s examples: each uses %d per epoch.', counts.tolist(), counts.min())
   return int(counts.min())
@@ -264,21 +284,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   trainer = steps.Trainer(config, mesh)
   # Only process 0 opens eval_dir (the other hosts need not have it); its sizes are checked here,
   # before the first step, and an error stops every host.
-  eval_examples, eval_error = [], ''
-  if jax.process_index() == 0:
-    try:
-      eval_examples = load_eval_examples(config, paths.get('eval_dir', ''))
-    except ValueError as e:
-      eval_error = str(e)
-  if jax.process_count() > 1:
-    [[num_eval]] = _allgather([-1 if eval_error else len(eval_examples)])[:1]
-    if num_eval < 0 and not eval_error:
-      raise ValueError('process 0 could not load the evaluation data (see its log)')
-  else:
-    num_eval = -1 if eval_error else len(eval_examples)
-  if eval_error:
-    raise ValueError(eval_error)
-  has_eval = num_eval > 0
+  what = 'loading the evaluation data'
+  try:
+    eval_examples = (load_eval_examples(config, paths.get('eval_dir', ''))
+                     if jax.process_index() == 0 else [])
+  except BaseException:  # A bad image, an unreadable folder (OSError): every host stops.
+    _hand_over(what, True)
+    raise
+  has_eval = _hand_over(what, False, len(eval_examples))[0] > 0
   sr_jit = restore.make_sr_fn(trainer.model, trainer.uses_ref)
 
   def run_eval(state, step, preemption=None):
@@ -340,7 +353,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     writer.close()
     return last_results
 
-  train_iter = input_pipeline.create_train_iterator(
+  # This host's part before the first collective (`_min_over_hosts`, inside): a bad record in its
+  # shards raises here; the other hosts are told there.
+  exchanged = []
+  try:
+    train_iter = input_pipeline.create_train_iterator(
       file_pattern=paths['train_pattern'] or None, tfds_name=paths['tfds_name'] or None,
       tfds_data_dir=paths['tfds_data_dir'] or None, tfds_split=paths['tfds_split'],
       kind=config.data.kind, hr_patch=config.data.hr_patch,
@@ -349,10 +366,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       process_count=jax.process_count(), ref_augment=config.data.ref_augment,
       independent_prob=config.data.ref_independent_prob,
       ref_mix=input_pipeline.RefMix(**config.data.ref_mix.to_dict()),
-      examples_per_host=_min_over_hosts)
+      examples_per_host=lambda count: exchanged.append(count) or _min_over_hosts(count))
+  except BaseException:
+    if not exchanged:
+      _hand_over('reading its training data', True)
+    raise
   # Every check passed: the first writes.
-  _first_writes(workdir, config, changes, start)
-  check_data_stream(workdir, config, start)
+  try:
+    _first_writes(workdir, config, changes, start)
+    check_data_stream(workdir, config, start)
+  except BaseException:  # Process 0's files (a full disk): every host stops.
+    _hand_over('writing the workdir', True)
+    raise
+  _hand_over('writing the workdir', False)
   manager = manager or new_manager()
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
@@ -360,8 +386,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   pending: Optional[tuple] = None  # (step, metrics) checked while the next step runs.
   preempted_at: Optional[int] = None
   window: List[Dict[str, Any]] = []
-  try:
-    with checkpointing.PreemptionFlag() as preemption:
+  # The block ends after the last save has been waited for: a SIGTERM while it commits (a second
+  # one after the preemption that asked for it) is recorded and absorbed, never fatal.
+  with checkpointing.PreemptionFlag() as preemption:
+    try:
       for step in range(start + 1, total + 1):
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
           batch = sharding.global_batch(next(train_iter), mesh)
@@ -399,12 +427,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           logging.warning('Preemption: saving step %d, then exiting with status %d.', step,
                           checkpointing.PREEMPTED_EXIT_CODE)
           break
-  finally:
-    # An asynchronous save of an earlier (good) step may still be in flight.
-    manager.wait_until_finished()
-    manager.close()
-    writer.flush()
-    writer.close()
+    finally:
+      # The preemption's save, or an asynchronous save of an earlier (good) step, may still be
+      # in flight.
+      manager.wait_until_finished()
+      manager.close()
+      writer.flush()
+      writer.close()
   if preempted_at is not None:
     logging.warning('Preemption: step %d saved.', preempted_at)
     raise Preempted(preempted_at)
