@@ -147,3 +147,52 @@ def test_sigterm_before_training_starts_exits_143_not_by_the_signal(tmp_path):
   assert 'Traceback' not in text
   assert re.search(r'SIGTERM outside training .*exiting with status 143', text), text[-3000:]
   assert checkpointing.checkpoint_steps(tmp_path / 'w') == []
+
+
+# --- Exit statuses: docs/exit_statuses.md ------------------------------------------------------
+
+def _documented_statuses() -> dict:
+  """{module: {column: cell}} from the table of docs/exit_statuses.md."""
+  lines = (REPO / 'docs' / 'exit_statuses.md').read_text().splitlines()
+  header = next(l for l in lines if l.startswith('| Command |'))
+  columns = [c.strip() for c in header.strip('|').split('|')]
+  rows = {}
+  for line in lines:
+    m = re.match(r'\| `python -m ssen_jax\.([\w.]+)` \|', line)
+    if m:
+      rows[m.group(1)] = dict(zip(columns, (c.strip() for c in line.strip('|').split('|'))))
+  return rows
+
+
+def _commands() -> set:
+  """Every `python -m` command: test_layering's COMMANDS and the data_prep modules with a main."""
+  from test_layering import COMMANDS  # pylint: disable=g-import-not-at-top
+  data_prep = {f'data_prep.{p.stem}' for p in (REPO / 'ssen_jax' / 'data_prep').glob('*.py')
+               if "if __name__ == '__main__':" in p.read_text()}
+  return set(COMMANDS) | data_prep
+
+
+def test_the_exit_status_table_lists_every_command():
+  table = _documented_statuses()
+  assert set(table) == _commands()
+  for module, row in table.items():
+    assert (row['Finished'], row['Error']) == ('0', '1'), module
+  assert table['main']['SIGTERM'].startswith(str(checkpointing.PREEMPTED_EXIT_CODE))
+
+
+def test_every_command_exits_with_its_documented_usage_status(tmp_path):
+  """An unknown flag, for every command at once; and convert_torch without its .pth argument."""
+  table = _documented_statuses()
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  runs = {m: subprocess.Popen([sys.executable, '-m', f'ssen_jax.{m}', '--no_such_flag'], env=env,
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for m in table}
+  runs['convert_torch (no IN.pth)'] = subprocess.Popen(
+      [sys.executable, '-m', 'ssen_jax.convert_torch', '--config=x', f'--out={tmp_path / "o"}'],
+      env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  for name, proc in runs.items():
+    _, err = proc.communicate(timeout=300)
+    expected = int(table[name.split()[0]]['Usage error'])
+    assert proc.returncode == expected, (name, err[-2000:])
+    assert 'Traceback' not in err, (name, err[-2000:])
+    assert re.search(r'^(FATAL Flags parsing error: |error: )', err, re.M), (name, err[-2000:])
