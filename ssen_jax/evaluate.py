@@ -43,7 +43,10 @@ def define_flags() -> None:
   flags.DEFINE_enum('method', None, ['bicubic', 'model'],
                     'SR method to evaluate (default: model with --workdir, else bicubic).')
   flags.DEFINE_string('workdir', None, 'Training workdir of the model to evaluate.')
-  flags.DEFINE_integer('checkpoint_step', None, 'Checkpoint step (default: the latest).')
+  flags.DEFINE_string('checkpoint', None, 'A step of --workdir (default: the latest), a PyTorch '
+                      '.pth file (with --config) or a folder written by convert_torch.')
+  flags.DEFINE_string('config', None, 'FILE[:variant] giving the architecture of a .pth.')
+  flags.DEFINE_integer('checkpoint_step', None, 'Deprecated: --checkpoint STEP.')
   flags.DEFINE_bool('best', False, 'Use the checkpoint with the best eval PSNR.')
   flags.DEFINE_enum(
       'dataset', 'folder', ['folder', 'cufed5'],
@@ -140,18 +143,19 @@ def image_saver(folder: pathlib.Path | None, suffix: str = ''):
   return save
 
 
-def evaluate_workdir(examples: list[dict], *, scale: int,
+def evaluate_workdir(examples: list[dict], *, scale: int, checkpoint: str | None = None,
                      save_dir: pathlib.Path | None = None) -> tuple[str, dict]:
-  """Scores the model of --workdir beside bicubic; returns a paper-style table and the JSON."""
+  """Scores the model of --workdir / --checkpoint beside bicubic; returns a paper-style table
+  and the JSON."""
   from ssen_jax.core import compilation_cache  # JAX and the models: only for model evaluation.
   from ssen_jax.inference import restore
   compilation_cache.enable()  # ~/.cache/ssen_jax/jax_cache, or $SSEN_JAX_CACHE_DIR.
   try:
-    gen = restore.load_generator(FLAGS.workdir, FLAGS.checkpoint_step, FLAGS.best)
+    gen = restore.load_model(FLAGS.workdir, checkpoint, FLAGS.config, FLAGS.best)
   except (FileNotFoundError, ValueError) as e:
     _fail(str(e))
   if gen.scale != scale:
-    _fail(f'the model in {FLAGS.workdir} is x{gen.scale}, but --scale is {scale}')
+    _fail(f'the model in {FLAGS.workdir or checkpoint} is x{gen.scale}, but --scale is {scale}')
   model = protocol.evaluate_model(examples, gen.sr_fn, gen.params, scale=scale,
                                   uses_ref=gen.uses_ref,
                                   log_fn=lambda line: print(line, file=sys.stderr),
@@ -165,8 +169,18 @@ def evaluate_workdir(examples: list[dict], *, scale: int,
   title = (f'### {name} x{scale} on {FLAGS.dataset_dir} '
            f'({"CUFED5-style, one reference per level" if per_level else "benchmark folder"})')
   results = dict(tables.model_results_json(model, bicubic), workdir=FLAGS.workdir, step=gen.step,
-                 variant=gen.config.model.variant)
+                 checkpoint=checkpoint, variant=gen.config.model.variant)
   return f'{title}\n\n{table}', results
+
+
+def _checkpoint() -> str | None:
+  """--checkpoint, or the deprecated --checkpoint_step (one warning line), never both."""
+  if FLAGS.checkpoint_step is None:
+    return FLAGS.checkpoint
+  if FLAGS.checkpoint is not None:
+    _fail('give --checkpoint, not both it and the deprecated --checkpoint_step')
+  print('warning: --checkpoint_step is deprecated; use --checkpoint STEP', file=sys.stderr)
+  return str(FLAGS.checkpoint_step)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -175,9 +189,11 @@ def main(argv: Sequence[str]) -> None:
   scale = FLAGS.scale
   if scale < 1:
     _fail(f'--scale must be >= 1, got {scale}')
-  method = FLAGS.method or ('model' if FLAGS.workdir else 'bicubic')
-  if method == 'model' and not FLAGS.workdir:
-    _fail('--method=model needs --workdir')
+  checkpoint = _checkpoint()
+  method = FLAGS.method or ('model' if FLAGS.workdir or checkpoint else 'bicubic')
+  if method == 'model' and not FLAGS.workdir and (checkpoint is None or checkpoint.isdigit()):
+    _fail('--method=model needs --workdir (or --checkpoint naming a .pth file or a folder '
+          'written by convert_torch)')
   if FLAGS.output_json:
     check_output_json(FLAGS.output_json, FLAGS.overwrite)
   if FLAGS.save_images:
@@ -189,7 +205,8 @@ def main(argv: Sequence[str]) -> None:
   save_dir = (check_save_images(FLAGS.save_images, examples, FLAGS.overwrite)
               if FLAGS.save_images else None)
   if method == 'model':
-    table, results = evaluate_workdir(examples, scale=scale, save_dir=save_dir)
+    table, results = evaluate_workdir(examples, scale=scale, checkpoint=checkpoint,
+                                      save_dir=save_dir)
     print(table)
   else:
     try:

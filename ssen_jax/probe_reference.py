@@ -35,7 +35,8 @@ def define_flags() -> None:
   """Command-line flags, defined only when run as a script."""
   from ssen_jax.eval import probe  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string('workdir', None, 'Training workdir of an SSEN RefSR model.')
-  flags.DEFINE_integer('checkpoint_step', None, 'Checkpoint step (default: the latest).')
+  flags.DEFINE_integer('checkpoint', None, 'Checkpoint step of --workdir (default: the latest).')
+  flags.DEFINE_integer('checkpoint_step', None, 'Deprecated: --checkpoint STEP.')
   flags.DEFINE_bool('best', False, 'Use the checkpoint with the best eval PSNR.')
   flags.DEFINE_bool('every_checkpoint', False, 'Probe every saved checkpoint (a curve).')
   flags.DEFINE_string('dataset_dir', None, 'CUFED5-style folder (default: the demo evaluation '
@@ -148,8 +149,14 @@ def main(argv: Sequence[str]) -> None:
   shifts = _parse_shifts(FLAGS.shifts)
   if FLAGS.no_table and not shifts:
     _fail('--no_table with no --shifts leaves nothing to measure')
-  if FLAGS.every_checkpoint and (FLAGS.best or FLAGS.checkpoint_step is not None):
-    _fail('--every_checkpoint probes every checkpoint: drop --best / --checkpoint_step')
+  step = FLAGS.checkpoint
+  if FLAGS.checkpoint_step is not None:
+    if step is not None:
+      _fail('give --checkpoint, not both it and the deprecated --checkpoint_step')
+    print('warning: --checkpoint_step is deprecated; use --checkpoint STEP', file=sys.stderr)
+    step = FLAGS.checkpoint_step
+  if FLAGS.every_checkpoint and (FLAGS.best or step is not None):
+    _fail('--every_checkpoint probes every checkpoint: drop --best / --checkpoint')
   try:
     config = checkpointing.read_config(FLAGS.workdir)
   except (FileNotFoundError, ValueError) as e:
@@ -177,7 +184,7 @@ def main(argv: Sequence[str]) -> None:
     if not steps:
       _fail(f'workdir {FLAGS.workdir} holds no checkpoint (has training run?)')
   else:
-    steps = [FLAGS.checkpoint_step]
+    steps = [step]
   curve, writer = [], None
   if FLAGS.every_checkpoint:
     try:

@@ -230,3 +230,25 @@ def test_save_images_refuses_files_sharing_a_stem_before_any_work(tmp_path):
   assert len(lines) == 1 and 'a.jpg and a.png -> a_<level>.png' in lines[0], proc.stderr
   assert not out.exists()  # Nothing written, the folder not even made.
   assert _run('--dataset_dir', str(data)).returncode == 0  # Without --save_images: scored.
+
+
+def test_checkpoint_flag_and_its_deprecated_spelling(tmp_path):
+  """`--checkpoint STEP` (the tools' one name for it) and the old `--checkpoint_step STEP`
+  score the same checkpoint; the old one says it is deprecated; both at once is one line."""
+  from test_infer import make_workdir, run_many
+  make_workdir(tmp_path / 'wd', 'tiny,no_nonlocal')
+  folder = tmp_path / 'hr'
+  folder.mkdir()
+  Image.fromarray(skimage.data.chelsea()[:64, :64]).save(folder / 'cat.png')
+  common = ['--workdir', tmp_path / 'wd', '--dataset_dir', folder]
+  new, old, both = run_many('evaluate', [
+      common + ['--checkpoint', '0', '--output_json', tmp_path / 'new.json'],
+      common + ['--checkpoint_step', '0', '--output_json', tmp_path / 'old.json'],
+      common + ['--checkpoint', '0', '--checkpoint_step', '0']], parallel=3)
+  assert new.returncode == old.returncode == 0, (new.stderr, old.stderr)
+  assert 'deprecated' in old.stderr and 'deprecated' not in new.stderr
+  scores = [json.loads((tmp_path / f'{n}.json').read_text()) for n in ('new', 'old')]
+  assert scores[0]['step'] == scores[1]['step'] == 0
+  assert scores[0]['psnr'] == scores[1]['psnr'], scores
+  assert both.returncode == 1 and both.stderr.strip().splitlines() == [
+      'error: give --checkpoint, not both it and the deprecated --checkpoint_step'], both.stderr
