@@ -305,45 +305,53 @@ tpu_state() {
   fi
 }
 
-# Whether the trainer runs on worker 0: 0 yes, 3 no, anything else: could not tell (ssh failed).
-# When it does not run, ENDED says how it ended, from its exit status and the workdir:
-#   finished  exit status 0
-#   stopped   stopped with `stop`
-#   saved     exit status 143 (SIGTERM: a maintenance event, a preemption) and the workdir's newest
+# Whether the trainer runs: 0 on some worker, 3 on none, anything else: could not tell (ssh
+# failed). Every worker is asked, since a pod slice's trainers end one by one, and a rerun started
+# while one of them still runs would not find its peers. When none runs, ENDED says how they ended,
+# from each worker's exit status and the workdir (the first that applies, in this order):
+#   failed    an exit status other than 0 and 143 (ENDED_NOTE: the status)
+#   unsaved   exit status 143 but the workdir's newest checkpoint is not complete: a shell shows a
+#             death by SIGTERM as 143 too, so 143 alone does not prove that the trainer saved
+#   saved     exit status 143 (SIGTERM: a maintenance event, a preemption) and the newest
 #             checkpoint is complete
-#   unsaved   exit status 143 but the newest checkpoint is not complete: a shell shows a death by
-#             SIGTERM as 143 too, so 143 alone does not prove that the trainer saved
-#   failed    any other exit status (ENDED_NOTE: the status)
-#   unknown   no exit status: never started here, or the worker restarted under it
-# ENDED_NOTE holds the worker's line (the checkpoint's state, or the exit status).
+#   unknown   no exit status: never started there, or the worker restarted under it
+#   stopped   stopped with `stop`
+#   finished  exit status 0
+# ENDED_NOTE holds that worker's line (the checkpoint's state, or the exit status).
 training_running() {
   ENDED=unknown ENDED_NOTE=''
-  local check="cd $D 2>/dev/null || exit 9; if $ALIVE; then exit 0; fi"
+  # Each worker prints one line: "ssen-worker-state CODE [NOTE]" (CODE as in the case below).
+  local check='st() { echo "ssen-worker-state $*"; exit 0; }'
+  check+="; cd $D 2>/dev/null || st 9; if $ALIVE; then st 0; fi"
   # The trainer may have ended a moment ago, before its status was written.
   check+="; [ -f logs/train.exit ] || sleep 1; s=\$(cat logs/train.exit 2>/dev/null) || s=none"
-  check+="; [ ! -f logs/stopped ] || exit 4"
-  check+="; case \$s in 0) exit 3 ;; none) exit 9 ;; 143) ;; *) echo \"\$s\"; exit 7 ;; esac"
-  check+="; if .venv/bin/python launch/checkpoint_state.py $(shell_quote "$WORKDIR"); then exit 5;"
-  check+=" else exit 8; fi"
+  check+="; [ ! -f logs/stopped ] || st 4"
+  check+="; case \$s in 0) st 3 ;; none) st 9 ;; 143) ;; *) st 7 \"\$s\" ;; esac"
+  check+="; n=\$(.venv/bin/python launch/checkpoint_state.py $(shell_quote "$WORKDIR") 2>&1)"
+  check+=" && st 5 \"\$n\"; st 8 \"\$n\""
   if ((DRY_RUN)); then
-    on_workers 0 "$check"
+    on_workers all "$check"
     if [[ $DRY_RUN_STATE == RUNNING ]]; then return 0; else return 3; fi
   fi
   local rc=0 out
-  out=$("${GCLOUD[@]}" ssh "$NAME" "${LOC[@]}" --worker=0 --quiet "--command=$check" 2>/dev/null) ||
+  out=$("${GCLOUD[@]}" ssh "$NAME" "${LOC[@]}" --worker=all --quiet "--command=$check" 2>/dev/null) ||
     rc=$?
-  ENDED_NOTE=$(printf '%s' "$out" | tail -n 1)
-  case $rc in
-    0) return 0 ;;
-    3) ENDED=finished ;;
-    4) ENDED=stopped ;;
-    5) ENDED=saved ;;
-    7) ENDED=failed ;;
-    8) ENDED=unsaved ;;
-    9) ENDED=unknown ;;
-    *) return "$rc" ;;
-  esac
-  return 3
+  local states
+  states=$(printf '%s\n' "$out" | sed -n 's/^ssen-worker-state //p')
+  if [[ $states =~ (^|$'\n')0($'\n'|$) ]]; then return 0; fi
+  ((rc == 0)) || return "$rc"
+  [[ -n $states ]] || return 255
+  local code name line
+  for code in 7:failed 8:unsaved 5:saved 9:unknown 4:stopped 3:finished; do
+    name=${code#*:} code=${code%%:*}
+    line=$(printf '%s\n' "$states" | grep -m 1 "^$code\\b" || true)
+    if [[ -n $line ]]; then
+      ENDED=$name ENDED_NOTE=${line#"$code"}
+      ENDED_NOTE=${ENDED_NOTE# }
+      return 3
+    fi
+  done
+  return 255
 }
 
 # How the trainer ended, in words (see training_running).
@@ -359,7 +367,7 @@ ended_words() {
       printf 'the trainer failed (exit status %s' "$s"
       if [[ $s =~ ^[0-9]+$ ]] && ((s > 128)); then printf ': killed by signal %d' $((s - 128)); fi
       printf ')' ;;
-    *) printf 'no trainer has run on worker 0, or it left no exit status' ;;
+    *) printf 'no trainer has run here, or it left no exit status' ;;
   esac
 }
 
@@ -402,7 +410,7 @@ check_once() {
       case $rc in
         0) say "$NAME: READY, training runs"; return 0 ;;
         3) say "$NAME: READY, training does not run: $(ended_words)"; return 10 ;;
-        *) say "$NAME: READY, but worker 0 did not answer (ssh exit $rc)"; return 11 ;;
+        *) say "$NAME: READY, but a worker did not answer (ssh exit $rc)"; return 11 ;;
       esac ;;
     TERMINATED | STOPPED)
       if ! may_delete_stopped; then

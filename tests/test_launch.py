@@ -42,15 +42,17 @@ if name == 'gcloud' and args[:4] == ['compute', 'tpus', 'tpu-vm', 'describe']:
   print(lines[0])
 elif name == 'gcloud' and args[3:4] == ['ssh']:
   command = next(a for a in args if a.startswith('--command='))[len('--command='):]
-  if 'exit 3' in command and not os.environ.get('FAKE_REMOTE_HOME'):
-    # The is-training-running check: FAKE_RUNNING lists its results, one a line.
+  if 'ssen-worker-state' in command and not os.environ.get('FAKE_REMOTE_HOME'):
+    # The is-training-running check: FAKE_RUNNING lists the answers, one check a line, workers
+    # separated by |, e.g. 7:137 (a trainer failed with exit status 137); 255: ssh failed.
     results = pathlib.Path(os.environ['FAKE_RUNNING'])
     lines = (results.read_text().splitlines() if results.exists() else []) or ['3']
     results.write_text('\n'.join(lines[1:]))
-    rc, _, note = lines[0].partition(':')  # e.g. 7:137 (exit 7, printing 137)
-    if note:
-      print(note)
-    sys.exit(int(rc))
+    for answer in lines[0].split('|'):  # One per worker.
+      code, _, note = answer.partition(':')
+      if code == '255':
+        sys.exit(255)
+      print(f'ssen-worker-state {{code}} {{note}}'.rstrip())
   home = os.environ.get('FAKE_REMOTE_HOME')
   if 'FAKE_BUCKET' in os.environ:  # The bucket gs://fake-bucket is this local folder.
     command = command.replace('gs://fake-bucket', os.environ['FAKE_BUCKET'])
@@ -468,6 +470,19 @@ def test_tpu_watch_reruns_a_trainer_ended_by_sigterm_and_ends_otherwise(ending, 
     assert proc.returncode == (1 if ending == 'failed' else 0), proc.stderr
     assert made == [*look, *start, *look, *look]
     assert 'rerunning' not in proc.stderr.split('READY, training runs')[-1]
+
+
+def test_tpu_watch_reruns_only_when_every_worker_has_ended(env):
+  """A pod slice's trainers end one by one: while one still runs (saving, shutting down), the
+  watch waits; a rerun started then would not find that worker's new trainer."""
+  saved = '5:newest checkpoint: step 9, complete'
+  pathlib.Path(env['FAKE_STATES']).write_text('READY\n' * 5)
+  pathlib.Path(env['FAKE_RUNNING']).write_text(f'3|3\n0|0\n{saved}|0\n{saved}|{saved}\n3|3\n')
+  proc = run('tpu_vm.sh', 'watch', *TPU, '--workdir', 'gs://b/r', '--interval', '0', env=env)
+  assert proc.returncode == 0, proc.stderr
+  look, start = ['describe', 'ssh'], ['ssh']
+  assert _subcommands(calls(env)) == [*look, *start, *look, *look, *look, *start, *look]
+  assert proc.stderr.count('READY, training runs') == 2
 
 
 def test_tpu_worker_check_reads_the_exit_status_and_the_workdir(env, tmp_path, fake_python):
