@@ -140,6 +140,11 @@ def main(argv):
     sys.exit(1)
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console command `ssen-train` (the same as `python -m ssen_jax.main`)."""
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+  run()
