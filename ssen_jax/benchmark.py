@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import re
 import sys
 import tempfile
@@ -38,6 +37,8 @@ from typing import Any
 
 from absl import app
 from absl import flags
+
+from ssen_jax.data import files
 
 FLAGS = flags.FLAGS
 WHAT = ('op', 'infer', 'train', 'memory')
@@ -97,19 +98,7 @@ def write_json(path: str, result: Any) -> None:
   Raises:
     OSError, TypeError, ValueError: the write failed (nothing is left behind).
   """
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=folder)
-  try:
-    with os.fdopen(fd, 'w') as f:
-      json.dump(result, f, indent=2)
-      f.write('\n')
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would otherwise survive the rename.
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
+  files.write_json_atomic(path, result)
 
 
 def main(argv: Sequence[str]) -> None:

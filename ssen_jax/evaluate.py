@@ -19,11 +19,9 @@ name without its suffix, so a folder holding files that differ only in their suf
 a.jpg) is refused with --save_images before anything is read: their images would overwrite each
 other.
 """
-import json
 import os
 import pathlib
 import sys
-import tempfile
 from collections.abc import Sequence
 
 from absl import app
@@ -31,6 +29,7 @@ from absl import flags
 from PIL import Image
 
 from ssen_jax.data import datasets
+from ssen_jax.data import files
 from ssen_jax.data import images
 from ssen_jax.eval import protocol
 from ssen_jax.eval import tables
@@ -84,12 +83,8 @@ def check_output_json(path: str, overwrite: bool) -> None:
 
 def _write_json(path: str, results: dict) -> None:
   """Temporary file in the same folder, then rename: an existing file is never left truncated."""
-  folder = os.path.dirname(os.path.abspath(path))
   try:
-    with tempfile.NamedTemporaryFile('w', dir=folder, prefix='.output_json-', suffix='.tmp',
-                                     delete=False) as f:
-      json.dump(results, f, indent=2)
-    os.replace(f.name, path)
+    files.write_json_atomic(path, results)
   except OSError as e:
     _fail(f'cannot write {path}: {e}')
 

@@ -19,14 +19,14 @@ Exit status: 0 done, 1 error (one line).
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import sys
-import tempfile
 from collections.abc import Sequence
 
 from absl import app
 from absl import flags
+
+from ssen_jax.data import files
 
 FLAGS = flags.FLAGS
 
@@ -72,10 +72,7 @@ def _finite(tree):
 
 def _write_text(path: pathlib.Path, text: str) -> None:
   """Temporary file in the same folder, then rename."""
-  with tempfile.NamedTemporaryFile('w', dir=path.parent, prefix=f'.{path.name}-', suffix='.tmp',
-                                   delete=False) as f:
-    f.write(text)
-  os.replace(f.name, path)
+  files.write_text_atomic(path, text)
 
 
 def default_dataset_dir(config) -> str:

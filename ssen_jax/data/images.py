@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 from PIL import UnidentifiedImageError
 
+from ssen_jax.data import files
 from ssen_jax.data import imresize as imresize_lib
 
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -291,18 +292,7 @@ def check_writable_folder(folder: str | os.PathLike, create: bool = False) -> pa
 
 def save_png_atomic(image: Image.Image, path: str | os.PathLike) -> None:
   """Writes a PNG to a temporary file beside `path`, then renames it over `path`."""
-  path = pathlib.Path(path)
-  fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      image.save(f, format='PNG')
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would otherwise survive the rename.
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
+  files.write_atomic(path, lambda f: image.save(f, format='PNG'), binary=True)
 
 
 # ---------------------------------------------------------------------------------------------
