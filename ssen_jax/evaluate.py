@@ -146,7 +146,7 @@ def evaluate_workdir(examples: list[dict], *, scale: int, checkpoint: str | None
   from ssen_jax.inference import restore
   compilation_cache.enable()  # ~/.cache/ssen_jax/jax_cache, or $SSEN_JAX_CACHE_DIR.
   try:
-    gen = restore.load_model(FLAGS.workdir, checkpoint, FLAGS.config, FLAGS.best)
+    gen = restore.generator_from_flags(FLAGS.workdir, checkpoint, FLAGS.config, FLAGS.best)
   except (FileNotFoundError, ValueError) as e:
     _fail(str(e))
   if gen.scale != scale:

@@ -130,7 +130,7 @@ def _load_model():
     _, note = compilation_cache.enable(FLAGS.compilation_cache_dir)
     if 'off' in note:
       _log(f'note: {note}')
-  gen = restore.load_model(FLAGS.workdir, FLAGS.checkpoint, FLAGS.config, FLAGS.best)
+  gen = restore.generator_from_flags(FLAGS.workdir, FLAGS.checkpoint, FLAGS.config, FLAGS.best)
   return api.Model(gen, max_memory_gb=FLAGS.max_memory_gb, tile=FLAGS.tile,
                    overlap=FLAGS.overlap, log=_log)
 

@@ -6,8 +6,8 @@ r"""Where SSEN looks: the sampling locations of the stacked deformable layers (p
 For each chosen LR pixel, every sampling location of the L stacked deformable convolutions (9^L
 per pixel, (9G)^L with G offset groups) is drawn on the reference, one colour per point, beside the
 input with the points marked (`ssen_jax.inference.offsets` computes and draws them). Same model
-selection (`ssen_jax.inference.restore.load_model`), reference rule and bad-input behaviour as
-`ssen_jax.infer`. The model runs untiled, so LR inputs over
+selection (`ssen_jax.inference.restore.generator_from_flags`), reference rule and bad-input
+behaviour as `ssen_jax.infer`. The model runs untiled, so LR inputs over
 `ssen_jax.inference.offsets.MAX_LR_PIXELS` (512 x 512) are refused with one line naming the limit.
 """
 from __future__ import annotations
@@ -84,7 +84,7 @@ def main(argv: Sequence[str]) -> None:
     from ssen_jax.core import compilation_cache  # pylint: disable=import-outside-toplevel
     offsets.check_size(h, w)
     compilation_cache.enable()
-    gen = restore.load_model(FLAGS.workdir, FLAGS.checkpoint, FLAGS.config, FLAGS.best)
+    gen = restore.generator_from_flags(FLAGS.workdir, FLAGS.checkpoint, FLAGS.config, FLAGS.best)
   except (FileNotFoundError, ValueError, ImportError) as e:  # ValueError: DatasetError etc.
     _fail(str(e))
   m = gen.config.model

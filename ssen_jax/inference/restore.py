@@ -137,23 +137,33 @@ def params_from_state_dict(state_dict: Any, config: ml_collections.ConfigDict) -
     raise convert.ConversionError(str(e)) from None
 
 
-def generator_from_pth(path: str | os.PathLike, config: ml_collections.ConfigDict) -> Generator:
-  """A generator (step 0) from a PyTorch .pth and the config giving its architecture."""
+def generator_from_pth(path: str | os.PathLike, config: ml_collections.ConfigDict,
+                       sharding: Optional[jax.sharding.Sharding] = None) -> Generator:
+  """A generator (step 0) from a PyTorch .pth and the config giving its architecture.
+
+  `sharding`: where the parameters go; default this host's first device."""
   params = params_from_state_dict(convert.read_state_dict(path), config)
   return Generator(config=config, model=models.create_model(config.model, config.dtype),
-                   params=jax.device_put(params, _default_sharding()), step=0)
+                   params=jax.device_put(params, sharding or _default_sharding()), step=0)
 
 
-def load_model(workdir: Optional[str], checkpoint: Optional[str] = None,
-               config: Optional[str] = None, best: bool = False) -> Generator:
+def generator_from_flags(workdir: Optional[str | os.PathLike], checkpoint: Optional[str] = None,
+                         config: Optional[str | ml_collections.ConfigDict] = None,
+                         best: bool = False,
+                         sharding: Optional[jax.sharding.Sharding] = None) -> Generator:
   """The generator chosen by the tools' --workdir / --checkpoint / --config / --best flags.
+
+  The one reading of that vocabulary: the command-line tools pass their flags, and
+  `ssen_jax.load_model` (`inference.api`) its keyword arguments.
 
   Args:
     workdir: a training workdir.
     checkpoint: None (the latest, or the best), a step of `workdir`, a folder written by
       `convert_torch`, or a PyTorch .pth file.
-    config: FILE[:variant] giving a .pth's architecture (default: the workdir's config.json).
+    config: FILE[:variant] (or a loaded config) giving a .pth's architecture (default: the
+      workdir's config.json).
     best: prefer the checkpoint with the best evaluation PSNR.
+    sharding: where the parameters go; default this host's first device.
 
   Raises:
     FileNotFoundError, ValueError (incl. convert.ConversionError, config_lib.ConfigError): with a
@@ -163,24 +173,29 @@ def load_model(workdir: Optional[str], checkpoint: Optional[str] = None,
     if not workdir:
       raise ValueError('--workdir is required (or --checkpoint naming a .pth file or a folder '
                        'written by ssen_jax.convert_torch)')
-    return load_generator(workdir, None if checkpoint is None else int(checkpoint), best)
+    return load_generator(workdir, None if checkpoint is None else int(checkpoint), best,
+                          sharding)
   path = pathlib.Path(checkpoint)
   if path.is_dir():
-    return load_generator(path, None, best)
+    return load_generator(path, None, best, sharding)
   if not path.exists():
     raise FileNotFoundError(f'--checkpoint {checkpoint} is neither a step number nor an existing '
                             '.pth file or converted folder')
-  if config:
+  if isinstance(config, ml_collections.ConfigDict):
+    cfg = config
+  elif config:
     cfg = config_lib.load_config(config)
   elif workdir:
     cfg = checkpointing.read_config(workdir)
   else:
     raise ValueError(f'--checkpoint {checkpoint} needs --config FILE[:variant] (or a --workdir '
                      'with a config.json) to know the architecture')
+  source = (f'the given config ({cfg.model.variant})'
+            if isinstance(config, ml_collections.ConfigDict) else config or workdir)
   try:
-    return generator_from_pth(path, cfg)
+    return generator_from_pth(path, cfg, sharding)
   except convert.ConversionError as e:
     raise convert.ConversionError(
-        f'{checkpoint} does not fit the architecture of {config or workdir}: '
+        f'{checkpoint} does not fit the architecture of {source}: '
         f'{convert.summarize(e)}; python -m ssen_jax.convert_torch lists every '
         'problem') from None
