@@ -53,6 +53,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from ssen_jax.core import progress
 from ssen_jax.data import images
 from ssen_jax.inference import tiling
 
@@ -174,8 +175,9 @@ def main(argv: Sequence[str]) -> None:
     _log(f'tiled: {plan.count} tiles ({len(plan.ys)}x{len(plan.xs)}) of LR {plan.size[0]}x'
          f'{plan.size[1]}, overlap {plan.overlap}')
   run_start = time.perf_counter()
-  image = model.upscale_file(lr_img, ref_img, progress=lambda done, count: _log(
-      f'tile {done}/{count} done ({time.perf_counter() - run_start:.0f} s)'))
+  tiles = progress.Progress(plan.count if plan else 1, _log)
+  image = model.upscale_file(lr_img, ref_img, progress=lambda done, count: tiles.step(
+      f'tile of LR {plan.size[0]}x{plan.size[1]} done'))
   run_end = time.perf_counter()
   try:
     images.save_png_atomic(image, out)

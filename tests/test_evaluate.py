@@ -1,6 +1,7 @@
 """The evaluation CLI: Set5 bicubic reproduces the published figures; bad input fails cleanly."""
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -211,8 +212,9 @@ def test_evaluate_model_logs_i_of_n_per_run():
   sr_jit = lambda params, lr, ref: np.repeat(np.repeat(lr, 4, 1), 4, 2)
   protocol.evaluate_model(examples, sr_jit, None, scale=4, uses_ref=True, log_fn=lines.append,
                           save_fn=lambda name, sr: saved.append((name, sr.shape)))
-  assert '[XH] 1/2 000: PSNR' in lines[0] and '[XH] 2/2 001: PSNR' in lines[1]
-  assert len(lines) == 7 * 2 and lines[-1].startswith('[unrelated] 2/2 001')
+  assert '[XH] [1/2] 000: PSNR' in lines[0] and '[XH] [2/2] 001: PSNR' in lines[1]
+  assert all(re.search(r' \(\d+\.\d s elapsed, ETA \d+ s\)$', line) for line in lines), lines
+  assert len(lines) == 7 * 2 and lines[-1].startswith('[unrelated] [2/2] 001')
   assert ('000_XL', (32, 32, 3)) in saved and ('001_oracle', (32, 32, 3)) in saved
 
 

@@ -256,8 +256,8 @@ def test_cli_untiled_and_tiled(workdir, images, upscaler, jax_cache, tmp_path):
         + ' | '.join(l for l in proc.stderr.splitlines() if 'tile' in l))
   assert 'tiled: ' in proc.stderr and ' tiles (' in proc.stderr
   count = int(proc.stderr.split('tiled: ')[1].split(' tiles')[0])
-  assert f'tile {count}/{count} done' in proc.stderr  # Progress, one line per tile.
-  assert sum(f'/{count} done' in l for l in proc.stderr.splitlines()) == count
+  assert f'[{count}/{count}] tile of LR' in proc.stderr  # Progress, one line per tile.
+  assert sum(f'/{count}] tile of LR' in l for l in proc.stderr.splitlines()) == count
   a = np.asarray(Image.open(out)).astype(int)
   b = np.asarray(Image.open(out_tiled)).astype(int)
   assert a.shape == (4 * LR_SIZE[0], 4 * LR_SIZE[1], 3)

@@ -128,7 +128,7 @@ def test_selfsim_on_benchmark_folder(demo_dir, tmp_path, set5_dir, caplog):
   results = train.train_and_evaluate(config, str(tmp_path / 'selfsim'))
   assert results['levels'] == {} and np.isfinite(results['psnr'])
   # Evaluation progress (i/N per image) and its wall time are logged.
-  assert re.search(r'Step \d+ eval 1/1 \w+: PSNR', caplog.text), caplog.text[-2000:]
+  assert re.search(r'Step \d+ eval \[1/1\] \w+: PSNR', caplog.text), caplog.text[-2000:]
   assert re.search(r'Step \d+ eval: .*\(\d+\.\d s\)', caplog.text), caplog.text[-2000:]
   params, _ = final_params(tmp_path / 'selfsim')
   assert 'ssen' in params and 'groups_0' in params

@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ssen_jax.core import progress
 from ssen_jax.core.sharding import local_value
 from ssen_jax.data import datasets
 from ssen_jax.data import images
@@ -98,7 +99,8 @@ def evaluate_examples(examples: Sequence[dict], sr_fn: SrFn, *, scale: int,
   check_sizes(examples, scale)  # All of them before the first SR image is computed.
   per_image = []
   start = time.perf_counter()
-  for i, ex in enumerate(examples, 1):
+  counter = progress.Progress(len(examples), log_fn)
+  for ex in examples:
     sr = np.asarray(sr_fn(ex['lr'], ex['refs']))
     if sr.shape[:2] != ex['hr'].shape[:2]:
       raise ValueError(f'{ex["name"]}: SR output {sr.shape} does not match HR {ex["hr"].shape}')
@@ -110,9 +112,7 @@ def evaluate_examples(examples: Sequence[dict], sr_fn: SrFn, *, scale: int,
     per_image.append(row)
     if save_fn:
       save_fn(ex['name'], metrics.to_uint8(sr))
-    if log_fn:
-      log_fn(f'{i}/{len(examples)} {row["name"]}: PSNR {row["psnr"]:.3f} dB, '
-             f'SSIM {row["ssim"]:.4f}')
+    counter.step(f'{row["name"]}: PSNR {row["psnr"]:.3f} dB, SSIM {row["ssim"]:.4f}')
   return {'num_images': len(per_image),
           'psnr': float(np.mean([r['psnr'] for r in per_image])),
           'ssim': float(np.mean([r['ssim'] for r in per_image])),

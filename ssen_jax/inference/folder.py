@@ -13,9 +13,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import time
 from typing import Callable, Optional
 
+from ssen_jax.core import progress as progress_lib
 from ssen_jax.data import images
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm',
@@ -73,21 +73,16 @@ def upscale_folder(model, files: list[pathlib.Path], out_dir: pathlib.Path, *,
                    log: Callable[[str], None] = lambda _: None) -> FolderResult:
   """Super-resolves `files` into `out_dir` (module docstring); one progress line per image."""
   result = FolderResult()
-  start = time.perf_counter()
-  done = 0
-  n = len(files)
-  for i, path in enumerate(files, 1):
+  counter = progress_lib.Progress(len(files), log)
+  for path in files:
     out = out_dir / f'{path.stem}.png'
 
-    def progress(what: str) -> None:
-      elapsed = time.perf_counter() - start
-      eta = elapsed / max(done, 1) * (n - i) if done else float('nan')
-      eta_text = f'ETA {eta:.0f} s' if done else 'ETA ?'
-      log(f'[{i}/{n}] {path.name}: {what} ({elapsed:.1f} s elapsed, {eta_text})')
+    def progress(what: str, worked: bool = True) -> None:
+      counter.step(f'{path.name}: {what}', worked=worked)
 
     if out.exists() and not overwrite:
       result.kept.append(path.name)
-      progress(f'{out} exists, kept')
+      progress(f'{out} exists, kept', worked=False)
       continue
     try:
       lr_img = images.read_image(path, allow_large=allow_large)
@@ -101,14 +96,13 @@ def upscale_folder(model, files: list[pathlib.Path], out_dir: pathlib.Path, *,
       images.save_png_atomic(image, out)
     except (ValueError, OSError) as e:  # DatasetError is a ValueError.
       result.failed.append((path.name, str(e)))
-      progress(f'skipped: {e}')
+      progress(f'skipped: {e}', worked=False)
       continue
     except (MemoryError, RuntimeError) as e:  # An XLA out-of-memory is a RuntimeError.
       why = resource_error(e)
       result.failed.append((path.name, why))
       progress(f'failed: {why}')
       continue
-    done += 1
     result.written.append(path.name)
     progress(f'wrote {out}')
   return result
