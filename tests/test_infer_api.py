@@ -155,3 +155,135 @@ def test_import_stays_light():
           'assert "jax" not in sys.modules, "import ssen_jax imported jax"')
   proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60)
   assert proc.returncode == 0, proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Lists, batches, .pth weights, devices (Set5 crops).
+
+
+@pytest.fixture(scope='module')
+def set5_crops(set5_dir):
+  """Small LR crops of Set5 (five 24x32, two 20x28, one gray 24x32) and references from other
+  images (some None: self-reference)."""
+  pictures = [np.asarray(Image.open(set5_dir / f'{n}.png').convert('RGB'))
+              for n in ('baby', 'bird', 'butterfly', 'head', 'woman')]
+  lrs = [p[40 + 7 * i:64 + 7 * i, 50:82] for i, p in enumerate(pictures)]
+  lrs += [pictures[0][200:220, 100:128], pictures[2][100:120, 30:58]]
+  lrs.append(pictures[4][60:84, 40:72].mean(-1).astype(np.uint8))  # Gray, the first size.
+  refs = [pictures[(i + 1) % 5][:72, :90] for i in range(len(lrs))]
+  refs[1] = refs[5] = None
+  return lrs, refs
+
+
+def one_by_one(model, lrs, refs):
+  return [model(x, r) for x, r in zip(lrs, refs)]
+
+
+def test_list_and_batch_equal_one_by_one(model, set5_crops, capsys):
+  lrs, refs = set5_crops
+  expected = one_by_one(model, lrs, refs)
+  before = set(model._batched)
+  got = model(lrs, refs, progress=True)
+  assert isinstance(got, list) and len(got) == len(lrs)
+  for g, e in zip(got, expected):
+    assert g.dtype == e.dtype and g.shape == e.shape
+    np.testing.assert_array_equal(g, e)  # Bitwise.
+  # Six 24x32 images run as 4 + 2, the two 20x28 together: three batch shapes, compiled once.
+  assert set(model._batched) - before == {(4, 24, 32), (2, 24, 32), (2, 20, 28)}
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert lines[-1].startswith('[8/8]') and all(l.startswith('[') for l in lines), lines
+  compiled = dict(model._batched)
+  np.testing.assert_array_equal(model(lrs, refs)[3], expected[3])  # Reused, nothing new.
+  assert model._batched == compiled and capsys.readouterr().err == ''
+  # A batch (N, H, W, C) with N references, or none: the stack of the one-image results.
+  batch = np.stack(lrs[:5])
+  ref_batch = np.stack([r for r in refs if r is not None][:5])
+  out = model(batch, ref_batch)
+  assert out.shape == (5, 96, 128, 3) and out.dtype == np.uint8
+  np.testing.assert_array_equal(out, np.stack(one_by_one(model, lrs[:5], ref_batch)))
+  np.testing.assert_array_equal(model(batch.astype(np.float32) / 255)[2],
+                                model(lrs[2].astype(np.float32) / 255))
+  assert model([]) == []
+
+
+def test_list_with_tiles_and_progress(model, set5_crops, capsys):
+  lrs, refs = set5_crops
+  tiled = api.Model(model.generator, tile=24, overlap=8, progress=True)
+  pair = [lrs[0], lrs[5]]  # 24x32 (two tiles) and 20x28 (two tiles).
+  got = tiled(pair, [refs[0], None])
+  err = capsys.readouterr().err
+  assert 'tile 2/2' in err and '[2/2]' in err
+  for g, x, r in zip(got, pair, [refs[0], None]):
+    np.testing.assert_array_equal(g, tiled(x, r, progress=False))
+  assert capsys.readouterr().err == ''
+
+
+def test_pth_and_converted_folder_equal_workdir(workdir, model, set5_crops, tmp_path):
+  import torch
+  from conftest import REPO_ROOT
+  from ssen_jax.core import checkpointing
+  from ssen_jax.interop import convert
+  import ssen_jax
+  lrs, refs = set5_crops
+  params = checkpointing.restore_params(workdir, model.generator.params)[0]
+  state = {k: torch.from_numpy(np.array(v)) for k, v in convert.params_to_state_dict(params).items()}
+  torch.save(state, tmp_path / 'ssen.pth')
+  expected = model(lrs[0], refs[0])
+  config = f'{REPO_ROOT / "configs" / "refsr.py"}:tiny,no_nonlocal'
+  for loaded in (ssen_jax.load_model(tmp_path / 'ssen.pth', config=config),
+                 ssen_jax.load_model(workdir, checkpoint=tmp_path / 'ssen.pth'),
+                 ssen_jax.load_model(checkpoint=workdir),  # A convert_torch-style folder.
+                 ssen_jax.load_model(workdir, step=model.step),
+                 ssen_jax.load_model(workdir, checkpoint=model.step)):
+    np.testing.assert_array_equal(loaded(lrs[0], refs[0]), expected)
+
+
+def test_device_is_honoured(workdir, model, set5_crops):
+  import jax
+  import ssen_jax
+  lrs, refs = set5_crops
+  device = jax.devices()[1]
+  there = ssen_jax.load_model(workdir, device=device)
+  assert {d for x in jax.tree.leaves(there.generator.params) for d in x.devices()} == {device}
+  got = there(lrs[:2], refs[:2])
+  h, w = lrs[0].shape[:2]
+  for exe in (there.upscaler.compiled(h, w), there.batched(2, h, w)):
+    assert {d for s in jax.tree.leaves(exe.input_shardings) for d in s.device_set} == {device}
+  for g, e in zip(got, one_by_one(model, lrs[:2], refs[:2])):
+    np.testing.assert_array_equal(g, e)
+  # A mesh of two devices, parameters replicated: a batch of two splits over it.
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[2:4]), ('data',))
+  spread = ssen_jax.load_model(
+      workdir, device=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  got = spread(lrs[:2], refs[:2])
+  batch_sharding = spread.batched(2, h, w).input_shardings[0][1]
+  assert batch_sharding.device_set == set(mesh.devices) and not batch_sharding.is_fully_replicated
+  for g, e in zip(got, one_by_one(model, lrs[:2], refs[:2])):
+    np.testing.assert_array_equal(g, e)
+
+
+def test_many_bad_inputs_are_one_sentence(model, workdir, set5_crops, tmp_path):
+  import ssen_jax
+  lrs, refs = set5_crops
+  (tmp_path / 'w.pth').write_bytes(b'')
+  cases = [
+      (lambda: model(lrs[:3], refs[:2]), 'list of 3 images but ref holds 2'),
+      (lambda: model(np.stack(lrs[:3]), np.zeros((2, 8, 8, 3), np.uint8)),
+       'batch of 3 images but ref holds 2'),
+      (lambda: model(lrs[:2], refs[0]), 'ref must be None or a list'),
+      (lambda: model(lrs[0], refs[:1]), 'lr is one image'),
+      (lambda: model([lrs[0], lrs[1][..., :2].astype(np.int32)]), r'lr\[1\] has dtype int32'),
+      (lambda: model(np.zeros((0, 8, 8, 3), np.uint8)), 'empty batch'),
+      (lambda: ssen_jax.load_model(workdir, step=1, checkpoint='1'), 'not both'),
+      (lambda: ssen_jax.load_model(tmp_path / 'w.pth'), 'config='),
+      (lambda: ssen_jax.load_model(checkpoint=3), 'is a step'),
+      (lambda: ssen_jax.load_model(workdir, device='cpu'), 'jax.Device'),
+      (lambda: ssen_jax.load_model(workdir, batch_size=0), 'batch_size'),
+      (lambda: ssen_jax.load_model(), 'needs a workdir'),
+  ]
+  for call, words in cases:
+    with pytest.raises(ValueError, match=words) as e:
+      call()
+    assert '\n' not in str(e.value)
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    ssen_jax.load_model(tmp_path / 'nowhere')
