@@ -105,10 +105,9 @@ def _to_local(text: str) -> str:
   return text.replace(f'gs://{BUCKET}', str(_cloud() / 'bucket'))
 
 
-def _kill_owned(owner: str, variable: str = 'REHEARSAL_OWNER') -> None:
-  """SIGKILLs the processes started for `owner` (a worker's home; with REHEARSAL_CLOUD, every
-  process of one rehearsal), found by the variable their environment holds."""
-  me = os.getpid()
+def _owned(owner: str, variable: str) -> list[int]:
+  """Pids of the processes whose environment holds variable=owner (this one excepted)."""
+  me, pids = os.getpid(), []
   for proc in pathlib.Path('/proc').iterdir():
     if not proc.name.isdigit() or int(proc.name) == me:
       continue
@@ -116,11 +115,38 @@ def _kill_owned(owner: str, variable: str = 'REHEARSAL_OWNER') -> None:
       environ = (proc / 'environ').read_bytes().split(b'\0')
     except OSError:
       continue
-    if f'{variable}={owner}'.encode() in environ:
+    if f'{variable}={owner}'.encode() in environ and _alive(int(proc.name)):
+      pids.append(int(proc.name))
+  return pids
+
+
+def _kill_owned(owner: str, variable: str = 'REHEARSAL_OWNER') -> None:
+  """SIGKILLs the processes started for `owner` (a worker's home; with REHEARSAL_CLOUD, every
+  process of one rehearsal), found by the variable their environment holds, until none is left."""
+  deadline = time.monotonic() + 30
+  while (pids := _owned(owner, variable)) and time.monotonic() < deadline:
+    for pid in pids:
       try:
-        os.kill(int(proc.name), signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
       except ProcessLookupError:
         pass
+    time.sleep(0.2)
+
+
+def _remove(folder: str | os.PathLike) -> None:
+  """Removes a killed worker's folder, retrying while its processes' last writes land."""
+  for _ in range(20):
+    shutil.rmtree(folder, ignore_errors=True)
+    if not os.path.exists(folder):
+      return
+    time.sleep(0.5)
+  raise OSError(f'cannot remove {folder}')
+
+
+def _wipe(folder: str) -> None:
+  """Empties a killed worker's home: its disk is lost."""
+  _remove(folder)
+  pathlib.Path(folder).mkdir()
 
 
 def _tpu_file(name: str) -> pathlib.Path:
@@ -178,7 +204,7 @@ def gcloud(args: list[str]) -> int:
   if command == 'delete':
     for home in tpu['homes']:
       _kill_owned(home)
-    shutil.rmtree(_cloud() / 'tpu' / name, ignore_errors=True)
+    _remove(_cloud() / 'tpu' / name)
     path.unlink()
     return 0
   if tpu['state'] != 'READY':
@@ -493,8 +519,7 @@ class Rehearsal:
       for h in tpu_json['homes']:
         _kill_owned(h)
       for h in tpu_json['homes']:
-        shutil.rmtree(h)
-        pathlib.Path(h).mkdir()
+        _wipe(h)
       state.write_text(json.dumps({**tpu_json, 'state': 'PREEMPTED'}))
       m = self.wait_for(part, logs[0], r'Resumed from step (\d+)', watching,
                         'the recreated TPU resuming')
