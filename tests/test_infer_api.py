@@ -179,7 +179,17 @@ def one_by_one(model, lrs, refs):
   return [model(x, r) for x, r in zip(lrs, refs)]
 
 
-def test_list_and_batch_equal_one_by_one(model, set5_crops, capsys):
+@pytest.fixture(scope='module')
+def nonlocal_model(tmp_path_factory):
+  """The tiny model with its non-local blocks: batched attention rounds differently."""
+  import ssen_jax
+  path = tmp_path_factory.mktemp('api_nonlocal') / 'wd'
+  make_workdir(path, 'tiny')
+  return ssen_jax.load_model(path)
+
+
+def test_list_and_batch_equal_one_by_one(nonlocal_model, set5_crops, capsys):
+  model = nonlocal_model
   lrs, refs = set5_crops
   expected = one_by_one(model, lrs, refs)
   before = set(model._batched)
@@ -204,6 +214,10 @@ def test_list_and_batch_equal_one_by_one(model, set5_crops, capsys):
   np.testing.assert_array_equal(model(batch.astype(np.float32) / 255)[2],
                                 model(lrs[2].astype(np.float32) / 255))
   assert model([]) == []
+  # vectorize=True: one vectorized call per group, equal up to float rounding.
+  vectorized = api.Model(model.generator, vectorize=True)
+  for g, e in zip(vectorized(lrs[5:7], refs[5:7]), expected[5:7]):
+    assert np.abs(g.astype(int) - e).max() <= 1
 
 
 def test_list_with_tiles_and_progress(model, set5_crops, capsys):

@@ -21,8 +21,10 @@ C) array; the references are then None or a list / batch of N (None entries: sel
 Images of one size that fit the budget untiled run together, `batch_size` (8) per model call at
 most, fewer where the budget asks: a group of n is cut into powers of two (8 + 4 + 1 for 13), so a
 size compiles at most log2(batch_size) + 1 batch shapes, each once and reused by later calls, and
-no call computes padding. On CPU every image's result is bitwise the one-image call's (tests); an
-accelerator may choose other convolution algorithms per batch size (differences of float rounding).
+no call computes padding. A call runs the one-image program per image (`lax.map`), so every result
+is bitwise the one-image call's; it saves the per-call dispatch and transfers. `vectorize=True`
+makes it one vectorized batch instead (for accelerators, where small images leave the chip idle;
+batched matrix products round differently, so results may differ by float rounding).
 """
 from __future__ import annotations
 
@@ -89,10 +91,11 @@ class Model:
 
   def __init__(self, generator: Any, *, max_memory_gb: Optional[float] = None,
                tile: Optional[int] = None, overlap: int = tiling.DEFAULT_OVERLAP,
-               batch_size: int = 8, progress: bool = False,
+               batch_size: int = 8, vectorize: bool = False, progress: bool = False,
                log: Callable[[str], None] = lambda _: None):
     """`max_memory_gb`: the budget (tiling.default_memory_bytes() if None); `tile` forces tiles;
-    `batch_size`: most images of one size per model call; `progress`: `__call__`'s default."""
+    `batch_size`: most images of one size per model call; `vectorize`: such a call is one
+    vectorized batch (`batched`); `progress`: `__call__`'s default."""
     if tile is not None and tile < 1:
       raise ValueError(f'tile must be positive, got {tile}')
     if overlap < 0:
@@ -104,7 +107,7 @@ class Model:
     self.generator = generator
     self.max_bytes = None if max_memory_gb is None else int(max_memory_gb * 2**30)
     self.tile, self.overlap, self.log = tile, overlap, log
-    self.batch_size, self.progress = batch_size, bool(progress)
+    self.batch_size, self.vectorize, self.progress = batch_size, bool(vectorize), bool(progress)
     self.upscaler = tiling.Upscaler(generator, log=log)
     self._plans: dict[tuple[int, int, int], Optional[tiling.TilePlan]] = {}
     self._batched: dict[tuple[int, int, int], Any] = {}  # (n, h, w) -> executable.
@@ -175,37 +178,61 @@ class Model:
 
   def batch_limit(self, h: int, w: int, ref_bytes: int = 0) -> int:
     """The most LR (h, w) images one model call takes: `batch_size`, halved until the budget
-    holds the batch (parameters once; per image the one-image call's activations and, on CPU,
-    its host arrays). 1 when even two do not fit."""
+    holds the batch: one image's activations (all of them with `vectorize`), each image's input,
+    reference and output and, on CPU, its host arrays. 1 when even two do not fit."""
     max_bytes = tiling.default_memory_bytes() if self.max_bytes is None else self.max_bytes
+    one = self.upscaler.estimate_bytes(h, w)
     params = self.upscaler._param_bytes  # pylint: disable=protected-access
-    per_image = (max(self.upscaler.estimate_bytes(h, w) - params, 0) +
-                 self.upscaler.host_bytes(h, w, ref_bytes))
+    s2 = self.scale * self.scale
+    io = 4 * 3 * h * w * (1 + s2 * (1 + self.uses_ref))  # float32 lr, output, reference.
+    per_image = (max(one - params, 0) if self.vectorize else io) + self.upscaler.host_bytes(
+        h, w, ref_bytes)
     n = 1 << (self.batch_size.bit_length() - 1)  # The largest power of two <= batch_size.
-    while n > 1 and params + n * per_image > max_bytes:
+    while n > 1 and one + (n - 1) * per_image > max_bytes:
       n //= 2
     return n
 
   def batched(self, n: int, h: int, w: int):
-    """The executable for n LR (h, w) images, compiled on first use (the parameters' devices;
-    a mesh splits the batch over its devices where n divides evenly)."""
+    """The executable for n LR (h, w) images, compiled on first use.
+
+    Without `vectorize` it runs the one-image program n times (`lax.map`): bitwise the one-image
+    results on every backend (a vectorized batch may not be: batched matrix products round
+    differently, e.g. in the non-local attention). On a mesh (`load_model(device=NamedSharding)`)
+    the batch is split over its devices where n divides evenly, else each runs all of it.
+    """
     key = (n, h, w)
     if key not in self._batched:
       import time  # pylint: disable=import-outside-toplevel
       import jax  # pylint: disable=import-outside-toplevel
       import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-      sharding, s = self.sharding, self.scale
+      P = jax.sharding.PartitionSpec  # pylint: disable=invalid-name
+      fn, uses_ref, s = self.generator.sr_fn, self.uses_ref, self.scale
+
+      def run(params, lr, ref):
+        if self.vectorize:
+          return fn(params, lr, ref)
+        return jax.lax.map(lambda x: fn(params, x[0][None], None if x[1] is None else
+                                        x[1][None])[0], (lr, ref))
+
+      sharding = self.sharding
       if isinstance(sharding, jax.sharding.NamedSharding):
-        spec = (jax.sharding.PartitionSpec(tuple(sharding.mesh.axis_names))
-                if n % sharding.mesh.size == 0 else jax.sharding.PartitionSpec())
-        sharding = jax.sharding.NamedSharding(sharding.mesh, spec)
+        mesh = sharding.mesh
+        batch = P(tuple(mesh.axis_names)) if n % mesh.size == 0 else P()
+        sharding = jax.sharding.NamedSharding(mesh, batch)
+        if batch != P() and not self.vectorize:  # Each device maps over its own images.
+          if uses_ref:
+            run = jax.shard_map(run, mesh=mesh, in_specs=(P(), batch, batch), out_specs=batch)
+          else:
+            local = jax.shard_map(lambda p, x: run(p, x, None), mesh=mesh,
+                                  in_specs=(P(), batch), out_specs=batch)
+            run = lambda p, x, r: local(p, x)
       elif not isinstance(sharding, jax.sharding.SingleDeviceSharding):
         sharding = None  # Left to jit: the parameters' devices.
       lr = jax.ShapeDtypeStruct((n, h, w, 3), jnp.float32, sharding=sharding)
       ref = (jax.ShapeDtypeStruct((n, s * h, s * w, 3), jnp.float32, sharding=sharding)
-             if self.uses_ref else None)
+             if uses_ref else None)
       start = time.perf_counter()
-      self._batched[key] = self.generator.sr_fn.lower(self.generator.params, lr, ref).compile()
+      self._batched[key] = jax.jit(run).lower(self.generator.params, lr, ref).compile()
       self.log(f'compiled for {n} x LR {h}x{w} in {time.perf_counter() - start:.1f} s')
     return self._batched[key]
 
@@ -242,7 +269,7 @@ class Model:
     for i, lr in enumerate(lrs):
       groups.setdefault(lr.rgb.shape[:2], []).append(i)
 
-    def report(indices: Sequence[int], what: str) -> None:
+    def report(what: str) -> None:
       if progress is not None:
         progress(f'[{done}/{count}] {what}')
 
@@ -257,7 +284,7 @@ class Model:
           tiles = lambda k, n, i=i: progress(f'[{done}/{count}] image {i + 1}: tile {k}/{n}')
         results[i] = self.upscale(lrs[i], refs[i], progress=tiles)
         done += 1
-        report([i], f'image {i + 1} ({h}x{w}, tiled)')
+        report(f'image {i + 1} ({h}x{w}, tiled)')
       if not together:
         continue
       limit = self.batch_limit(h, w, max(self._ref_bytes(refs[i]) for i in together))
@@ -270,7 +297,7 @@ class Model:
           results[i] = (sr, alpha)
         done += n
         names = ', '.join(str(i + 1) for i in chunk)
-        report(chunk, f'image{"s" * (n > 1)} {names} ({h}x{w})')
+        report(f'image{"s" * (n > 1)} {names} ({h}x{w})')
     return results
 
   # -------------------------------------------------------------------------------------------
@@ -356,7 +383,7 @@ def load_model(workdir: Optional[str | os.PathLike] = None, *,
                best: bool = False, config: Any = None, device: Any = None,
                max_memory_gb: Optional[float] = None, tile: Optional[int] = None,
                overlap: int = tiling.DEFAULT_OVERLAP, batch_size: int = 8,
-               progress: bool = False) -> Model:
+               vectorize: bool = False, progress: bool = False) -> Model:
   """Restores a model for `model(lr)`: a training workdir, a `convert_torch` folder or a .pth.
 
     load_model('/ckpt/ssen')                               # the latest checkpoint
@@ -379,6 +406,9 @@ def load_model(workdir: Optional[str | os.PathLike] = None, *,
       where the parameters are put and the model runs; default the first local device.
     max_memory_gb, tile, overlap: tiling, as `python -m ssen_jax.infer`'s flags.
     batch_size: most images of one size per model call (lists and batches).
+    vectorize: run such a call as one vectorized batch (faster on an accelerator; its results may
+      differ from one-image calls by float rounding) instead of the one-image program per image
+      inside the call (bitwise the one-image results; the default).
     progress: print `[i/N] ...` per image and tile to stderr by default (`model(..., progress=)`
       overrides it).
 
@@ -426,4 +456,4 @@ def load_model(workdir: Optional[str | os.PathLike] = None, *,
   gen = restore.generator_from_flags(None if workdir is None else str(workdir), checkpoint,
                                      config, best, sharding)
   return Model(gen, max_memory_gb=max_memory_gb, tile=tile, overlap=overlap,
-               batch_size=batch_size, progress=progress)
+               batch_size=batch_size, vectorize=vectorize, progress=progress)
