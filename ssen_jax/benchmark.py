@@ -4,6 +4,8 @@ r"""Speed and memory figures of ssen_jax, optionally against the PyTorch referen
   python -m ssen_jax.benchmark --what infer --compare torch   # full `ssen`, 80x137 LR -> 320x548
   python -m ssen_jax.benchmark --what train --compare torch   # train step, batch 4, 160x160 HR
   python -m ssen_jax.benchmark --what memory                  # 1024x1024 and 512x512 LR, peak RSS
+  python -m ssen_jax.benchmark --what compile --config configs/selfsim.py  # published size: FLOPs,
+      # XLA memory, compile time, 2 steps here, accelerator estimates (--repeats 0: compile only)
   python -m ssen_jax.benchmark --what op --repeats 1 --tiny --json /tmp/op.json   # smoke test
   launch/gpu_benchmark.sh --out DIR   # on a GPU: op, infer, train at batch 32; torch on the GPU too
 
@@ -41,7 +43,7 @@ from absl import flags
 from ssen_jax.data import files
 
 FLAGS = flags.FLAGS
-WHAT = ('op', 'infer', 'train', 'memory')
+WHAT = ('op', 'infer', 'train', 'memory', 'compile')
 
 
 def define_flags() -> None:
@@ -61,7 +63,8 @@ def define_flags() -> None:
   flags.DEFINE_enum('torch_device', 'auto', ['auto', 'cpu', 'cuda'], 'Where the PyTorch peers '
                     'run; auto: cuda when JAX runs on a GPU (the same chip for both), else cpu.')
   flags.DEFINE_string('infer_lr', None, '--what infer: LR size HxW (default 80x137).')
-  flags.DEFINE_integer('train_batch', None, '--what train: batch (default 4).')
+  flags.DEFINE_integer('train_batch', None, '--what train: batch (default 4); --what compile: '
+                       'batch (default: the config\'s).')
   flags.DEFINE_string('infer_once', None, 'Internal (memory child): run one inference of an HxW '
                       'LR input and print its timings as JSON.')
 
@@ -69,9 +72,10 @@ def define_flags() -> None:
 def _benchmarks():
   """--what -> (function, default repeats); imported here so that --help stays fast."""
   # pylint: disable=import-outside-toplevel
-  from ssen_jax.benchmarks import memory, model_speed, op
+  from ssen_jax.benchmarks import full_size, memory, model_speed, op
   return {'op': (op.bench_op, 20), 'infer': (model_speed.bench_infer, 7),
-          'train': (model_speed.bench_train, 5), 'memory': (memory.bench_memory, 1)}
+          'train': (model_speed.bench_train, 5), 'memory': (memory.bench_memory, 1),
+          'compile': (full_size.bench_compile, 2)}
 
 
 def check_json(path: str, overwrite: bool) -> None:
@@ -124,7 +128,10 @@ def main(argv: Sequence[str]) -> None:
     torch = torch_peers.import_torch(FLAGS.torch_threads) if FLAGS.compare == 'torch' else None
     torch_device = torch_peers.resolve_torch_device(torch, FLAGS.torch_device) if torch else 'cpu'
     fn, default_repeats = _benchmarks()[FLAGS.what]
-    repeats = FLAGS.repeats or default_repeats
+    repeats = default_repeats if FLAGS.repeats is None else FLAGS.repeats
+    if repeats < (0 if FLAGS.what == 'compile' else 1):
+      sys.exit(f'error: --repeats must be at least {0 if FLAGS.what == "compile" else 1}, '
+               f'got {repeats}.')
     result = dict(what=FLAGS.what, tiny=FLAGS.tiny, repeats=repeats,
                   compare=FLAGS.compare, machine=harness.machine_info(torch, torch_device),
                   pause_s=FLAGS.pause, **fn(repeats, FLAGS.tiny, torch, FLAGS.pause,

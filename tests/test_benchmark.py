@@ -3,6 +3,7 @@
 The sizes are tiny (`--tiny`, one repetition): these tests check structure, never speed.
 """
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -173,3 +174,22 @@ def test_json_write_is_atomic(tmp_path):
   assert [p.name for p in tmp_path.iterdir()] == ['op.json']  # ... and nothing is left beside.
   benchmark.write_json(str(out), {'a': 1})
   assert json.loads(out.read_text()) == {'a': 1} and oct(out.stat().st_mode & 0o777) != '0o600'
+
+
+def test_compile_reports_flops_memory_and_estimates(tmp_path):
+  """--what compile on the tiny config at batch 4: XLA's FLOPs and memory for the train step, a
+  per-sample slope from batch 2, one measured step, and the accelerator estimates."""
+  out = tmp_path / 'compile.json'
+  proc = _run('--what', 'compile', '--tiny', '--train_batch', '4', '--repeats', '1',
+              f'--json={out}', without_torch=True)
+  row = json.loads(out.read_text())['compile'][0]
+  assert row['batch'] == 4 and row['gflop_per_step'] > 0 and row['compile_s'] > 0
+  assert row['per_sample_gb'] > 0 and row['step_memory_gb'] > row['fixed_gb'] > 0
+  assert row['step_s'] > 0 and math.isfinite(row['loss']) and row['peak_rss_gb'] > 0.1
+  estimates = json.loads(out.read_text())['estimates']
+  assert [e['accelerator'].split(' (')[0] for e in estimates] == ['H100 SXM', 'TPU v4-8',
+                                                                    'TPU v5e-8']
+  assert all(e['paper_schedule_hours'] > 0 and e['largest_batch_per_chip'] > 4 for e in estimates)
+  assert len(_table(proc.stdout, 'config')) == 1 and 'ESTIMATE' in proc.stdout
+  bad = _run('--what', 'train', '--repeats', '0', check=False)
+  assert bad.returncode == 1 and bad.stderr.strip() == 'error: --repeats must be at least 1, got 0.'

@@ -114,6 +114,21 @@ def to_markdown(result: Mapping[str, Any]) -> str:
         [(r['lr'], r['output'], f"{r['peak_rss_gb']:.2f}", f"{r['wall_s']:.1f}",
           f"{r['compile_s']:.1f}", f"{r['run_s']:.1f}", r['rss_source'])
          for r in result['memory']], align='llrrrrl') + ['']
+  if result.get('compile'):
+    fmt = lambda v, f: '' if v is None else format(v, f)
+    lines += markdown_table(
+        ('config', 'batch', 'GFLOP/step', 'step GB (XLA)', 'GB/sample', 'fixed GB', 'compile s',
+         'step s (here)', 'peak RSS GB'),
+        [(r['config'], r['batch'], f"{r['gflop_per_step']:.0f}", f"{r['step_memory_gb']:.2f}",
+          f"{r['per_sample_gb']:.3f}", f"{r['fixed_gb']:.2f}", f"{r['compile_s']:.1f}",
+          fmt(r.get('step_s'), '.2f'), fmt(r.get('peak_rss_gb'), '.1f'))
+         for r in result['compile']], align='lrrrrrrrr') + ['']
+  if result.get('estimates'):
+    lines += markdown_table(
+        ('accelerator (ESTIMATE)', "paper's 100K steps, hours", 'largest batch per chip'),
+        [(r['accelerator'], f"{r['paper_schedule_hours']:.1f}",
+          '' if r['largest_batch_per_chip'] is None else r['largest_batch_per_chip'])
+         for r in result['estimates']], align='lrr') + ['']
   if result.get('ratios'):
     met = lambda r: '' if r['met'] is None else ('yes' if r['met'] else '**no**')
     lines += markdown_table(
