@@ -516,11 +516,11 @@ class Rehearsal:
                'disks wiped): the watch must recreate, reinstall and resume it')
       state = _tpu_file(TPU_NAME)
       tpu_json = json.loads(state.read_text())
+      state.write_text(json.dumps({**tpu_json, 'state': 'PREEMPTED'}))  # First: no more ssh.
       for h in tpu_json['homes']:
         _kill_owned(h)
       for h in tpu_json['homes']:
         _wipe(h)
-      state.write_text(json.dumps({**tpu_json, 'state': 'PREEMPTED'}))
       m = self.wait_for(part, logs[0], r'Resumed from step (\d+)', watching,
                         'the recreated TPU resuming')
       self.say(f'{part}: recreated TPU resumed from step {m.group(1)}; waiting for the end')

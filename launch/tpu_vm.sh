@@ -260,12 +260,14 @@ start_training() {
   # NAME='value': a shell takes a word as an assignment only when NAME= is not quoted.
   for e in ${ENV_VARS[@]+"${ENV_VARS[@]}"}; do envs+=" ${e%%=*}=$(shell_quote "${e#*=}")"; done
   local pid=logs/train.pid
-  local remote="set -eu; cd $D && mkdir -p logs; if $ALIVE; then"
+  local remote="set -eu; cd $D; mkdir -p logs; if $ALIVE; then"
   remote+=" echo \"$HOST: training already runs (pid \$(cat $pid)); stop it first\" >&2; exit 1; fi"
   remote+="; rm -f $pid logs/train.exit logs/stopped"
   remote+="; $envs nohup sh -c $(shell_quote "$WAITER") trainer .venv/bin/python -m ssen_jax.main"
   remote+=" $(quote_words "${TRAIN_FLAGS[@]}") >> logs/train.log 2>&1 < /dev/null &"
   remote+=" i=0; while [ ! -s $pid ] && [ \$i -lt 100 ]; do sleep 0.1; i=\$((i + 1)); done"
+  remote+="; [ -s $pid ] || { echo \"$HOST: the trainer did not start; see"
+  remote+=" ~/$REMOTE_DIR/logs/train.log\" >&2; exit 1; }"
   remote+="; echo \"$HOST: training started (pid \$(cat $pid)), log ~/$REMOTE_DIR/logs/train.log\""
   on_workers all "$remote"
 }

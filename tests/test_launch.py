@@ -303,6 +303,17 @@ def test_tpu_run_on_a_worker_then_stop(env, tmp_path, fake_python):
       pass
 
 
+def test_tpu_run_on_a_worker_without_the_repository_fails(env, tmp_path):
+  """A worker whose disk lost the repository (or never had it): run fails there and writes
+  nothing into its home."""
+  home = tmp_path / 'worker'
+  home.mkdir()
+  proc = run('tpu_vm.sh', 'run', *TPU, '--workdir', 'gs://b/r',
+             env={**env, 'FAKE_REMOTE_HOME': str(home)})
+  assert proc.returncode != 0 and "can't cd to ssen_jax" in proc.stderr
+  assert list(home.iterdir()) == []
+
+
 def test_tpu_install_copies_repo_and_makes_venv(env, tmp_path, small_repo):
   home = tmp_path / 'worker'
   (home / '.local' / 'bin').mkdir(parents=True)
