@@ -37,11 +37,13 @@ PAPER_STEPS = 100_000
 # (name, chips, peak dense bf16 TFLOP/s per chip, memory GB per chip): vendors' published figures.
 ACCELERATORS = (('H100 SXM (1 GPU)', 1, 989.0, 80.0), ('TPU v4-8 (4 chips)', 4, 275.0, 32.0),
                 ('TPU v5e-8 (8 chips)', 8, 197.0, 16.0))
-# Assumed model FLOP utilisation. SSEN's arithmetic is mostly 3x3 convolutions at 64 channels on
-# 40x40 LR maps (small matrices) plus deformable gathers and attention, which are bound by memory
-# traffic rather than by the matrix units: 25 % is a round figure below what large dense models
-# reach (40-60 %) and above what gather-heavy code often gets. Measure before planning on it.
-ASSUMED_UTILISATION = 0.25
+# Assumed model FLOP utilisation, a high and a low guess. SSEN's arithmetic is mostly 3x3
+# convolutions at 64 channels on 40x40 LR maps (matrices only 64 wide, which keep a GPU's or TPU's
+# matrix units partly idle) plus deformable gathers and attention, bound by memory traffic rather
+# than by arithmetic: 25 % is below what large dense models reach (40-60 %), 5 % what gather-heavy,
+# narrow code can fall to. Per-step overheads (input pipeline, host transfers) come on top.
+# Measure (launch/gpu_benchmark.sh) before planning on either.
+ASSUMED_UTILISATION = (0.25, 0.05)
 
 
 def _abstract_batch(config, batch: int) -> Dict[str, jax.ShapeDtypeStruct]:
@@ -120,13 +122,16 @@ def bench_compile(repeats: int, tiny: bool, torch=None, pause: float = 0.0,
                  f'of this machine\'s {host_gb:.0f} GB')
   estimates = []
   for name, chips, tflops, mem_gb in ACCELERATORS:
-    seconds = full['gflop'] * 1e9 * PAPER_STEPS / (chips * tflops * 1e12 * ASSUMED_UTILISATION)
+    hours = [full['gflop'] * 1e9 * PAPER_STEPS / (chips * tflops * 1e12 * u) / 3600
+             for u in ASSUMED_UTILISATION]
     fit = int((mem_gb - fixed) / per_sample) if per_sample > 0 else None
-    estimates.append(dict(accelerator=name, paper_schedule_hours=seconds / 3600,
+    estimates.append(dict(accelerator=name, paper_schedule_hours=hours[0],
+                          paper_schedule_hours_low_utilisation=hours[1],
                           largest_batch_per_chip=fit, global_batch_per_chip=batch / chips))
-  notes.append(f'estimates: {PAPER_STEPS:,} steps at batch {batch}, bf16 peak rates, '
-               f'{ASSUMED_UTILISATION:.0%} utilisation assumed (ssen_jax/benchmarks/full_size.py '
-               'says why); memory from XLA:CPU\'s analysis of the float32 step')
+  high, low = ASSUMED_UTILISATION
+  notes.append(f'estimates: {PAPER_STEPS:,} steps at batch {batch}, bf16 peak rates, {high:.0%} '
+               f'and {low:.0%} utilisation assumed (ssen_jax/benchmarks/full_size.py says why), '
+               'no per-step overheads; memory from XLA:CPU\'s analysis of the float32 step')
   ratios = [harness.ratio('train step compile s', compile_s, '<= 60')]
   return dict(settings=f'{config_spec} as published{" (tiny)" if tiny else ""}, one device, '
                        f'float32 ({config.dtype} in the config)',

@@ -125,8 +125,10 @@ def to_markdown(result: Mapping[str, Any]) -> str:
          for r in result['compile']], align='lrrrrrrrr') + ['']
   if result.get('estimates'):
     lines += markdown_table(
-        ('accelerator (ESTIMATE)', "paper's 100K steps, hours", 'largest batch per chip'),
-        [(r['accelerator'], f"{r['paper_schedule_hours']:.1f}",
+        ('accelerator (ESTIMATE)', "paper's 100K steps, hours (25 % / 5 % utilisation)",
+         'largest batch per chip'),
+        [(r['accelerator'], f"{r['paper_schedule_hours']:.2f} / "
+          f"{r['paper_schedule_hours_low_utilisation']:.2f}",
           '' if r['largest_batch_per_chip'] is None else r['largest_batch_per_chip'])
          for r in result['estimates']], align='lrr') + ['']
   if result.get('ratios'):
