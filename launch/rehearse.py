@@ -143,12 +143,6 @@ def _remove(folder: str | os.PathLike) -> None:
   raise OSError(f'cannot remove {folder}')
 
 
-def _wipe(folder: str) -> None:
-  """Empties a killed worker's home: its disk is lost."""
-  _remove(folder)
-  pathlib.Path(folder).mkdir()
-
-
 def _tpu_file(name: str) -> pathlib.Path:
   return _cloud() / 'tpu' / f'{name}.json'
 
@@ -512,15 +506,16 @@ class Rehearsal:
       start = int(m.group(1))
       self.wait_for(part, logs[0], rf'^.*\[{start + 3}\] train/', watching,
                     f'training step {start + 3}', since=sizes[0])
-      self.say(f'{part}: rerun resumed from step {start}; preempting the TPU (processes killed, '
-               'disks wiped): the watch must recreate, reinstall and resume it')
+      self.say(f'{part}: rerun resumed from step {start}; preempting the TPU (state PREEMPTED, '
+               'processes killed): the watch must recreate it (new, empty disks), reinstall and '
+               'resume')
       state = _tpu_file(TPU_NAME)
       tpu_json = json.loads(state.read_text())
-      state.write_text(json.dumps({**tpu_json, 'state': 'PREEMPTED'}))  # First: no more ssh.
+      # As a preemption: no more ssh, every process gone; the watch's delete and create then give
+      # the workers new, empty homes (the stand-in's create makes them).
+      state.write_text(json.dumps({**tpu_json, 'state': 'PREEMPTED'}))
       for h in tpu_json['homes']:
         _kill_owned(h)
-      for h in tpu_json['homes']:
-        _wipe(h)
       m = self.wait_for(part, logs[0], r'Resumed from step (\d+)', watching,
                         'the recreated TPU resuming')
       self.say(f'{part}: recreated TPU resumed from step {m.group(1)}; waiting for the end')
