@@ -422,18 +422,22 @@ class Rehearsal:
   # Waiting on logs ---------------------------------------------------------------------------
 
   def wait_for(self, part: str, log: pathlib.Path, pattern: str, alive, what: str,
-               timeout: float = 900, since: int = 0) -> re.Match:
-    """Waits for `pattern` in `log` (after byte `since`) while `alive()` holds."""
+               timeout: float = 900, since: int = 0, accept=lambda m: True) -> re.Match:
+    """Waits for a match of `pattern` that `accept`s in `log` (after byte `since`) while
+    `alive()` holds."""
+    def find():
+      text = log.read_text(errors='replace')[since:] if log.exists() else ''
+      return next((m for m in re.finditer(pattern, text, re.M) if accept(m)), None), text
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-      text = log.read_text(errors='replace')[since:] if log.exists() else ''
-      m = re.search(pattern, text, re.M)
+      m, text = find()
       if m:
         return m
       if not alive():
         time.sleep(1)  # The log's last lines may still be on their way.
-        text = log.read_text(errors='replace')[since:] if log.exists() else ''
-        if m := re.search(pattern, text, re.M):
+        m, text = find()
+        if m:
           return m
         raise Failed(f'{part}: the trainer ended before {what}: {_last_error(text)}')
       time.sleep(0.5)
@@ -516,8 +520,10 @@ class Rehearsal:
       state.write_text(json.dumps({**tpu_json, 'state': 'PREEMPTED'}))
       for h in tpu_json['homes']:
         _kill_owned(h)
+      # The old log lasts until the watch deletes the TPU: wait for a resume past step `start`
+      # (the one saved before; the killed trainers saved nothing).
       m = self.wait_for(part, logs[0], r'Resumed from step (\d+)', watching,
-                        'the recreated TPU resuming')
+                        'the recreated TPU resuming', accept=lambda m: int(m.group(1)) >= start)
       self.say(f'{part}: recreated TPU resumed from step {m.group(1)}; waiting for the end')
       rc = watch.wait(timeout=900)
     finally:
