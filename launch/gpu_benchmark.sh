@@ -19,12 +19,14 @@ Flags:
   --batch N          train-step batch (default 32)
   --lr HxW           inference LR size (default 80x137: 320x548 out; the paper's latency is for
                      322x550 on a GTX 1080 Ti)
+  --tiny             every figure at the tiny sizes (a CPU rehearsal of the script; ratios
+                     mean nothing then)
   --dry_run          print the commands instead of running them
   -h, --help         this help
 EOF
 }
 
-OUT_DIR=benchmark_gpu PYTHON=python3 LIMIT=200 BATCH=32 LR=80x137
+OUT_DIR=benchmark_gpu PYTHON=python3 LIMIT=200 BATCH=32 LR=80x137 TINY=()
 
 parse_init "$@"
 # shellcheck disable=SC2119  # flag_value's optional argument is its own, not the script's $1.
@@ -36,6 +38,7 @@ while parse_next; do
     --limit) flag_value; LIMIT=$VALUE ;;
     --batch) flag_value; BATCH=$VALUE ;;
     --lr) flag_value; LR=$VALUE ;;
+    --tiny) no_value; TINY=(--tiny) ;;
     --dry_run) no_value; DRY_RUN=1 ;;
     *) unknown_flag ;;
   esac
@@ -56,8 +59,9 @@ FAILED=0
 figure() {  # figure NAME BENCHMARK_FLAGS...: one table, Markdown on stdout and NAME.md, + NAME.json.
   local name=$1 code=0
   shift
+  # --overwrite: the tables under --out are this script's own; a rerun replaces them.
   local cmd=(timeout "$LIMIT" env PYTHONUNBUFFERED=1 "$PYTHON" -m ssen_jax.benchmark "$@"
-             --compare torch --json "$OUT_DIR/$name.json")
+             ${TINY[@]+"${TINY[@]}"} --json "$OUT_DIR/$name.json" --overwrite)
   say "figure $name"
   if ((DRY_RUN)); then
     run "${cmd[@]}"
@@ -70,7 +74,11 @@ figure() {  # figure NAME BENCHMARK_FLAGS...: one table, Markdown on stdout and 
   fi
 }
 
-figure op --what op
-figure infer --what infer --infer_lr "$LR"
-figure train --what train --train_batch "$BATCH"
+figure op --what op --compare torch
+figure infer --what infer --infer_lr "$LR" --compare torch
+figure train --what train --train_batch "$BATCH" --compare torch
+# bfloat16 compute (configs/refsr.py:bf16): the train step, JAX only (the twin is float32).
+figure train_bf16 --what train --train_batch "$BATCH" --config configs/refsr.py:bf16
+# The published config's step: XLA's FLOPs and memory, compile time, two steps, estimates.
+figure compile --what compile --train_batch "$BATCH" --repeats 2
 exit "$FAILED"

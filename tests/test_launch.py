@@ -784,22 +784,29 @@ def test_readme_commands_are_valid(env):
 def test_gpu_benchmark_runs_every_figure(env, tmp_path, fake_python):
   out = tmp_path / 'tables'
   proc = ok('gpu_benchmark.sh', '--python', fake_python, '--out', out, '--batch', '16', env=env)
-  assert [f.name for f in sorted(out.iterdir())] == ['infer.md', 'op.md', 'train.md']
-  assert recorded(tmp_path)[0] == ['-m', 'ssen_jax.benchmark', '--what', 'train', '--train_batch',
-                                   '16', '--compare', 'torch', '--json', f'{out}/train.json']
+  assert [f.name for f in sorted(out.iterdir())] == ['compile.md', 'infer.md', 'op.md', 'train.md',
+                                                     'train_bf16.md']
+  assert recorded(tmp_path)[0] == ['-m', 'ssen_jax.benchmark', '--what', 'compile', '--train_batch',
+                                   '16', '--repeats', '2', '--json', f'{out}/compile.json',
+                                   '--overwrite']  # The last figure's call.
   assert 'figure infer' in proc.stderr
   dry = commands(ok('gpu_benchmark.sh', '--out', 'rel', '--dry_run', env=env,
                     cwd=tmp_path).stdout)
   assert dry[:2] == [['cd', str(REPO_ROOT)], ['mkdir', '-p', f'{tmp_path}/rel']]
   assert dry[2][0] == 'nvidia-smi'
   assert all(c[:4] == ['timeout', '200', 'env', 'PYTHONUNBUFFERED=1'] for c in dry[3:])
+  bench = ['python3', '-m', 'ssen_jax.benchmark']
+  json_out = lambda name: ['--json', f'{tmp_path}/rel/{name}.json', '--overwrite']
   assert [c[4:] for c in dry[3:]] == [
-      ['python3', '-m', 'ssen_jax.benchmark', '--what', 'op', '--compare', 'torch', '--json',
-       f'{tmp_path}/rel/op.json'],
-      ['python3', '-m', 'ssen_jax.benchmark', '--what', 'infer', '--infer_lr', '80x137',
-       '--compare', 'torch', '--json', f'{tmp_path}/rel/infer.json'],
-      ['python3', '-m', 'ssen_jax.benchmark', '--what', 'train', '--train_batch', '32',
-       '--compare', 'torch', '--json', f'{tmp_path}/rel/train.json']]
+      bench + ['--what', 'op', '--compare', 'torch'] + json_out('op'),
+      bench + ['--what', 'infer', '--infer_lr', '80x137', '--compare', 'torch'] + json_out('infer'),
+      bench + ['--what', 'train', '--train_batch', '32', '--compare', 'torch'] + json_out('train'),
+      bench + ['--what', 'train', '--train_batch', '32', '--config', 'configs/refsr.py:bf16']
+      + json_out('train_bf16'),
+      bench + ['--what', 'compile', '--train_batch', '32', '--repeats', '2'] + json_out('compile')]
+  tiny = commands(ok('gpu_benchmark.sh', '--out', 'rel', '--dry_run', '--tiny', env=env,
+                     cwd=tmp_path).stdout)
+  assert all('--tiny' in c for c in tiny[3:]) and len(tiny) == len(dry)
 
 
 def test_gpu_benchmark_keeps_going_after_a_failed_figure(env, tmp_path):
