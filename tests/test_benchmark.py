@@ -3,7 +3,6 @@
 The sizes are tiny (`--tiny`, one repetition): these tests check structure, never speed.
 """
 import json
-import math
 import os
 import pathlib
 import subprocess
@@ -178,14 +177,15 @@ def test_json_write_is_atomic(tmp_path):
 
 def test_compile_reports_flops_memory_and_estimates(tmp_path):
   """--what compile on the tiny config at batch 4: XLA's FLOPs and memory for the train step, a
-  per-sample slope from batch 2, one measured step, and the accelerator estimates."""
+  per-sample slope from batch 2, and the accelerator estimates (compile only, as CI's budget
+  wants; the measured steps run in launch/gpu_benchmark.sh --tiny)."""
   out = tmp_path / 'compile.json'
-  proc = _run('--what', 'compile', '--tiny', '--train_batch', '4', '--repeats', '1',
+  proc = _run('--what', 'compile', '--tiny', '--train_batch', '4', '--repeats', '0',
               f'--json={out}', without_torch=True)
   row = json.loads(out.read_text())['compile'][0]
   assert row['batch'] == 4 and row['gflop_per_step'] > 0 and row['compile_s'] > 0
   assert row['per_sample_gb'] > 0 and row['step_memory_gb'] > row['fixed_gb'] > 0
-  assert row['step_s'] > 0 and math.isfinite(row['loss']) and row['peak_rss_gb'] > 0.1
+  assert 'step_s' not in row  # --repeats 0: nothing run.
   estimates = json.loads(out.read_text())['estimates']
   assert [e['accelerator'].split(' (')[0] for e in estimates] == ['H100 SXM', 'TPU v4-8',
                                                                     'TPU v5e-8']

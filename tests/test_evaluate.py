@@ -190,7 +190,7 @@ def test_save_images_and_progress_lines(tmp_path):
               str(out))
   assert proc.returncode == 0, proc.stderr
   for i in range(3):
-    assert f'{i + 1}/3 im{i}: PSNR' in proc.stderr
+    assert f'[{i + 1}/3] im{i}: PSNR' in proc.stderr
   names = sorted(p.name for p in out.iterdir())
   assert names == sorted([f'im{i}_all.png' for i in range(3)] +
                          [f'im{i}_bicubic.png' for i in range(3)])
