@@ -195,12 +195,17 @@ def _files(root):
   return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob('*')) if p.is_file()}
 
 
-def test_a_resumed_run_refused_for_its_data_changes_no_file(tmp_path):
+def _trained_tiny_workdir(tmp_path):
+  """(config, workdir, its files' bytes) of a resumable tiny workdir reading TFRecords."""
   config = refsr.get_config('tiny')
   config.data.train_pattern = str(tmp_path / 'data' / 'x-*.tfrecord')
   workdir = tmp_path / 'w'
   _resumable_workdir(workdir, config)
-  before = _files(workdir)
+  return config, workdir, _files(workdir)
+
+
+def test_a_resumed_run_refused_for_its_data_changes_no_file(tmp_path):
+  config, workdir, before = _trained_tiny_workdir(tmp_path)
   changed = config.copy_and_resolve_references()
   changed.update(seed=7, num_train_steps=3)
   changed.data.train_pattern = str(tmp_path / 'moved' / 'x-*.tfrecord')
@@ -230,11 +235,7 @@ def test_the_mission_command_without_a_dataset_leaves_the_workdir_as_it_was(tmp_
 
 
 def test_a_read_glitch_at_resume_exits_with_one_line_and_touches_nothing(tmp_path):
-  config = refsr.get_config('tiny')
-  config.data.train_pattern = str(tmp_path / 'data' / 'x-*.tfrecord')
-  workdir = tmp_path / 'w'
-  _resumable_workdir(workdir, config)
-  before = _files(workdir)
+  config, workdir, before = _trained_tiny_workdir(tmp_path)
   # main, with the first restore failing as a flaky network disk would.
   script = (
       'import errno, sys\n'
