@@ -16,3 +16,10 @@ def test_estimate_is_the_mean_time_of_the_items_that_worked_times_those_left():
                    '[3/5] c: wrote (10.0 s elapsed, ETA 10 s)']
   quiet = progress.Progress(2, clock=lambda: 0.0)  # No log: the line is only returned.
   assert quiet.step('x') == '[1/2] x (0.0 s elapsed, ETA 0 s)'
+
+
+def test_items_done_together_count_as_many():
+  now = [0.0]
+  counter = progress.Progress(8, clock=lambda: now[0])
+  now[0] = 8.0
+  assert counter.step('images 1-4', items=4) == '[4/8] images 1-4 (8.0 s elapsed, ETA 8 s)'

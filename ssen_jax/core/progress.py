@@ -41,10 +41,11 @@ class Progress:
     return (f'[{self.done}/{self.total}] {text} ({self.clock() - self.start:.1f} s elapsed, '
             f'ETA {"?" if eta is None else f"{eta:.0f} s"})')
 
-  def step(self, text: str, *, worked: bool = True) -> str:
-    """Counts one item (`worked=False`: it took no real time) and logs its line."""
-    self.done += 1
-    self.worked += bool(worked)
+  def step(self, text: str, *, worked: bool = True, items: int = 1) -> str:
+    """Counts `items` items done together (`worked=False`: they took no real time) and logs the
+    line."""
+    self.done += items
+    self.worked += items if worked else 0
     message = self.line(text)
     if self.log is not None:
       self.log(message)

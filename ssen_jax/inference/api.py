@@ -35,6 +35,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from ssen_jax.core import progress as progress_lib
 from ssen_jax.data import images
 from ssen_jax.inference import tiling
 
@@ -263,15 +264,12 @@ class Model:
     Returns:
       [(SR (sH, sW, 3) float32 in [0, 1], upscaled alpha or None)], in the order of `lrs`.
     """
-    count, done = len(lrs), 0
+    count = len(lrs)
+    counter = progress_lib.Progress(count, progress)
     results: list[Any] = [None] * count
     groups: dict[tuple[int, int], list[int]] = {}
     for i, lr in enumerate(lrs):
       groups.setdefault(lr.rgb.shape[:2], []).append(i)
-
-    def report(what: str) -> None:
-      if progress is not None:
-        progress(f'[{done}/{count}] {what}')
 
     for (h, w), indices in groups.items():
       together = []
@@ -281,10 +279,9 @@ class Model:
           continue
         tiles = None
         if progress is not None:
-          tiles = lambda k, n, i=i: progress(f'[{done}/{count}] image {i + 1}: tile {k}/{n}')
+          tiles = lambda k, n, i=i: progress(counter.line(f'image {i + 1}: tile {k}/{n}'))
         results[i] = self.upscale(lrs[i], refs[i], progress=tiles)
-        done += 1
-        report(f'image {i + 1} ({h}x{w}, tiled)')
+        counter.step(f'image {i + 1} ({h}x{w}, tiled)')
       if not together:
         continue
       limit = self.batch_limit(h, w, max(self._ref_bytes(refs[i]) for i in together))
@@ -295,9 +292,8 @@ class Model:
         for i, sr in zip(chunk, srs):
           alpha = None if lrs[i].alpha is None else images.upscale_alpha(lrs[i].alpha, self.scale)
           results[i] = (sr, alpha)
-        done += n
         names = ', '.join(str(i + 1) for i in chunk)
-        report(f'image{"s" * (n > 1)} {names} ({h}x{w})')
+        counter.step(f'image{"s" * (n > 1)} {names} ({h}x{w})', items=n)
     return results
 
   # -------------------------------------------------------------------------------------------
