@@ -1,8 +1,8 @@
 r"""Measures training input throughput (examples/s, and per CPU core) for CUFED-shaped batches.
 
   python -m ssen_jax.data_prep.benchmark_input                      # demo data (160x160 pairs), B = 32
-  python -m ssen_jax.data_prep.benchmark_input --file_pattern '/data/cufed-*' --threads 1,4
-  python -m ssen_jax.data_prep.benchmark_input --tfds_name ssen_cufed --tfds_data_dir /data/tfds
+  python -m ssen_jax.data_prep.benchmark_input --tfds_name ssen_cufed --tfds_data_dir /data/tfds \
+      --threads 1,4
 
 For each thread count T the tf.data private thread pool is limited to T threads, so examples/s / T
 is the cost per core. Prints a Markdown table; asserts nothing (timings vary with the machine).
@@ -22,8 +22,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """Command-line flags, defined only when run as a script."""
-  flags.DEFINE_string('file_pattern', None, 'TFRecords; default: the demo data (TFDS).')
-  flags.DEFINE_string('tfds_name', None, 'A prepared TFDS dataset instead of --file_pattern.')
+  flags.DEFINE_string('tfds_name', None, 'A prepared TFDS dataset; default: the demo data.')
   flags.DEFINE_string('tfds_data_dir', None, 'Its TFDS data folder.')
   flags.DEFINE_enum('kind', 'refsr', ['refsr', 'sisr'], 'Record kind.')
   flags.DEFINE_integer('hr_patch', 160, 'HR crop size.')
@@ -32,13 +31,13 @@ def define_flags() -> None:
   flags.DEFINE_list('threads', None, 'Thread counts to try; default: 1 and all CPUs.')
 
 
-def measure(file_pattern: str | None, *, tfds_name: str | None = None,
-            tfds_data_dir: str | None = None, kind: str = 'refsr', hr_patch: int = 160, batch_size: int = 32,
-            num_batches: int = 20, num_threads: int | None = None) -> float:
+def measure(tfds_name: str, *, tfds_data_dir: str | None = None, kind: str = 'refsr',
+            hr_patch: int = 160, batch_size: int = 32, num_batches: int = 20,
+            num_threads: int | None = None) -> float:
   """Examples per second of `create_train_iterator` after two warm-up batches."""
   from ssen_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   it = input_pipeline.create_train_iterator(
-      file_pattern=file_pattern, tfds_name=tfds_name, tfds_data_dir=tfds_data_dir, kind=kind, hr_patch=hr_patch, scale=4,
+      tfds_name=tfds_name, tfds_data_dir=tfds_data_dir, kind=kind, hr_patch=hr_patch, scale=4,
       local_batch_size=batch_size, seed=0, start_step=0, process_index=0, process_count=1,
       num_threads=num_threads)
   for _ in range(2):
@@ -64,21 +63,21 @@ def private_demo_data() -> Iterator[tuple[str, str]]:
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  pattern, name, data_dir = FLAGS.file_pattern, FLAGS.tfds_name, FLAGS.tfds_data_dir
+  name, data_dir = FLAGS.tfds_name, FLAGS.tfds_data_dir
   with contextlib.ExitStack() as stack:
-    if pattern is None and name is None:
+    if name is None:
       name, data_dir = stack.enter_context(private_demo_data())
-    _report(pattern, name, data_dir)
+    _report(name, data_dir)
 
 
-def _report(pattern: str | None, name: str | None, data_dir: str | None) -> None:
+def _report(name: str, data_dir: str | None) -> None:
   cpus = os.cpu_count() or 1
   threads = [int(t) for t in FLAGS.threads] if FLAGS.threads else sorted({1, cpus})
   print(f'Input pipeline, {FLAGS.kind}, HR {FLAGS.hr_patch}x{FLAGS.hr_patch}, batch '
-        f'{FLAGS.batch_size}, {pattern or f"TFDS {name} in {data_dir}"} ({cpus} CPUs visible)\n')
+        f'{FLAGS.batch_size}, TFDS {name} in {data_dir} ({cpus} CPUs visible)\n')
   print('| threads | examples/s | examples/s per thread |\n|---:|---:|---:|')
   for t in threads:
-    rate = measure(pattern, tfds_name=name, tfds_data_dir=data_dir, kind=FLAGS.kind, hr_patch=FLAGS.hr_patch, batch_size=FLAGS.batch_size,
+    rate = measure(name, tfds_data_dir=data_dir, kind=FLAGS.kind, hr_patch=FLAGS.hr_patch, batch_size=FLAGS.batch_size,
                    num_batches=FLAGS.num_batches, num_threads=t)
     print(f'| {t} | {rate:.1f} | {rate / t:.1f} |')
 
