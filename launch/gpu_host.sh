@@ -21,7 +21,8 @@ Flags:
                          preallocates (default 0.9: the input pipeline runs on the CPU)
   --env NAME=VALUE       environment variable for the trainer (repeatable)
   --python PATH          interpreter (default: the repository's .venv/bin/python)
-  --log FILE             run in the background with nohup, appending to FILE, and print the pid
+  --log FILE             run in the background with nohup, appending to FILE, and print the pid;
+                         the trainer's exit status goes to FILE.exit and the log's last line
   --install              make the repository's .venv and install the trainer in it, then exit:
                          uv pip install -e '.[train]' 'jax[cuda12]' (uv comes from pip --user
                          when missing; SSEN_JAX_REQUIREMENT replaces 'jax[cuda12]', e.g. jax[cuda13])
@@ -81,18 +82,39 @@ if [[ -n $GPUS ]]; then CMD+=("CUDA_VISIBLE_DEVICES=$GPUS"); fi
 if ((${#ENV_VARS[@]})); then CMD+=("${ENV_VARS[@]}"); fi
 CMD+=("$PYTHON" -m ssen_jax.main "${TRAIN_FLAGS[@]}")
 
-if [[ -n $LOG ]]; then run mkdir -p "$(dirname "$LOG")"; fi
+# --log: the trainer runs in the background under a small sh that writes the trainer's own pid to
+# LOG.pid (so `kill PID` reaches the trainer, which saves) and, when it ends, its exit status to
+# LOG.exit and to the log's last line; the sh exits with that status too.
+# shellcheck disable=SC2016
+WAITER='p=$1 x=$2; shift 2; "$@" & t=$!; echo "$t" > "$p"; wait "$t"; s=$?; echo "$s" > "$x"'
+# shellcheck disable=SC2016
+WAITER+='; echo "gpu_host.sh: the trainer (pid $t) ended with exit status $s, $(date)"; exit "$s"'
+if [[ -n $LOG ]]; then
+  run mkdir -p "$(dirname "$LOG")"
+  BG=(nohup sh -c "$WAITER" trainer "$LOG.pid" "$LOG.exit" "${CMD[@]}")
+fi
 # Relative config paths are read from the repository root.
 run cd "$SSEN_REPO_ROOT"
 if [[ -z $LOG ]]; then
   # exec: signals sent to this script (SIGTERM from a scheduler) reach the trainer, which saves.
   run exec "${CMD[@]}"
-elif ((DRY_RUN)); then
-  printf '%s >> %s 2>&1 < /dev/null &\n' "$(quote_words nohup "${CMD[@]}")" "$(shell_quote "$LOG")"
-  printf 'echo "training started (pid $!), log "%s\n' "$(shell_quote "$LOG")"
+  exit  # Reached by a dry run only.
+fi
+run rm -f "$LOG.pid" "$LOG.exit"
+if ((DRY_RUN)); then
+  printf '%s >> %s 2>&1 < /dev/null &\n' "$(quote_words "${BG[@]}")" "$(shell_quote "$LOG")"
+  # shellcheck disable=SC2016  # The printed script expands them.
+  printf 'i=0; while [ ! -s %s ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done\n' \
+    "$(shell_quote "$LOG.pid")"
+  # shellcheck disable=SC2016
+  printf 'echo "training started (pid $(cat %s)), log" %s\n' "$(shell_quote "$LOG.pid")" \
+    "$(shell_quote "$LOG")"
 else
-  printf '+ %s >> %s 2>&1 < /dev/null &\n' "$(quote_words nohup "${CMD[@]}")" \
-    "$(shell_quote "$LOG")" >&2
-  nohup "${CMD[@]}" >>"$LOG" 2>&1 </dev/null &
-  echo "training started (pid $!), log $LOG; stop it with: kill $! (it saves a checkpoint first)"
+  printf '+ %s >> %s 2>&1 < /dev/null &\n' "$(quote_words "${BG[@]}")" "$(shell_quote "$LOG")" >&2
+  "${BG[@]}" >>"$LOG" 2>&1 </dev/null &
+  for ((i = 0; i < 100; i++)); do [[ -s $LOG.pid ]] && break; sleep 0.1; done
+  [[ -s $LOG.pid ]] || die "the trainer did not start; see $LOG"
+  PID=$(<"$LOG.pid")
+  echo "training started (pid $PID), log $LOG; its exit status goes to $LOG.exit;" \
+    "stop it with: kill $PID (it saves a checkpoint first)"
 fi

@@ -88,6 +88,7 @@ if [[ -n ${FAKE_SLEEP:-} ]]; then
   trap 'echo saved > "$out/term"; exit 0' TERM
   for ((i = 0; i < FAKE_SLEEP * 20; i++)); do sleep 0.05; done
 fi
+exit "${FAKE_EXIT:-0}"
 '''
 
 
@@ -589,14 +590,35 @@ def test_gpu_host_runs_the_trainer(env, tmp_path, fake_python):
 
 
 def test_gpu_host_background_log(env, tmp_path, fake_python):
+  """--log: the printed pid is the trainer's, and its exit status, when it ends, goes to LOG.exit,
+  the log's last line and the background shell's own status."""
   log = tmp_path / 'logs dir' / 'train.log'
-  proc = ok('gpu_host.sh', '--workdir', '/ckpt', '--python', fake_python, '--log', log, env=env)
-  assert re.search(r'training started \(pid \d+\)', proc.stdout)
+  proc = ok('gpu_host.sh', '--workdir', '/ckpt', '--python', fake_python, '--log', log,
+            env={**env, 'FAKE_EXIT': '3'})
+  pid = re.search(r'training started \(pid (\d+)\)', proc.stdout).group(1)
+  wait_for(pathlib.Path(f'{log}.exit'))
+  assert (tmp_path / 'out' / 'pid').read_text().strip() == pid  # The trainer itself.
+  assert pathlib.Path(f'{log}.exit').read_text() == '3\n'
+  assert re.search(rf'the trainer \(pid {pid}\) ended with exit status 3,', log.read_text())
+  # `kill PID` reaches the trainer (which saves: the fake writes `term`), and 0 is recorded.
+  proc = ok('gpu_host.sh', '--workdir', '/ckpt', '--python', fake_python, '--log', log,
+            env={**env, 'FAKE_SLEEP': '10'})
+  assert not pathlib.Path(f'{log}.exit').exists()  # The previous run's status is gone.
+  pid = int(re.search(r'training started \(pid (\d+)\)', proc.stdout).group(1))
   wait_for(tmp_path / 'out' / 'pid')
-  assert log.exists()
+  os.kill(pid, signal.SIGTERM)
+  wait_for(pathlib.Path(f'{log}.exit'))
+  assert (tmp_path / 'out' / 'term').exists() and pathlib.Path(f'{log}.exit').read_text() == '0\n'
   dry = ok('gpu_host.sh', '--workdir', '/ckpt', '--log', log, '--dry_run', env=env).stdout
   assert commands(dry)[0] == ['mkdir', '-p', str(log.parent)]
-  assert f">> '{log}' 2>&1 < /dev/null &" in dry and dry.splitlines()[2].startswith('nohup env ')
+  assert commands(dry)[2] == ['rm', '-f', f'{log}.pid', f'{log}.exit']
+  assert f">> '{log}' 2>&1 < /dev/null &" in dry and dry.splitlines()[3].startswith('nohup sh -c ')
+  # The dry run, run as the script it is, starts the trainer the same way and records its status.
+  pathlib.Path(f'{log}.exit').unlink()
+  replay(ok('gpu_host.sh', '--workdir', '/ckpt', '--python', fake_python, '--log', log,
+            '--dry_run', env=env).stdout, {**env, 'FAKE_EXIT': '5'}, tmp_path)
+  wait_for(pathlib.Path(f'{log}.exit'))
+  assert pathlib.Path(f'{log}.exit').read_text() == '5\n'
 
 
 # --- SLURM ----------------------------------------------------------------------------------------
