@@ -67,12 +67,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = d = ml_collections.ConfigDict()
   d.kind = 'refsr'  # 'refsr' (HR + reference pairs) or 'sisr' (HR only; selfsim / rcan).
   # Training data: a TFDS dataset prepared by `python -m ssen_jax.data_prep.tfds_build` (e.g.
-  # 'ssen_cufed', 'ssen_div2k') read from tfds_data_dir ('' : TFDS's default), or else a glob of
-  # the TFRecords of `python -m ssen_jax.data_prep.convert`.
+  # 'ssen_cufed', 'ssen_div2k') read from tfds_data_dir ('' : TFDS's default; every host needs
+  # it, a copy each or a shared folder).
   d.tfds_name = ''
   d.tfds_data_dir = ''
   d.tfds_split = 'train'
-  d.train_pattern = ''  # Glob of training TFRecords (data_prep.convert output).
   d.hr_patch = 160  # HR crop side; CUFED pairs are 160x160.
   # 'independent': the reference gets its own crop, 90-degree rotation and flip; 'paired': crop
   # position and rotation shared with the HR; 'mixed': independent with probability

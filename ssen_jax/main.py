@@ -71,6 +71,19 @@ def _fail(message: str) -> None:
   sys.exit(1)
 
 
+def _refuse_retired_override(argv) -> None:
+  """A failed override of a field the configs no longer have (the TFRecord shards'
+  `--config.data.train_pattern`): the line that says what replaced it."""
+  from ssen_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  flag = f'--config.{datasets.RETIRED_TRAIN_PATTERN}'
+  for i, arg in enumerate(argv):
+    name, equals, value = arg.partition('=')
+    if name == flag:
+      if not equals:  # `--config.data.train_pattern GLOB`
+        value = argv[i + 1] if i + 1 < len(argv) else ''
+      _fail(datasets.retired_train_pattern(value))
+
+
 def parse_flags(argv):
   """absl's parsing, with a bad config override (`--config.batch_sise=16`, a wrong type) as one
   line instead of a traceback."""
@@ -79,6 +92,7 @@ def parse_flags(argv):
   except flags.Error as e:
     _fail(str(e))
   except (AttributeError, KeyError, TypeError, ValueError) as e:
+    _refuse_retired_override(argv)
     text = str(e).strip('\'"').replace('\\n', '\n').replace("\\'", "'")
     _fail('bad --config override: ' + '; '.join(l.strip('\'" ') for l in text.splitlines()))
 

@@ -15,7 +15,7 @@ SCRIPTS = tomllib.loads((pathlib.Path(REPO_ROOT) / 'pyproject.toml').read_text()
 
 def test_every_command_has_a_console_script():
   targets = {value.split(':')[0] for value in SCRIPTS.values()}
-  legacy = {'ssen_jax.data_prep.convert'}  # The older TFRecord writer: `python -m` only.
+  legacy = {'ssen_jax.data_prep.convert'}  # A deprecated alias of tfds_build: `python -m` only.
   package = pathlib.Path(REPO_ROOT) / 'ssen_jax'
   runnable = {'.'.join(p.relative_to(REPO_ROOT).with_suffix('').parts)
               for p in package.rglob('*.py') if "if __name__ == '__main__':" in p.read_text()}

@@ -7,43 +7,49 @@ import tensorflow as tf
 from ssen_jax.data import datasets
 from ssen_jax.data import imresize as ir
 from ssen_jax.data import input_pipeline as ip
-from ssen_jax.data_prep import convert
+from ssen_jax.data_prep import tfds_build
 
 
-def _write(tmp_path, pairs, num_shards, prefix='t'):
-  """pairs: [(hr uint8, ref uint8 or None)] -> glob of `num_shards` round-robin shards."""
-  shards = [[] for _ in range(num_shards)]
+def _prepare(tmp_path, pairs):
+  """pairs: [(hr uint8, ref uint8 or None)] -> the create_train_iterator arguments of a TFDS
+  dataset holding them in this order (names 000, 001, ...): `ssen_cufed` for pairs with
+  references, else the HR-only `ssen_sr_folder/other` (its split is 'test')."""
+  manual = tmp_path / 'raw'
+  with_refs = pairs[0][1] is not None
   for i, (hr, ref) in enumerate(pairs):
-    feats = {'name': f'{i:03d}', 'hr': datasets.encode_png(hr)}
-    if ref is not None:
-      feats['ref'] = datasets.encode_png(ref)
-    shards[i % num_shards].append(convert.to_tf_example(feats, tf).SerializeToString())
-  for name, recs in zip(datasets.shard_names(prefix, num_shards), shards):
-    with tf.io.TFRecordWriter(str(tmp_path / name)) as writer:
-      for rec in recs:
-        writer.write(rec)
-  return str(tmp_path / f'{prefix}-*')
+    folder = manual / 'input' if with_refs else manual
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f'{i:03d}.png').write_bytes(datasets.encode_png(hr))
+    if with_refs:
+      (manual / 'ref').mkdir(exist_ok=True)
+      (manual / 'ref' / f'{i:03d}.png').write_bytes(datasets.encode_png(ref))
+  name, split = ('ssen_cufed', 'train') if with_refs else ('ssen_sr_folder/other', 'test')
+  tfds_build.prepare(name, manual, tmp_path / 'tfds')
+  return dict(tfds_name=name, tfds_data_dir=str(tmp_path / 'tfds'), tfds_split=split)
 
 
 @pytest.fixture(scope='module')
-def photo_pattern(tmp_path_factory):
-  """10 photo pairs: HR 48x40..48x49, refs of assorted sizes (some smaller than the patch)."""
+def photo_data(tmp_path_factory):
+  """10 photo pairs: HR 48x40..48x49, refs of assorted sizes (padded to the HR's when smaller)."""
   src = skimage.data.astronaut()
   pairs = [(src[i * 40:i * 40 + 48, i * 30:i * 30 + 40 + i], src[i * 30:i * 30 + 20 + 4 * i, :36])
            for i in range(10)]
-  return _write(tmp_path_factory.mktemp('photo'), pairs, num_shards=4)
+  return _prepare(tmp_path_factory.mktemp('photo'), pairs)
+
+
+def _flat(count):
+  """`count` constant-colour 32x32 HR images (value 20 i + 10): batches reveal which they hold."""
+  return [(np.full((32, 32, 3), 20 * i + 10, np.uint8), None) for i in range(count)]
 
 
 @pytest.fixture(scope='module')
-def flat_pattern(tmp_path_factory):
-  """8 constant-colour 32x32 HR images (value 20 i + 10): batches reveal which examples they hold."""
-  pairs = [(np.full((32, 32, 3), 20 * i + 10, np.uint8), None) for i in range(8)]
-  return _write(tmp_path_factory.mktemp('flat'), pairs, num_shards=4, prefix='flat')
+def flat_data(tmp_path_factory):
+  return _prepare(tmp_path_factory.mktemp('flat'), _flat(8))
 
 
-def _iter(pattern, **kw):
-  args = dict(file_pattern=pattern, kind='refsr', hr_patch=32, scale=4, local_batch_size=4,
-              seed=0, start_step=0, process_index=0, process_count=1)
+def _iter(data, **kw):
+  args = dict(kind='refsr', hr_patch=32, scale=4, local_batch_size=4, seed=0, start_step=0,
+              process_index=0, process_count=1, **data)
   args.update(kw)
   return ip.create_train_iterator(**args)
 
@@ -52,8 +58,8 @@ def _take(it, n):
   return [next(it) for _ in range(n)]
 
 
-def test_shapes_ranges_and_lr_is_matlab_bicubic_of_hr(photo_pattern):
-  (batch,) = _take(_iter(photo_pattern), 1)
+def test_shapes_ranges_and_lr_is_matlab_bicubic_of_hr(photo_data):
+  (batch,) = _take(_iter(photo_data), 1)
   assert set(batch) == {'lr', 'hr', 'ref'}
   assert batch['lr'].shape == (4, 8, 8, 3) and batch['hr'].shape == batch['ref'].shape == (
       4, 32, 32, 3)
@@ -63,21 +69,21 @@ def test_shapes_ranges_and_lr_is_matlab_bicubic_of_hr(photo_pattern):
   hr_u8 = np.round(batch['hr'] * 255).astype(np.uint8)
   for i in range(4):
     np.testing.assert_array_equal(np.round(batch['lr'][i] * 255), ir.imresize(hr_u8[i], 0.25))
-  (sisr,) = _take(_iter(photo_pattern, kind='sisr', hr_patch=24, local_batch_size=3), 1)
+  (sisr,) = _take(_iter(photo_data, kind='sisr', hr_patch=24, local_batch_size=3), 1)
   assert set(sisr) == {'lr', 'hr'} and sisr['lr'].shape == (3, 6, 6, 3)
 
 
-def test_deterministic_and_exact_resume(photo_pattern):
-  run = _take(_iter(photo_pattern, seed=7), 5)  # 20 examples of 10: crosses two epochs.
-  again = _take(_iter(photo_pattern, seed=7), 5)
-  resumed = _take(_iter(photo_pattern, seed=7, start_step=3), 2)
+def test_deterministic_and_exact_resume(photo_data):
+  run = _take(_iter(photo_data, seed=7), 5)  # 20 examples of 10: crosses two epochs.
+  again = _take(_iter(photo_data, seed=7), 5)
+  resumed = _take(_iter(photo_data, seed=7, start_step=3), 2)
   for a, b in zip(run, again):
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
   for a, b in zip(run[3:], resumed):
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
-  other = _take(_iter(photo_pattern, seed=8), 1)[0]
+  other = _take(_iter(photo_data, seed=8), 1)[0]
   assert not np.array_equal(other['hr'], run[0]['hr'])
   assert not np.array_equal(run[1]['hr'], run[0]['hr'])
 
@@ -86,54 +92,53 @@ def _ids(batch):
   return [int(round((v * 255 - 10) / 20)) for v in batch['hr'][:, 0, 0, 0]]
 
 
-def test_each_epoch_is_a_permutation_and_hosts_are_disjoint(flat_pattern):
-  steps = _take(_iter(flat_pattern, kind='sisr'), 4)
+def test_each_epoch_is_a_permutation_and_hosts_are_disjoint(flat_data):
+  steps = _take(_iter(flat_data, kind='sisr'), 4)
   epoch0, epoch1 = sum(map(_ids, steps[:2]), []), sum(map(_ids, steps[2:]), [])
   assert sorted(epoch0) == sorted(epoch1) == list(range(8))
   assert epoch0 != epoch1 and epoch0 != list(range(8))
-  hosts = [set(sum(map(_ids, _take(_iter(flat_pattern, kind='sisr', process_index=p,
+  hosts = [set(sum(map(_ids, _take(_iter(flat_data, kind='sisr', process_index=p,
                                          process_count=2, local_batch_size=2), 4)), []))
            for p in range(2)]
-  assert hosts[0] | hosts[1] == set(range(8)) and not hosts[0] & hosts[1]
-  assert hosts[0] == {0, 2, 4, 6}  # Shards 0 and 2 (examples i % 4 in {0, 2}).
-  with pytest.raises(ValueError, match='at least one shard'):
-    _iter(flat_pattern, kind='sisr', process_count=5, process_index=0)
+  assert hosts == [{0, 1, 2, 3}, {4, 5, 6, 7}]  # tfds.even_splits: contiguous ranges.
+  with pytest.raises(ValueError, match=r'has 8 examples but there are 9 hosts: each host needs '
+                                       r'at least one example'):
+    _iter(flat_data, kind='sisr', process_count=9, process_index=0)
 
 
-def test_hosts_read_equal_shards_and_equal_epochs(flat_pattern, tmp_path):
-  """A shard count the host count does not divide is refused in one line; shards of unequal size
-  are balanced by `examples_per_host` (the loop passes the minimum over hosts): every epoch of
-  every host has that many examples."""
-  with pytest.raises(ValueError, match=r'^4 shards match .*, not a multiple of the 3 hosts: '
-                     r'every host must read the same number of shards \(rerun data_prep with '
-                     r'--num_shards a multiple of 3\)$'):
-    _iter(flat_pattern, kind='sisr', process_count=3, process_index=0)
-  # 7 examples in 2 shards: host 0 reads 4, host 1 reads 3; both use 3 per epoch.
-  pairs = [(np.full((32, 32, 3), 20 * i + 10, np.uint8), None) for i in range(7)]
-  pattern = _write(tmp_path, pairs, num_shards=2, prefix='odd')
+def test_any_host_count_reads_even_ranges_and_equal_epochs(flat_data, tmp_path):
+  """No shard count has to suit the host count: 3 hosts of 8 examples read 3, 3 and 2, and
+  `examples_per_host` (the loop passes the minimum over hosts) makes every epoch of every host
+  that long."""
+  shares = [sorted(sum(map(_ids, _take(_iter(flat_data, kind='sisr', process_index=p,
+                                             process_count=3, local_batch_size=1), 3)), []))
+            for p in range(3)]
+  assert shares[:2] == [[0, 1, 2], [3, 4, 5]] and set(shares[2]) == {6, 7}
+  # 7 examples on 2 hosts: host 0 reads 4, host 1 reads 3; both use 3 per epoch.
+  odd = _prepare(tmp_path, _flat(7))
   seen = []
   def balance(n):
     seen.append(n)
     return 3
   for host in range(2):
-    it = _iter(pattern, kind='sisr', process_index=host, process_count=2, local_batch_size=3,
+    it = _iter(odd, kind='sisr', process_index=host, process_count=2, local_batch_size=3,
                examples_per_host=balance)
     epochs = [sorted(_ids(b)) for b in _take(it, 3)]  # One batch of 3 = one epoch.
-    assert epochs[0] == epochs[1] == epochs[2] == ([0, 2, 4] if host == 0 else [1, 3, 5])
+    assert epochs[0] == epochs[1] == epochs[2] == ([0, 1, 2] if host == 0 else [4, 5, 6])
   assert seen == [4, 3]
   with pytest.raises(ValueError, match='examples_per_host gave 5'):
-    _iter(pattern, kind='sisr', process_count=2, process_index=0, examples_per_host=lambda n: 5)
+    _iter(odd, kind='sisr', process_count=2, process_index=0, examples_per_host=lambda n: 5)
 
 
-def test_bad_configurations(photo_pattern, flat_pattern, tmp_path):
+def test_bad_configurations(photo_data, flat_data):
   with pytest.raises(ValueError, match="needs a 'ref'"):
-    _iter(flat_pattern)
+    _iter(flat_data)
   with pytest.raises(ValueError, match='smaller than hr_patch'):
-    _iter(photo_pattern, hr_patch=44)
+    _iter(photo_data, hr_patch=44)
   with pytest.raises(ValueError, match='multiple of scale'):
-    _iter(photo_pattern, hr_patch=30)
-  with pytest.raises(ValueError, match='no TFRecord files'):
-    _iter(str(tmp_path / 'nothing-*'))
+    _iter(photo_data, hr_patch=30)
+  with pytest.raises(ValueError, match='no training data: tfds_name is empty'):
+    _iter(dict(photo_data, tfds_name=''))
 
 
 def test_imresize_tf_matches_numpy():
@@ -289,9 +294,9 @@ def test_ref_mix_sources(tmp_path):
   src = skimage.data.astronaut()
   pairs = [(src[i * 100:i * 100 + 64, i * 90:i * 90 + 64].copy(),
             np.full((64, 64, 3), 50 * i, np.uint8)) for i in range(4)]
-  pattern = _write(tmp_path, pairs, num_shards=2, prefix='mix')
-  plain = _take(_iter(pattern), 3)
-  zero_mix = _take(_iter(pattern, ref_mix=ip.RefMix(shift_max=3.0)), 3)
+  data = _prepare(tmp_path, pairs)
+  plain = _take(_iter(data), 3)
+  zero_mix = _take(_iter(data, ref_mix=ip.RefMix(shift_max=3.0)), 3)
   for a, b in zip(plain, zero_mix):  # Inactive mixing: the plain stream, bitwise.
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
@@ -305,20 +310,20 @@ def test_ref_mix_sources(tmp_path):
             return i
     return None
 
-  unrelated = _take(_iter(pattern, local_batch_size=2, ref_mix=ip.RefMix(unrelated_prob=1.0)), 2)
-  shifted = _take(_iter(pattern, local_batch_size=2, ref_mix=ip.RefMix(shifted_prob=1.0,
+  unrelated = _take(_iter(data, local_batch_size=2, ref_mix=ip.RefMix(unrelated_prob=1.0)), 2)
+  shifted = _take(_iter(data, local_batch_size=2, ref_mix=ip.RefMix(shifted_prob=1.0,
                                                                        shift_max=0.0)), 2)
   for batch in unrelated:
     for hr, ref in zip(batch['hr'], batch['ref']):
       hr_src = source_of(np.round(hr * 255).astype(np.uint8))
       ref_src = source_of(np.round(ref * 255).astype(np.uint8))
       assert None not in (hr_src, ref_src) and hr_src != ref_src
-  aligned = _take(_iter(pattern, local_batch_size=2, ref_mix=ip.RefMix(
+  aligned = _take(_iter(data, local_batch_size=2, ref_mix=ip.RefMix(
       aligned_prob=1.0, shifted_prob=0.0, shift_max=8.0)), 2)
   for batch in shifted + aligned:
     np.testing.assert_array_equal(batch['ref'], batch['hr'])  # Aligned (before the ramp).
   # Far views: the same photo, moved by more than shift_max (0 here).
-  far = _take(_iter(pattern, local_batch_size=2, ref_mix=ip.RefMix(far_prob=1.0, shift_max=0.0,
+  far = _take(_iter(data, local_batch_size=2, ref_mix=ip.RefMix(far_prob=1.0, shift_max=0.0,
                                                                    far_max=32.0)), 2)
   moved = 0
   for batch in far:
@@ -328,8 +333,8 @@ def test_ref_mix_sources(tmp_path):
       moved += not np.array_equal(hr_u8, ref_u8)
   assert moved >= 3
   with pytest.raises(ValueError, match='more than 1'):
-    _iter(pattern, ref_mix=ip.RefMix(shifted_prob=0.7, unrelated_prob=0.5))
+    _iter(data, ref_mix=ip.RefMix(shifted_prob=0.7, unrelated_prob=0.5))
   with pytest.raises(ValueError, match='more than 1'):
-    _iter(pattern, ref_mix=ip.RefMix(shifted_prob=0.5, aligned_prob=0.6))
+    _iter(data, ref_mix=ip.RefMix(shifted_prob=0.5, aligned_prob=0.6))
   with pytest.raises(ValueError, match='kind=refsr'):
-    _iter(pattern, kind='sisr', ref_mix=ip.RefMix(unrelated_prob=0.5))
+    _iter(data, kind='sisr', ref_mix=ip.RefMix(unrelated_prob=0.5))

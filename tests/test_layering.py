@@ -37,8 +37,7 @@ THIRD_PARTY_ONLY = {
     'ops': {'jax', 'numpy'},
     'models': {'jax', 'flax', 'numpy'},
 }
-TENSORFLOW = {'ssen_jax.data.input_pipeline', 'ssen_jax.data_prep.convert',
-              'ssen_jax.data_prep.benchmark_input'}
+TENSORFLOW = {'ssen_jax.data.input_pipeline', 'ssen_jax.data_prep.benchmark_input'}
 # TensorFlow Datasets: the builders, their command and the input pipeline that reads them.
 TFDS = {'ssen_jax.data.input_pipeline', 'ssen_jax.data_prep.tfds_builders',
         'ssen_jax.data_prep.tfds_build'}

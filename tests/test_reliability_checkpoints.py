@@ -59,7 +59,7 @@ def _restore_latest_good(workdir):
 def test_keep_checkpoints_below_one_is_refused_before_anything_is_written(tmp_path):
   config = refsr.get_config('tiny')
   config.keep_checkpoints = 0
-  config.data.train_pattern = str(tmp_path / 'data' / 'x-*.tfrecord')
+  config.data.tfds_name, config.data.tfds_data_dir = 'ssen_cufed', str(tmp_path / 'data')
   with pytest.raises(ValueError, match=r'^config\.keep_checkpoints must be at least 1, got 0 '
                                        r'\(the number of latest checkpoints kept'):
     loop.train_and_evaluate(config, str(tmp_path / 'w'))
@@ -196,9 +196,9 @@ def _files(root):
 
 
 def _trained_tiny_workdir(tmp_path):
-  """(config, workdir, its files' bytes) of a resumable tiny workdir reading TFRecords."""
+  """(config, workdir, its files' bytes) of a resumable tiny workdir reading a TFDS dataset."""
   config = refsr.get_config('tiny')
-  config.data.train_pattern = str(tmp_path / 'data' / 'x-*.tfrecord')
+  config.data.tfds_name, config.data.tfds_data_dir = 'ssen_cufed', str(tmp_path / 'data')
   workdir = tmp_path / 'w'
   _resumable_workdir(workdir, config)
   return config, workdir, _files(workdir)
@@ -208,8 +208,8 @@ def test_a_resumed_run_refused_for_its_data_changes_no_file(tmp_path):
   config, workdir, before = _trained_tiny_workdir(tmp_path)
   changed = config.copy_and_resolve_references()
   changed.update(seed=7, num_train_steps=3)
-  changed.data.train_pattern = str(tmp_path / 'moved' / 'x-*.tfrecord')
-  with pytest.raises(ValueError, match='no TFRecord files match'):
+  changed.data.tfds_data_dir = str(tmp_path / 'moved')
+  with pytest.raises(ValueError, match="TFDS dataset 'ssen_cufed' not (found|prepared) in"):
     loop.train_and_evaluate(changed, str(workdir), allow_config_change=True)
   assert _files(workdir) == before  # config.json, config_history.json: byte for byte.
 
@@ -250,7 +250,8 @@ def test_a_read_glitch_at_resume_exits_with_one_line_and_touches_nothing(tmp_pat
   env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), **compilation_cache_env())
   proc = subprocess.run(
       [sys.executable, '-c', script, '--config=configs/refsr.py:tiny', f'--workdir={workdir}',
-       f'--config.data.train_pattern={config.data.train_pattern}'],
+       f'--config.data.tfds_name={config.data.tfds_name}',
+       f'--config.data.tfds_data_dir={config.data.tfds_data_dir}'],
       env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 1, proc.stderr[-3000:]
   [line] = [l for l in proc.stderr.splitlines() if l.startswith('error:')]

@@ -405,6 +405,10 @@ ADDED_FIELDS = {'data.tfds_name': '', 'data.tfds_data_dir': '', 'data.tfds_split
                 'data.ref_mix.far_prob': 0.0,
                 'data.ref_mix.far_max': 64.0, 'data.ref_mix.far_rotate': 0.0,
                 'data.ref_mix.far_zoom': 0.0}
+# Fields removed from the configs, with the value that meant what their absence means now: a
+# config.json holding that value resumes without a reported change (any other value is a change;
+# the training loop refuses data.train_pattern's first, in a line of its own).
+RETIRED_FIELDS = {'data.train_pattern': ''}
 
 
 def _flatten(tree: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
@@ -423,6 +427,9 @@ def config_changes(old: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, tuple]
   for field, neutral in ADDED_FIELDS.items():
     if field not in old and new.get(field) == neutral:
       old[field] = neutral
+  for field, neutral in RETIRED_FIELDS.items():
+    if field not in new and old.get(field) == neutral:
+      del old[field]
   return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
           if old.get(k) != new.get(k)}
 

@@ -7,17 +7,16 @@ rounded to uint8 (the published protocol), grayscale files replicated to three c
 metrics recognise them and use their own channel). CUFED5 refs are ordered XH, H, M, L, XL
 (`XXX_1.png` ... `XXX_5.png`) and kept at their own size; folders have no refs.
 
-Training examples (TFDS datasets of `ssen_jax.data_prep.tfds_builders`, or the TFRecords of
-`ssen_jax.data_prep.convert`; read by `ssen_jax.data.input_pipeline`) have these features, the
-images stored as encoded PNG bytes:
+Training examples (TFDS datasets of `ssen_jax.data_prep.tfds_builders`, the one training data
+format; read by `ssen_jax.data.input_pipeline`) have these features, the images stored as encoded
+PNG bytes:
 
   FEATURE_NAME 'name'  the example name (utf-8), e.g. '000123' or '0001_r0_c1'.
   FEATURE_HR   'hr'    PNG of the RGB uint8 HR image.
   FEATURE_REF  'ref'   PNG of the RGB uint8 reference (CUFED-style pairs only).
   FEATURE_REFS 'refs'  five PNGs, the CUFED5 references XH..XL (CUFED5 only).
 
-Both stores are written with TensorFlow's own code (TFDS, `tf.io.TFRecordWriter`) in data_prep;
-this module needs neither.
+They are written by TFDS in data_prep; this module needs neither TFDS nor TensorFlow.
 """
 import io
 import os
@@ -144,7 +143,7 @@ def load_cufed5(directory: str | os.PathLike, scale: int) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Stored images and TFRecord shard names.
+# Stored images; the training data format that is no longer read.
 
 
 def encode_png(img: np.ndarray, compress_level: int = 6) -> bytes:
@@ -155,6 +154,15 @@ def encode_png(img: np.ndarray, compress_level: int = 6) -> bytes:
   return buf.getvalue()
 
 
-def shard_names(prefix: str, num_shards: int) -> list[str]:
-  """['prefix-00000-of-00008.tfrecord', ...] for `num_shards` shards."""
-  return [f'{prefix}-{i:05d}-of-{num_shards:05d}.tfrecord' for i in range(num_shards)]
+# The config field of the hand-built TFRecord shards that training read before TFDS was its one
+# format (`python -m ssen_jax.data_prep.convert` wrote them).
+RETIRED_TRAIN_PATTERN = 'data.train_pattern'
+CONVERT_TO_TFDS = ('prepare the TFDS dataset from the raw folder (python -m '
+                   'ssen_jax.data_prep.tfds_build --tfds_name ssen_cufed --dataset_dir RAW '
+                   '--tfds_data_dir DIR, or data_prep.convert with its old flags)')
+
+
+def retired_train_pattern(value: str) -> str:
+  """The one line that refuses training data given as TFRecord shards (`value`: their glob)."""
+  return (f'config.{RETIRED_TRAIN_PATTERN}={value!r}: TFRecord shards are no longer read; '
+          f'{CONVERT_TO_TFDS} and set config.data.tfds_name and config.data.tfds_data_dir instead')

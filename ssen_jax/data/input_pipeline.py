@@ -3,7 +3,7 @@
 The only runtime module besides `data_prep` that imports TensorFlow (hidden from GPUs here).
 
 Reads a TFDS dataset prepared by `data_prep.tfds_build` (the builders of `data_prep.tfds_builders`,
-the demo's included) or the TFRecords of `data_prep.convert` (keys in `ssen_jax.data.datasets`).
+the demo's included; feature keys in `ssen_jax.data.datasets`), the one training data format.
 Per example:
 
 1. HR: a random `hr_patch` x `hr_patch` crop (uniform offset), then one of the 8 dihedral
@@ -21,7 +21,7 @@ Determinism and exact resume: every host keeps its share of encoded PNG bytes in
 a permutation of the host's N examples with `tf.random.experimental.index_shuffle` (seeded by
 (seed, process_index, e)), and the crop/augmentation draws are stateless ops seeded by
 (seed, process_index, s, slot). So the batch at step s depends only on (seed, s, process_index),
-the host's examples (its TFRecord shards or its TFDS range) and B, and starting at `start_step`
+the host's examples (its TFDS range) and B, and starting at `start_step`
 yields exactly what an uninterrupted run yields from that step, without saving any iterator state.
 Another host count or batch size gives another stream (the training loop warns and records it
 in `config_history.json`).
@@ -287,59 +287,11 @@ def shifted_view_example(hr: tf.Tensor, seed: tf.Tensor, max_shift: tf.Tensor, *
   return {'lr': imresize_tf(crop, 1.0 / scale), 'hr': crop, 'ref': ref}
 
 
-def host_shards(file_pattern: str, process_index: int, process_count: int) -> list[str]:
-  """This host's shards: sorted(glob(file_pattern))[process_index::process_count].
-
-  Every host reads the same number of shards: a shard count that the host count does not divide
-  is refused (one line naming both), since the hosts' shares, and so their epochs, would differ
-  by a whole shard. The few examples by which equal shard counts can still differ are dropped by
-  `create_train_iterator(examples_per_host=...)`.
-
-  Raises:
-    ValueError: no file matches, fewer shards than hosts, or a shard count not divisible by the
-      host count.
-  """
-  files = sorted(tf.io.gfile.glob(file_pattern))
-  if not files:
-    raise ValueError(f'no TFRecord files match {file_pattern!r}')
-  if len(files) < process_count:
-    raise ValueError(f'{len(files)} shards match {file_pattern!r} but there are {process_count} '
-                     'hosts: each host needs at least one shard (rerun data_prep with more '
-                     '--num_shards)')
-  if len(files) % process_count:
-    raise ValueError(f'{len(files)} shards match {file_pattern!r}, not a multiple of the '
-                     f'{process_count} hosts: every host must read the same number of shards '
-                     f'(rerun data_prep with --num_shards a multiple of {process_count})')
-  return files[process_index::process_count]
-
-
 def _png_size(data: bytes) -> tuple[int, int] | None:
   """(height, width) from a PNG header, or None if `data` is not a PNG."""
   if data[:8] != _PNG_SIGNATURE or len(data) < 24:
     return None
   return int.from_bytes(data[20:24], 'big'), int.from_bytes(data[16:20], 'big')
-
-
-def load_host_records(files: list[str], kind: str, hr_patch: int) -> dict[str, tf.Tensor]:
-  """Reads every record of the TFRecord `files` into memory, in file order.
-
-  Returns:
-    {'hr': (N,) string tensor of PNG bytes[, 'ref': (N,)]}.
-
-  Raises:
-    ValueError: no records, a record without 'ref' for kind 'refsr', or an HR image smaller
-      than `hr_patch`.
-  """
-  spec = {datasets.FEATURE_NAME: tf.io.FixedLenFeature([], tf.string, b''),
-          datasets.FEATURE_HR: tf.io.FixedLenFeature([], tf.string),
-          datasets.FEATURE_REF: tf.io.FixedLenFeature([], tf.string, b'')}
-  names, hrs, refs = [], [], []
-  ds = tf.data.TFRecordDataset(files).batch(512).map(lambda x: tf.io.parse_example(x, spec))
-  for batch in ds.as_numpy_iterator():
-    names += batch[datasets.FEATURE_NAME].tolist()
-    hrs += batch[datasets.FEATURE_HR].tolist()
-    refs += batch[datasets.FEATURE_REF].tolist()
-  return _checked_records(names, hrs, refs, str(files), kind, hr_patch)
 
 
 def _checked_records(names: list[bytes], hrs: list[bytes], refs: list[bytes], source: str,
@@ -414,22 +366,20 @@ def load_tfds_records(name: str, data_dir: str | None, split: str, kind: str, hr
                           hr_patch)
 
 
-def create_train_iterator(*, file_pattern: str | None = None, kind: str, hr_patch: int, scale: int,
+def create_train_iterator(*, tfds_name: str, kind: str, hr_patch: int, scale: int,
                           local_batch_size: int, seed: int, start_step: int, process_index: int,
                           process_count: int, ref_augment: str = 'independent',
                           independent_prob: float = 0.5, ref_mix: RefMix = RefMix(),
-                          num_threads: int | None = None, tfds_name: str | None = None,
-                          tfds_data_dir: str | None = None, tfds_split: str = 'train',
+                          num_threads: int | None = None, tfds_data_dir: str | None = None,
+                          tfds_split: str = 'train',
                           examples_per_host: Callable[[int], int] | None = None
                           ) -> Iterator[dict[str, np.ndarray]]:
   """Endless iterator of this host's training batches, starting at `start_step`.
 
   Args:
-    file_pattern: glob of the TFRecord shards of `data_prep.convert` (all hosts pass the same
-      pattern); each host reads the shards `host_shards` gives it. Or instead:
     tfds_name: a TFDS dataset prepared by `data_prep.tfds_build` (e.g. 'ssen_cufed',
-      'ssen_demo'), read from `tfds_data_dir`, split `tfds_split`; each host reads its
-      `tfds.even_splits` share (`load_tfds_records`).
+      'ssen_demo'), read from `tfds_data_dir` (None: TFDS's default), split `tfds_split`; each
+      host reads its `tfds.even_splits` share (`load_tfds_records`).
     kind: 'refsr' (records with 'ref', e.g. CUFED) or 'sisr' (HR only, e.g. DIV2K).
     hr_patch: HR crop size (160 for CUFED, 192 for DIV2K in the paper); multiple of `scale`.
     scale: SR factor.
@@ -443,9 +393,9 @@ def create_train_iterator(*, file_pattern: str | None = None, kind: str, hr_patc
     ref_mix: shifted-view and unrelated references (`RefMix`; kind 'refsr' only).
     num_threads: tf.data private thread pool size (None: TensorFlow's default, all cores).
     examples_per_host: called with the number of examples this host read, returns how many of
-      them (the first, in file order) to use; the training loop passes the minimum over all hosts,
-      so every host's epoch has the same length (the remainder, at most a few examples per host
-      when the shards are balanced as data_prep writes them, is dropped evenly). None: all.
+      them (the first, in stored order) to use; the training loop passes the minimum over all
+      hosts, so every host's epoch has the same length (`tfds.even_splits` ranges differ by at
+      most one example, so at most one example per host is dropped). None: all.
 
   Returns:
     Iterator of {'lr': (B, hr_patch/scale, hr_patch/scale, 3), 'hr': (B, hr_patch, hr_patch, 3),
@@ -461,16 +411,12 @@ def create_train_iterator(*, file_pattern: str | None = None, kind: str, hr_patc
     raise ValueError(f'ref_mix needs kind=refsr, got {kind!r}')
   if ref_mix.total > 1 + 1e-9:
     raise ValueError(f'ref_mix probabilities add up to more than 1: {ref_mix}')
-  if bool(file_pattern) == bool(tfds_name):
-    raise ValueError('give exactly one of file_pattern (TFRecords) and tfds_name (TFDS), got '
-                     f'{file_pattern!r} and {tfds_name!r}')
+  if not tfds_name:
+    raise ValueError('no training data: tfds_name is empty (a dataset prepared by '
+                     'python -m ssen_jax.data_prep.tfds_build)')
   hide_gpus_from_tf()
-  if tfds_name:
-    records = load_tfds_records(tfds_name, tfds_data_dir or None, tfds_split, kind, hr_patch,
-                                process_index, process_count)
-  else:
-    files = host_shards(file_pattern, process_index, process_count)
-    records = load_host_records(files, kind, hr_patch)
+  records = load_tfds_records(tfds_name, tfds_data_dir or None, tfds_split, kind, hr_patch,
+                              process_index, process_count)
   num_examples = int(records['hr'].shape[0])
   if examples_per_host is not None:
     used = int(examples_per_host(num_examples))

@@ -1,1 +1,2 @@
-"""Converters from raw dataset layouts to sharded TFRecords (`python -m ssen_jax.data_prep.convert`)."""
+"""Raw dataset layouts -> TFDS datasets (`python -m ssen_jax.data_prep.tfds_build`), the one
+training data format; reference views of photos; input throughput."""

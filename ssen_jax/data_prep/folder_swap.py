@@ -1,5 +1,4 @@
-"""Replacing a whole folder by a new one in a single step (`--overwrite` of `data_prep.convert`
-and `convert_torch`).
+"""Replacing a whole folder by a new one in a single step (`convert_torch --overwrite`).
 
 The new folder is built completely beside the old one (`.NAME.new-PID-XXXX`, same file system),
 then swapped in. What is atomic is one rename(2); POSIX cannot rename a folder onto a non-empty

@@ -20,6 +20,7 @@ from clu import periodic_actions
 
 from ssen_jax.core import checkpointing
 from ssen_jax.core import sharding
+from ssen_jax.data import datasets
 from ssen_jax.eval import protocol
 from ssen_jax.eval import tables
 from ssen_jax.inference import restore
@@ -53,26 +54,50 @@ class NonFiniteLossError(RuntimeError):
 
 
 def resolve_data_paths(config: ml_collections.ConfigDict) -> Dict[str, str]:
-  """Training data (TFDS name and folder, or a TFRecord glob) and evaluation folder.
+  """Training data (TFDS name, folder and split) and evaluation folder.
 
   The demo data is built on first use from scikit-image's files (no download) and prepared as the
-  TFDS dataset 'ssen_demo' under `config.data.demo_dir`.
+  TFDS dataset 'ssen_demo' under `config.data.demo_dir`. A config that still sets
+  `data.train_pattern` (TFRecord shards, no longer read; a config file written before TFDS was the
+  one format) is refused in one line that says how to convert.
   """
   d = config.data
+  retired = datasets.RETIRED_TRAIN_PATTERN.split('.')[-1]
+  if retired in d and d[retired]:
+    raise ValueError(datasets.retired_train_pattern(d[retired]))
   if d.demo:
     from ssen_jax.data_prep import tfds_build  # pylint: disable=g-import-not-at-top
     from ssen_jax.data import demo_data  # pylint: disable=g-import-not-at-top
     name, data_dir, demo = tfds_build.prepare_demo(demo_data.default_root(d.demo_dir))
     return {'tfds_name': name, 'tfds_data_dir': data_dir, 'tfds_split': 'train',
-            'train_pattern': '', 'eval_dir': str(demo.eval_dir)}
-  if not d.tfds_name and not d.train_pattern:
+            'eval_dir': str(demo.eval_dir)}
+  if not d.tfds_name:
     raise ValueError('no training data: set config.data.tfds_name (a dataset prepared by '
-                     'python -m ssen_jax.data_prep.tfds_build) or config.data.train_pattern '
-                     '(TFRecords of data_prep.convert), or use the :demo config')
-  if d.tfds_name and d.train_pattern:
-    raise ValueError('set only one of config.data.tfds_name and config.data.train_pattern')
+                     'python -m ssen_jax.data_prep.tfds_build), or use the :demo config')
   return {'tfds_name': d.tfds_name, 'tfds_data_dir': d.tfds_data_dir, 'tfds_split': d.tfds_split,
-          'train_pattern': d.train_pattern, 'eval_dir': d.eval_dir}
+          'eval_dir': d.eval_dir}
+
+
+def check_trained_on_shards(workdir: str, config: ml_collections.ConfigDict,
+                            allow_change: bool) -> None:
+  """A workdir trained on TFRecord shards (its config.json sets data.train_pattern) resumes only
+  on a TFDS dataset (`config.data.tfds_name`) with `allow_change`: the change of data is recorded
+  in config_history.json like any other. Otherwise a ValueError (one line) says how to convert.
+
+  Its checkpoints themselves are unaffected: `evaluate`, `infer` and the GAN stage's
+  `init_workdir` read only the model fields of its config.json."""
+  path = checkpointing.workdir_path(workdir) / checkpointing.CONFIG_FILE
+  if not checkpointing.checkpoint_steps(workdir) or not path.exists():
+    return
+  section, field = datasets.RETIRED_TRAIN_PATTERN.split('.')
+  old = json.loads(path.read_text()).get(section, {}).get(field, '')
+  if not old or (allow_change and config.data.tfds_name):
+    return
+  raise ValueError(
+      f'{workdir} was trained on TFRecord shards ({datasets.RETIRED_TRAIN_PATTERN}={old!r} in its '
+      f'{checkpointing.CONFIG_FILE}), which are no longer read: {datasets.CONVERT_TO_TFDS}, then '
+      'resume with --config.data.tfds_name=ssen_cufed --config.data.tfds_data_dir=DIR '
+      f'--allow_config_change (recorded in {checkpointing.CONFIG_HISTORY_FILE})')
 
 
 def load_eval_examples(config: ml_collections.ConfigDict, eval_dir: str) -> List[dict]:
@@ -126,9 +151,9 @@ DATA_STREAM_FIELDS = ('process_count', 'batch_size', 'local_batch_size')
 
 def check_data_stream(workdir: str, config: ml_collections.ConfigDict, step: int) -> None:
   """Warns (one line) and records in `config_history.json` when a resumed run reads another data
-  stream than the run it resumes: another host count or global batch size gives each host other
-  shards and other example positions from step `step + 1` on. Writes `data_stream.json` (what
-  this run reads) for the next resume. Process 0 only."""
+  stream than the run it resumes: another host count gives each host another range of examples,
+  and it or another global batch size gives other example positions from step `step + 1` on.
+  Writes `data_stream.json` (what this run reads) for the next resume. Process 0 only."""
   if jax.process_index() != 0:
     return
   now = {'process_count': jax.process_count(), 'batch_size': int(config.batch_size),
@@ -275,6 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # the batch, the data paths, the evaluation data, the checkpoint to resume from and the training
   # data. A refused run leaves the workdir as it found it.
   check_config(config)
+  check_trained_on_shards(workdir, config, allow_config_change)
   changes = checkpointing.check_resume_config(workdir, config, allow_change=allow_config_change)
   if config.batch_size % jax.device_count():
     raise ValueError(f'batch_size {config.batch_size} is not divisible by the '
@@ -354,12 +380,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return last_results
 
   # This host's part before the first collective (`_min_over_hosts`, inside): a bad record in its
-  # shards raises here; the other hosts are told there.
+  # share of the data raises here; the other hosts are told there.
   exchanged = []
   try:
     train_iter = input_pipeline.create_train_iterator(
-      file_pattern=paths['train_pattern'] or None, tfds_name=paths['tfds_name'] or None,
-      tfds_data_dir=paths['tfds_data_dir'] or None, tfds_split=paths['tfds_split'],
+      tfds_name=paths['tfds_name'], tfds_data_dir=paths['tfds_data_dir'] or None,
+      tfds_split=paths['tfds_split'],
       kind=config.data.kind, hr_patch=config.data.hr_patch,
       scale=config.model.scale, local_batch_size=config.batch_size // jax.process_count(),
       seed=config.seed, start_step=start, process_index=jax.process_index(),
