@@ -48,6 +48,8 @@ def test_op_table_and_json(tmp_path):
   machine = result['machine']
   assert {'cpu', 'cpus', 'usable_cpus', 'jax', 'jaxlib', 'backend'} <= set(machine)
   assert 'torch' not in machine  # Nothing imported torch.
+  assert result['device_memory'] == dict(jax_peak_gb=None, torch_peak_gb=None, backend='cpu',
+                                         torch_device=None)
   assert {r['name'] for r in result['timings']} == {
       'deform_conv2d forward', 'deform_conv2d forward+backward', 'conv 3x3 forward',
       'conv 3x3 forward+backward'}
@@ -62,6 +64,7 @@ def test_op_table_and_json(tmp_path):
 
   md = proc.stdout
   assert md.startswith('## ssen_jax benchmark: op')
+  assert 'Peak device memory: JAX n/a on cpu.' in md
   assert f"jax {machine['jax']}" in md and machine['cpu'] in md
   timings = _table(md, 'case')
   assert [row[0] for row in timings] == [r['name'] for r in result['timings']]
@@ -132,6 +135,9 @@ def test_infer_and_train_with_sizes_and_torch(tmp_path):
   ratios = {r['name']: r for r in result['ratios']}
   assert ratios['recompilations over all ssen steps']['value'] == 0
   assert any(n.startswith('steps/s: ssen train step ') for n in result['notes'])
+  samples = result['key_figures']['samples_per_s']
+  assert result['key_figures']['batch'] == 3 and set(samples) == {r['name'] for r in
+                                                                   result['timings']}
 
 
 @pytest.mark.parametrize('flag, message', [
@@ -194,3 +200,59 @@ def test_compile_reports_flops_memory_and_estimates(tmp_path):
   assert len(_table(proc.stdout, 'config')) == 1 and 'ESTIMATE' in proc.stdout
   bad = _run('--what', 'train', '--repeats', '0', check=False)
   assert bad.returncode == 1 and bad.stderr.strip() == 'error: --repeats must be at least 1, got 0.'
+
+
+def test_parity_latency_and_summary_at_tiny_sizes(tmp_path):
+  """The GPU script's new figures, called in-process at tiny sizes (the script itself runs them in
+  launch/gpu_benchmark.sh --tiny): the op's and the model's parity with PyTorch, the latency at
+  the paper's output size rule, the peak-memory line, and the summary that gathers them."""
+  torch = pytest.importorskip('torch')
+  pytest.importorskip('torchvision')
+  from ssen_jax.benchmarks import harness, model_speed, parity, summary
+  op = parity.bench_op_parity(1, True, torch)
+  rows = {(r['precision'], r['compared']): r for r in op['parity']}
+  assert set(rows) == {(p, c) for p in ('float32', 'default')
+                       for c in ('output', 'd/dx', 'd/doffsets', 'd/dmask', 'd/dkernel', 'd/dbias')}
+  assert all(r['max_rel'] < 1e-5 and r['torch_max'] > 0 for r in rows.values())
+  assert [r['met'] for r in op['ratios']] == [True, True]
+
+  model = parity.bench_model_parity(1, True, torch, lr_size=(6, 5), batch=1)
+  k = model['key_figures']
+  assert 'LR 6x5 -> 24x20' in model['settings'] and k['grad_tensors'] > 50
+  assert k['output_max_abs'] < 1e-4 and k['worst_grad_rel'] < 1e-3 and k['psnr_db'] > 80
+  assert all(r['met'] for r in model['ratios'])
+
+  latency = model_speed.bench_latency(1, True, torch)
+  assert 'LR 12x20 -> 48x80 cropped to 46x78' in latency['settings']
+  assert latency['key_figures']['paper_s'] == 0.95 and latency['key_figures']['torch_s'] > 0
+  err = [float(n.split('= ')[1].split()[0]) for n in latency['notes'] if 'SR_torch' in n]
+  assert len(err) == 1 and err[0] < 1e-4  # The crop is the same on both sides.
+
+  memory = harness.device_memory(torch, 'cpu')
+  assert memory['jax_peak_gb'] is None and memory['torch_peak_gb'] is None  # This CPU.
+  assert harness.memory_line(memory) == 'Peak device memory: JAX n/a on cpu; PyTorch n/a on cpu.'
+  machine = harness.machine_info(torch)
+  for name, result in (('op_parity', op), ('model_parity', model), ('latency', latency)):
+    result = dict(result, what=name, machine=machine, device_memory=memory,
+                  load_average_after=0.0)
+    md = harness.to_markdown(result)
+    assert 'Peak device memory: JAX n/a on cpu' in md
+    if name != 'latency':
+      assert len(_table(md, 'precision')) == len(result['parity'])
+    (tmp_path / f'{name}.json').write_text(json.dumps(result))
+  (tmp_path / 'run.tsv').write_text('op_parity\t0\t3\t40\nmodel_parity\t0\t9\t70\n'
+                                    'latency\t0\t5\t50\ntrain\t124\t110\t110\n'
+                                    'train_bf16\t1\t2\t80\ncompile\tskipped\t0\t2\n'
+                                    'total\t-\t129\t460\n')
+  result = summary.summarize(str(tmp_path))
+  text = summary.to_markdown(result)
+  rows = {r['what'].split(',')[0]: r for r in result['summary']}
+  assert rows['inference latency']['note'] == 'paper: 0.95 s on a GTX 1080 Ti'
+  assert [r['jax'] for r in result['summary'] if r['what'].startswith('train step')] == [
+      'timed out after 110 s', 'failed (exit 1)']
+  assert rows['full-size step compile']['jax'] == 'skipped: no time left'
+  assert rows['deform_conv2d speed']['jax'] == 'not run'
+  assert result['figures']['train'] is None and result['figures']['latency']['what'] == 'latency'
+  assert len(_table(text, 'figure')) == len(result['summary'])
+  assert [row[1] for row in _table(text, 'table')] == ['ok', 'ok', 'ok', '124', '1', 'skipped']
+  assert text.rstrip().endswith('Total: 129 s of a 460 s budget.')

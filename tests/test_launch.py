@@ -803,47 +803,77 @@ def test_readme_commands_are_valid(env):
 
 # --- The GPU benchmark table ---------------------------------------------------------------------
 
+FIGURES = ['op_parity', 'model_parity', 'latency', 'train', 'train_bf16', 'compile', 'op']
+
+
 def test_gpu_benchmark_runs_every_figure(env, tmp_path, fake_python):
   out = tmp_path / 'tables'
   proc = ok('gpu_benchmark.sh', '--python', fake_python, '--out', out, '--batch', '16', env=env)
-  assert [f.name for f in sorted(out.iterdir())] == ['compile.md', 'infer.md', 'op.md', 'train.md',
-                                                     'train_bf16.md']
-  assert recorded(tmp_path)[0] == ['-m', 'ssen_jax.benchmark', '--what', 'compile', '--train_batch',
-                                   '16', '--repeats', '2', '--json', f'{out}/compile.json',
-                                   '--overwrite']  # The last figure's call.
-  assert 'figure infer' in proc.stderr
+  assert sorted(f.name for f in out.iterdir()) == sorted(
+      [f'{name}.md' for name in FIGURES] + ['summary.md', 'run.tsv'])
+  assert recorded(tmp_path)[0] == [  # The last call: the summary of the figures.
+      '-m', 'ssen_jax.benchmark', '--what', 'summary', '--json', f'{out}/summary.json',
+      '--overwrite']
+  run_tsv = [line.split('\t') for line in (out / 'run.tsv').read_text().splitlines()]
+  assert [r[0] for r in run_tsv] == FIGURES + ['total'] and all(r[1] == '0' for r in run_tsv[:-1])
+  assert run_tsv[-1][1] == '-' and run_tsv[-1][3] == '460'
+  assert 'figure latency (limit 50 s)' in proc.stderr and 'total: ' in proc.stderr
   dry = commands(ok('gpu_benchmark.sh', '--out', 'rel', '--dry_run', env=env,
                     cwd=tmp_path).stdout)
   assert dry[:2] == [['cd', str(REPO_ROOT)], ['mkdir', '-p', f'{tmp_path}/rel']]
   assert dry[2][0] == 'nvidia-smi'
-  assert all(c[:4] == ['timeout', '200', 'env', 'PYTHONUNBUFFERED=1'] for c in dry[3:])
+  limits = [c[1] for c in dry[3:-1]]
+  assert limits == ['40', '70', '50', '110', '80', '70', '40']
+  assert sum(map(int, limits)) <= 460  # Each figure in its limit: all within the budget.
+  assert all(c[2:5] == ['env', 'PYTHONUNBUFFERED=1', 'XLA_PYTHON_CLIENT_PREALLOCATE=false']
+             for c in dry[3:-1])
   bench = ['python3', '-m', 'ssen_jax.benchmark']
   json_out = lambda name: ['--json', f'{tmp_path}/rel/{name}.json', '--overwrite']
-  assert [c[4:] for c in dry[3:]] == [
-      bench + ['--what', 'op', '--compare', 'torch'] + json_out('op'),
-      bench + ['--what', 'infer', '--infer_lr', '80x137', '--compare', 'torch'] + json_out('infer'),
+  assert [c[5:] for c in dry[3:-1]] == [
+      bench + ['--what', 'op_parity'] + json_out('op_parity'),
+      bench + ['--what', 'model_parity'] + json_out('model_parity'),
+      bench + ['--what', 'latency', '--compare', 'torch'] + json_out('latency'),
       bench + ['--what', 'train', '--train_batch', '32', '--compare', 'torch'] + json_out('train'),
       bench + ['--what', 'train', '--train_batch', '32', '--config', 'configs/refsr.py:bf16']
       + json_out('train_bf16'),
-      bench + ['--what', 'compile', '--train_batch', '32', '--repeats', '2'] + json_out('compile')]
+      bench + ['--what', 'compile', '--train_batch', '32', '--repeats', '2'] + json_out('compile'),
+      bench + ['--what', 'op', '--compare', 'torch'] + json_out('op')]
+  assert dry[-1] == ['timeout', '30', 'python3', '-m', 'ssen_jax.benchmark', '--what', 'summary',
+                     '--json', f'{tmp_path}/rel/summary.json', '--overwrite']
   tiny = commands(ok('gpu_benchmark.sh', '--out', 'rel', '--dry_run', '--tiny', env=env,
                      cwd=tmp_path).stdout)
-  assert all('--tiny' in c for c in tiny[3:]) and len(tiny) == len(dry)
+  assert all('--tiny' in c and c[1] == '600' for c in tiny[3:-1]) and len(tiny) == len(dry)
+
+
+def test_gpu_benchmark_budget_cuts_the_last_figures(env, tmp_path):
+  """Each figure gets at most what is left of --budget; with less than 5 s left it is skipped."""
+  slow = tmp_path / 'slow_python'
+  slow.write_text('#!/bin/bash\n[[ $* == *summary* ]] || sleep 1\necho "$@"\n')
+  slow.chmod(0o755)
+  out = tmp_path / 'tables'
+  proc = run('gpu_benchmark.sh', '--python', slow, '--out', out, '--budget', '7', env=env)
+  assert proc.returncode == 1
+  rows = [line.split('\t') for line in (out / 'run.tsv').read_text().splitlines()]
+  assert [r[0] for r in rows] == FIGURES + ['total']
+  assert rows[0][1] == '0' and rows[0][3] == '7'  # The first figure gets the whole budget.
+  assert rows[-2][1:3] == ['skipped', '0'] and 'skipped: the budget of 7 s is spent' in proc.stderr
+  assert '--what summary' in (out / 'summary.md').read_text()
 
 
 def test_gpu_benchmark_keeps_going_after_a_failed_figure(env, tmp_path):
   failing = tmp_path / 'failing_python'
-  failing.write_text('#!/bin/bash\necho "$@"\n[[ $* != *infer* ]]\n')
+  failing.write_text('#!/bin/bash\necho "$@"\n[[ $* != *latency* ]]\n')
   failing.chmod(0o755)
   out = tmp_path / 'tables'
   proc = run('gpu_benchmark.sh', '--python', failing, '--out', out, env=env)
   assert proc.returncode == 1
-  assert 'figure infer failed (exit 1); the others still run' in proc.stderr
+  assert 'figure latency failed (exit 1); the others still run' in proc.stderr
   assert '--what train' in (out / 'train.md').read_text()
+  assert 'latency\t1\t' in (out / 'run.tsv').read_text()
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--lr', '80'], "--lr must look like 80x137, got '80'"),
+    (['--budget', '8m'], "--budget must be a whole number of seconds, got '8m'"),
     (['--batch', 'x'], "--batch must be a positive integer, got 'x'"),
     (['--limit', '1m'], "--limit must be a whole number of seconds, got '1m'"),
     (['--bogus'], 'unknown flag --bogus'),

@@ -3,7 +3,9 @@
 Speed is quoted as ratios measured in one run on one machine, since absolute times drift: every
 case is run once per repetition, the cases interleaved, and the median of the repetitions is
 reported (with the minimum). Each benchmark returns a dict with `settings` (one sentence),
-`timings` and/or `memory` rows, `ratios` (with their targets) and `notes`; `to_markdown` prints it.
+`timings`, `memory`, `compile` or `parity` rows, `ratios` (with their targets), `notes` and, where a
+summary wants them, `key_figures`; `benchmark` adds the run's `device_memory`, and `to_markdown`
+prints it all.
 """
 from __future__ import annotations
 
@@ -91,6 +93,43 @@ def machine_info(torch_module=None, torch_device: str = 'cpu') -> Dict[str, Any]
   return info
 
 
+def device_memory(torch_module=None, torch_device: str = 'cpu') -> Dict[str, Any]:
+  """Peak accelerator memory of this process so far, per framework; None where not available.
+
+  JAX: `peak_bytes_in_use` of its first device's allocator (a GPU's or TPU's; the CPU client keeps
+  no such statistics). PyTorch: `torch.cuda.max_memory_allocated()` when its peers run on CUDA.
+  Both count the bytes of live arrays at their highest, not the pool an allocator reserves.
+  """
+  import jax
+  jax_gb = None
+  try:
+    stats = jax.devices()[0].memory_stats() or {}
+  except Exception:  # pylint: disable=broad-except  (a backend without statistics)
+    stats = {}
+  if 'peak_bytes_in_use' in stats:
+    jax_gb = stats['peak_bytes_in_use'] / 1e9
+  torch_gb = None
+  if torch_module is not None and torch_device == 'cuda':
+    torch_gb = torch_module.cuda.max_memory_allocated() / 1e9
+  return dict(jax_peak_gb=jax_gb, torch_peak_gb=torch_gb, backend=jax.default_backend(),
+              torch_device=torch_device if torch_module is not None else None)
+
+
+def memory_line(memory: Mapping[str, Any]) -> str:
+  """'Peak device memory: ...' for the report (n/a on a CPU)."""
+  if memory['jax_peak_gb'] is None:
+    jax_text = f"JAX n/a on {memory['backend']}"
+  else:
+    jax_text = f"JAX {memory['jax_peak_gb']:.2f} GB (peak_bytes_in_use)"
+  if memory['torch_device'] is None:
+    torch_text = ''
+  elif memory['torch_peak_gb'] is None:
+    torch_text = f"; PyTorch n/a on {memory['torch_device']}"
+  else:
+    torch_text = f"; PyTorch {memory['torch_peak_gb']:.2f} GB (max_memory_allocated)"
+  return f'Peak device memory: {jax_text}{torch_text}.'
+
+
 def to_markdown(result: Mapping[str, Any]) -> str:
   """The result of one `--what` as a Markdown section."""
   m = result['machine']
@@ -102,7 +141,16 @@ def to_markdown(result: Mapping[str, Any]) -> str:
               else '') + '.',
            f"Settings: {result['settings']}",
            f"Load average (1 min; other processes on these CPUs) before / after: "
-           f"{m['load_average']:.2f} / {result['load_average_after']:.2f}.", '']
+           f"{m['load_average']:.2f} / {result['load_average_after']:.2f}."]
+  if result.get('device_memory'):
+    lines.append(memory_line(result['device_memory']))
+  lines.append('')
+  if result.get('parity'):
+    lines += markdown_table(
+        ('precision', 'compared', 'max abs diff', 'relative', 'mean abs diff', 'max abs torch'),
+        [(r['precision'], r['compared'], f"{r['max_abs']:.2e}", f"{r['max_rel']:.2e}",
+          f"{r['mean_abs']:.2e}", f"{r['torch_max']:.3g}") for r in result['parity']],
+        align='llrrrr') + ['']
   if result.get('timings'):
     lines += markdown_table(
         ('case', 'framework', 'median ms', 'min ms', 'runs'),

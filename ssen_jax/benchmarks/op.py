@@ -15,20 +15,50 @@ OP_SHAPE = dict(n=4, c=64, h=40, w=40, offset_std=3.0)
 TINY_OP_SHAPE = dict(n=1, c=8, h=12, w=12, offset_std=3.0)
 
 
+def op_arrays(shape: Dict[str, Any], seed: int = 0) -> Dict[str, np.ndarray]:
+  """Random inputs of one 3x3 deformable convolution, NHWC, float32.
+
+  Args:
+    shape: n, c, h, w (C -> C channels) and offset_std (pixels), as OP_SHAPE.
+    seed: numpy seed.
+
+  Returns:
+    x (N, H, W, C), offsets (N, H, W, 18) ~ N(0, offset_std^2), mask (N, H, W, 9) ~ U(0, 1),
+    kernel (3, 3, C, C) of unit output scale, bias (C,), and cot (N, H, W, C): an output cotangent.
+  """
+  n, c, h, w = shape['n'], shape['c'], shape['h'], shape['w']
+  rng = np.random.default_rng(seed)
+  return dict(
+      x=rng.standard_normal((n, h, w, c)).astype(np.float32),
+      offsets=(rng.standard_normal((n, h, w, 18)) * shape['offset_std']).astype(np.float32),
+      mask=rng.random((n, h, w, 9), dtype=np.float32),
+      kernel=(rng.standard_normal((3, 3, c, c)) / np.sqrt(9 * c)).astype(np.float32),
+      bias=rng.standard_normal(c).astype(np.float32),
+      cot=rng.standard_normal((n, h, w, c)).astype(np.float32))
+
+
+def torch_op_args(torch, arrays: Dict[str, np.ndarray], device: str = 'cpu') -> list:
+  """`op_arrays` as torchvision.ops.deform_conv2d's x, offset, mask, weight, bias (NCHW, OIHW)."""
+  nchw = lambda a: torch_peers.nchw(torch, a, device)
+  weight = np.ascontiguousarray(np.transpose(arrays['kernel'], (3, 2, 0, 1)))
+  return [nchw(arrays['x']), nchw(arrays['offsets']), nchw(arrays['mask']),
+          torch.from_numpy(weight).to(device), torch.from_numpy(arrays['bias']).to(device)]
+
+
+def torchvision_op(x, offset, mask, weight, bias):
+  """torchvision's deform_conv2d with the arguments of `torch_op_args` (3x3, padding 1)."""
+  import torchvision  # pylint: disable=import-outside-toplevel
+  return torchvision.ops.deform_conv2d(x, offset, weight, bias, padding=(1, 1), mask=mask)
+
+
 def bench_op(repeats: int, tiny: bool, torch=None, pause: float = 0.0, torch_device: str = 'cpu',
              **unused) -> Dict[str, Any]:
   """deform_conv2d against a plain 3x3 convolution of the same shape and torchvision's op."""
   s = TINY_OP_SHAPE if tiny else OP_SHAPE
   n, c, h, w = s['n'], s['c'], s['h'], s['w']
-  rng = np.random.default_rng(0)
-  x = rng.standard_normal((n, h, w, c)).astype(np.float32)
-  offsets = (rng.standard_normal((n, h, w, 18)) * s['offset_std']).astype(np.float32)
-  mask = rng.random((n, h, w, 9), dtype=np.float32)
-  kernel = (rng.standard_normal((3, 3, c, c)) / np.sqrt(9 * c)).astype(np.float32)
-  bias = rng.standard_normal(c).astype(np.float32)
-  cot = rng.standard_normal((n, h, w, c)).astype(np.float32)
-  args = [jnp.asarray(a) for a in (x, offsets, mask, kernel, bias)]
-  cot_j = jnp.asarray(cot)
+  arrays = op_arrays(s)
+  args = [jnp.asarray(arrays[k]) for k in ('x', 'offsets', 'mask', 'kernel', 'bias')]
+  cot_j = jnp.asarray(arrays['cot'])
 
   def conv(x, kernel, bias):
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
@@ -52,34 +82,27 @@ def bench_op(repeats: int, tiny: bool, torch=None, pause: float = 0.0, torch_dev
   frameworks = dict.fromkeys(cases, 'jax')
   notes = []
   if torch is not None:
-    import torchvision
     dev = torch_device
-    nchw = lambda a: torch_peers.nchw(torch, a, dev)
-    t = [nchw(x), nchw(offsets), nchw(mask),
-         torch.from_numpy(np.ascontiguousarray(np.transpose(kernel, (3, 2, 0, 1)))).to(dev),
-         torch.from_numpy(bias).to(dev)]
+    t = torch_op_args(torch, arrays, dev)
     t_grad = [a.clone().requires_grad_(True) for a in t]
-    t_cot = torch_peers.nchw(torch, cot, dev)
-
-    def tv(x, off, m, k, b):
-      return torchvision.ops.deform_conv2d(x, off, k, b, padding=(1, 1), mask=m)
+    t_cot = torch_peers.nchw(torch, arrays['cot'], dev)
 
     def tv_forward():
       with torch.inference_mode():
-        tv(*t)
+        torchvision_op(*t)
       torch_peers.sync(torch, dev)
 
     def tv_forward_backward():
       for a in t_grad:
         a.grad = None
-      tv(*t_grad).backward(t_cot)
+      torchvision_op(*t_grad).backward(t_cot)
       torch_peers.sync(torch, dev)
 
     cases['torchvision deform_conv2d forward'] = tv_forward
     cases['torchvision deform_conv2d forward+backward'] = tv_forward_backward
     frameworks.update(dict.fromkeys(list(cases)[-2:], 'torch'))
     with torch.inference_mode():
-      err = np.abs(np.transpose(tv(*t).cpu().numpy(), (0, 2, 3, 1))
+      err = np.abs(np.transpose(torchvision_op(*t).cpu().numpy(), (0, 2, 3, 1))
                    - np.asarray(dcn_fwd(*args))).max()
     notes.append(f'max |deform_conv2d - torchvision| = {err:.1e} (forward)')
 

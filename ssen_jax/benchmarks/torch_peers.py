@@ -45,6 +45,11 @@ def nchw(torch, x, device='cpu'):
   return torch.from_numpy(np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2)))).to(device)
 
 
+def charbonnier(torch, sr, hr, eps: float):
+  """The training loss, mean(sqrt((sr - hr)^2 + eps^2)), in torch (`optim.charbonnier_loss`)."""
+  return torch.sqrt((sr - hr) ** 2 + eps ** 2).mean()
+
+
 def sync(torch, device):
   """Waits for the queued GPU work (torch calls return before a CUDA kernel has run)."""
   if device == 'cuda':
