@@ -1,8 +1,10 @@
 """One training data format, TFDS (issue 22, section 5): the TFRecord shards' config field is
 refused in one line with exit status 1, a workdir trained on shards is refused in one line that
-says how to convert, then resumes on the TFDS dataset of the `data_prep.convert` alias."""
+says how to convert, then resumes on the TFDS dataset of the `data_prep.convert` alias, and the
+docs describe no removed path."""
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -103,3 +105,17 @@ def test_a_workdir_trained_on_shards_resumes_on_the_converted_dataset(tmp_path):
   assert record['changes']['data.tfds_name'] == {'old': '', 'new': 'ssen_cufed'}
   assert 'train_pattern' not in json.loads((workdir / 'config.json').read_text())['data']
   loop.train_and_evaluate(new, str(workdir))  # Its config.json is a TFDS one now: nothing to ask.
+
+
+# Text that names the removed path: its config field, its files, its flags, the shard rule.
+REMOVED = ('train_pattern', '.tfrecord', 'file_pattern', '--num_shards', 'multiple of the number '
+           'of processes')
+
+
+def test_docs_describe_no_removed_path():
+  root = pathlib.Path(REPO_ROOT)
+  docs = [root / 'README.md', root / 'launch' / 'README.md',
+          root / 'ssen_jax' / 'data_prep' / 'README.md', *sorted((root / 'docs').glob('*.md')),
+          *sorted((root / 'configs').glob('*.py')), *sorted((root / 'launch').glob('*.sh'))]
+  found = [f'{p.relative_to(root)}: {s}' for p in docs for s in REMOVED if s in p.read_text()]
+  assert not found, found
