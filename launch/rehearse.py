@@ -407,11 +407,11 @@ class Rehearsal:
     """The demo data as a TFDS dataset, built once, in the bucket."""
     data = self.cloud / 'bucket' / 'tfds'
     if not data.exists():
-      self.say('data: python -m ssen_jax.data_prep.tfds_build --dataset ssen_demo '
+      self.say('data: python -m ssen_jax.data_prep.tfds_build --tfds_name ssen_demo '
                '(into the bucket)')
       proc = subprocess.run(
-          [sys.executable, '-m', 'ssen_jax.data_prep.tfds_build', '--dataset', 'ssen_demo',
-           '--data_dir', str(data)], cwd=self.checkout, capture_output=True, text=True,
+          [sys.executable, '-m', 'ssen_jax.data_prep.tfds_build', '--tfds_name', 'ssen_demo',
+           '--tfds_data_dir', str(data)], cwd=self.checkout, capture_output=True, text=True,
           env={**os.environ, 'PYTHONPATH': str(self.checkout)})
       self.log.write(proc.stdout + proc.stderr)
       if proc.returncode:

@@ -1,7 +1,7 @@
 r"""Imports a PyTorch checkpoint (.pth) of an SSEN network as a workdir that `infer`, `evaluate`
 and `visualize_offsets` accept.
 
-  python -m ssen_jax.convert_torch IN.pth --config configs/refsr.py[:variant] --out DIR \
+  python -m ssen_jax.convert_torch IN.pth --config configs/refsr.py[:variant] --out_dir DIR \
       [--overwrite]
 
 The architecture comes from the config (its `model` section); the state_dict keys map onto the
@@ -16,37 +16,47 @@ and keeps DIR's other files; a training workdir is always refused. The new DIR i
 in a folder beside it and swapped in as one folder (`ssen_jax.data_prep.folder_swap`): DIR is
 all-old or all-new; a run killed between the swap's two renames leaves the old DIR whole in
 .DIR.old, and the next convert_torch puts it back before anything else.
+
+The old spelling --out (now --out_dir) is accepted for one release with a warning line.
 """
 from __future__ import annotations
 
 import sys
 from typing import Sequence
 
-from absl import app
 from absl import flags
 from absl import logging
 
+from ssen_jax.core import cli
+
 FLAGS = flags.FLAGS
+USAGE = """Imports a PyTorch checkpoint (.pth) of an SSEN network as a workdir (infer, evaluate).
+
+  python -m ssen_jax.convert_torch IN.pth --config configs/refsr.py[:variant] --out_dir DIR \\
+      [--overwrite]
+  (also the console command ssen-convert-torch)"""
 
 
 def define_flags() -> None:
   """Command-line flags, defined only when run as a script."""
   flags.DEFINE_string('config', None, 'Config giving the architecture: FILE[:variant].')
-  flags.DEFINE_string('out', None, 'Output workdir.')
+  flags.DEFINE_string('out_dir', None, 'Output folder: a workdir with config.json and the '
+                      'converted step 0.')
   flags.DEFINE_bool('overwrite', False,
-                    'Replace config.json and checkpoints/ in a non-empty --out.')
-  flags.mark_flags_as_required(['config', 'out'])
+                    'Replace config.json and checkpoints/ in a non-empty --out_dir.')
+  cli.deprecated_alias('out', 'out_dir')
+  flags.mark_flags_as_required(['config', 'out_dir'])
 
 
 def main(argv: Sequence[str]) -> None:
   logging.set_verbosity(logging.ERROR)  # Orbax's INFO lines would bury the result.
   if len(argv) != 2:
     print('error: usage: python -m ssen_jax.convert_torch IN.pth --config FILE[:variant] '
-          '--out DIR [--overwrite]', file=sys.stderr)
+          '--out_dir DIR [--overwrite]', file=sys.stderr)
     sys.exit(1)  # Like absl's usage errors in every command (docs/exit_statuses.md).
   from ssen_jax.training import workdir  # pylint: disable=import-outside-toplevel
   try:
-    print(workdir.import_pth(argv[1], FLAGS.config, FLAGS.out, overwrite=FLAGS.overwrite))
+    print(workdir.import_pth(argv[1], FLAGS.config, FLAGS.out_dir, overwrite=FLAGS.overwrite))
   except (ValueError, ImportError) as e:  # ConversionError, ConfigError: one-line messages.
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
@@ -55,7 +65,7 @@ def main(argv: Sequence[str]) -> None:
 def run() -> None:
   """The console command `ssen-convert-torch` (the same as `python -m ssen_jax.convert_torch`)."""
   define_flags()
-  app.run(main)
+  cli.run(main, USAGE)
 
 
 if __name__ == '__main__':

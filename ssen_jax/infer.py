@@ -1,11 +1,12 @@
 r"""Super-resolves one image, or every image of a folder, with a trained model.
 
   python -m ssen_jax.infer --workdir DIR --lr LR.png [--ref REF.png] --out SR.png \
-      [--checkpoint STEP_OR_PATH] [--best] [--max_memory_gb G | --tile N] [--overlap N] \
+      [--checkpoint STEP|best|PATH] [--max_memory_gb G | --tile N] [--overlap N] \
       [--overwrite] [--allow_large_images]
   python -m ssen_jax.infer --workdir DIR --lr_dir IN --out_dir OUT [--ref REF | --ref_dir REFS]
 
-Model: the latest checkpoint of --workdir (or --checkpoint STEP, or --best). --checkpoint may
+Model: the latest checkpoint of --workdir (or --checkpoint STEP, or --checkpoint best; the old
+spelling --best is accepted for one release with a warning line). --checkpoint may
 instead name a PyTorch .pth file (architecture from --config FILE[:variant], else from the
 workdir's config.json) or a folder written by `ssen_jax.convert_torch`. The command runs the Python
 API's model (`ssen_jax.inference.api.Model`, `ssen_jax.load_model`).
@@ -49,15 +50,23 @@ import sys
 import time
 from collections.abc import Sequence
 
-from absl import app
 from absl import flags
 from absl import logging
 
+from ssen_jax.core import cli
 from ssen_jax.core import progress
 from ssen_jax.data import images
 from ssen_jax.inference import tiling
 
 FLAGS = flags.FLAGS
+USAGE = """Super-resolves one image, or every image of a folder, with a trained model.
+
+  python -m ssen_jax.infer --workdir W --lr LR.png [--ref REF.png] --out SR.png
+  python -m ssen_jax.infer --workdir W --lr_dir IN --out_dir OUT [--ref REF | --ref_dir REFS]
+  (also the console command ssen-infer)"""
+EXIT_STATUSES = ('exit status: 0 done; 1 an error or a usage error (one line on stderr), or with '
+                 '--lr_dir some image failed (named; the rest are written); SIGTERM kills it '
+                 '(docs/exit_statuses.md).')
 
 
 def define_flags() -> None:
@@ -69,13 +78,11 @@ def define_flags() -> None:
   flags.DEFINE_string('lr_dir', None, 'Folder of LR images (instead of --lr).')
   flags.DEFINE_string('out_dir', None, 'Output folder for --lr_dir: OUT/<stem>.png per image.')
   flags.DEFINE_string('ref_dir', None, 'Folder of references for --lr_dir, matched by stem.')
-  flags.DEFINE_string('checkpoint', None, 'A step of --workdir, a PyTorch .pth file, or a folder '
-                      'written by ssen_jax.convert_torch.')
+  cli.define_checkpoint_flag()
   flags.DEFINE_string('config', None, 'FILE[:variant] giving the architecture of a .pth.')
-  flags.DEFINE_bool('best', False, 'Use the checkpoint with the best eval PSNR.')
-  flags.DEFINE_float('max_memory_gb', None, 'Memory budget (GB): one model call, plus the host '
-                     'arrays on CPU; tiles when the image does not fit. Default: 90%% of the '
-                     'accelerator, or half the RAM or cgroup memory limit, the smaller.')
+  flags.DEFINE_float('max_memory_gb', None, 'Memory budget (GB) of one model call (on CPU plus the '
+                     'host arrays); larger images run in tiles. Default: 90% of the accelerator, '
+                     'or half the RAM (or cgroup limit).')
   flags.DEFINE_integer('tile', None, 'Force tiles of at most this many LR pixels per side.')
   flags.DEFINE_integer('overlap', tiling.DEFAULT_OVERLAP, 'LR pixels shared by neighbouring '
                        'tiles (3/8 of it discarded at each cut edge, the rest feathered).')
@@ -131,7 +138,8 @@ def _load_model():
     _, note = compilation_cache.enable(FLAGS.compilation_cache_dir)
     if 'off' in note:
       _log(f'note: {note}')
-  gen = restore.generator_from_flags(FLAGS.workdir, FLAGS.checkpoint, FLAGS.config, FLAGS.best)
+  checkpoint, best = cli.checkpoint_choice(FLAGS.checkpoint)
+  gen = restore.generator_from_flags(FLAGS.workdir, checkpoint, FLAGS.config, best)
   return api.Model(gen, max_memory_gb=FLAGS.max_memory_gb, tile=FLAGS.tile,
                    overlap=FLAGS.overlap, log=_log)
 
@@ -232,7 +240,7 @@ def run_folder(start: float) -> None:
 def run() -> None:
   """The console command `ssen-infer` (the same as `python -m ssen_jax.infer`)."""
   define_flags()
-  app.run(main)
+  cli.run(main, USAGE, exit_statuses=EXIT_STATUSES)
 
 
 if __name__ == '__main__':

@@ -19,8 +19,20 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from ssen_jax.core import cli
+
+USAGE = """Trains and evaluates SSEN; rerunning the same command resumes from the latest checkpoint.
+
+  python -m ssen_jax.main --config configs/refsr.py[:variant] --workdir DIR \\
+      [--config.batch_size=16 --config.model.num_dcn_layers=2 ...]
+  (also the console command ssen-train)"""
+EXIT_STATUSES = ('exit status: 0 finished; 1 an error or a usage error (one line on stderr); 143 '
+                 'stopped by SIGTERM with every checkpoint complete: rerun to resume '
+                 '(docs/exit_statuses.md).')
+
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and summaries.')
-config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
+config_flags.DEFINE_config_file('config', None, 'Config FILE[:variants]; override a field with '
+                                '--config.a.b=V.', lock_config=True)
 _MULTIHOST = flags.DEFINE_enum(
     'multihost', 'auto', ['auto', 'on', 'off'],
     'Call jax.distributed.initialize(): auto = when a cluster environment is detected '
@@ -157,7 +169,7 @@ def main(argv):
 def run() -> None:
   """The console command `ssen-train` (the same as `python -m ssen_jax.main`)."""
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, USAGE, exit_statuses=EXIT_STATUSES, flags_parser=parse_flags)
 
 
 if __name__ == '__main__':

@@ -14,7 +14,8 @@ offset|). Prints Markdown tables; writes OUT/probe.json, OUT/probe.md and OUT/pr
 --every_checkpoint probes every saved checkpoint of the workdir in step order (a training curve):
 OUT/curve.json, OUT/curve.md, and TensorBoard scalars `probe/<setting>/...` in OUT (with clu
 installed). Output files are never replaced without --overwrite (checked before any compute).
-Exit status: 0 done, 1 error (one line).
+Exit status: 0 done, 1 error (one line). Old spellings, accepted for one release with a warning
+line: --checkpoint_step N (now --checkpoint N), --best (--checkpoint best).
 """
 from __future__ import annotations
 
@@ -23,32 +24,37 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
-from absl import app
 from absl import flags
 
+from ssen_jax.core import cli
 from ssen_jax.data import files
 
 FLAGS = flags.FLAGS
+USAGE = """Which part of a RefSR model's reference gain comes from which part of its alignment.
+
+  python -m ssen_jax.probe_reference --workdir W --out_dir W/probe [--checkpoint best]
+  python -m ssen_jax.probe_reference --workdir W --out_dir W/probe_curve --every_checkpoint \\
+      --settings full,no_learned --shifts 0,2,4,8
+  (also the console command ssen-probe-reference)
+Writes OUT_DIR/probe.json, probe.md, probe_shift.png (--every_checkpoint: curve.json, curve.md)."""
 
 
 def define_flags() -> None:
   """Command-line flags, defined only when run as a script."""
   from ssen_jax.eval import probe  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string('workdir', None, 'Training workdir of an SSEN RefSR model.')
-  flags.DEFINE_integer('checkpoint', None, 'Checkpoint step of --workdir (default: the latest).')
-  flags.DEFINE_integer('checkpoint_step', None, 'Deprecated: --checkpoint STEP.')
-  flags.DEFINE_bool('best', False, 'Use the checkpoint with the best eval PSNR.')
+  cli.define_checkpoint_flag(files=False)
   flags.DEFINE_bool('every_checkpoint', False, 'Probe every saved checkpoint (a curve).')
   flags.DEFINE_string('dataset_dir', None, 'CUFED5-style folder (default: the demo evaluation '
                       'set for demo runs, else the config\'s data.eval_dir).')
   flags.DEFINE_string('out_dir', None, 'Folder for the JSON, Markdown and figure.')
-  flags.DEFINE_list('settings', list(probe.SETTINGS), 'Test-time settings to run, of '
-                    f'{",".join(probe.SETTINGS)}.')
+  flags.DEFINE_list('settings', list(probe.SETTINGS), 'Test-time settings to run.')
   flags.DEFINE_list('shifts', [str(k) for k in probe.SHIFTS], 'Shift probe: HR-pixel shifts '
                     '(diagonal); empty: no shift probe.')
   flags.DEFINE_bool('no_table', False, 'Skip the per-level table (shift probe only).')
   flags.DEFINE_integer('scale', 4, 'SR factor.')
   flags.DEFINE_bool('overwrite', False, 'Replace existing output files.')
+  cli.deprecated_alias('checkpoint_step', 'checkpoint', parser=flags.IntegerParser())
   flags.mark_flags_as_required(['workdir', 'out_dir'])
 
 
@@ -146,14 +152,12 @@ def main(argv: Sequence[str]) -> None:
   shifts = _parse_shifts(FLAGS.shifts)
   if FLAGS.no_table and not shifts:
     _fail('--no_table with no --shifts leaves nothing to measure')
-  step = FLAGS.checkpoint
-  if FLAGS.checkpoint_step is not None:
-    if step is not None:
-      _fail('give --checkpoint, not both it and the deprecated --checkpoint_step')
-    print('warning: --checkpoint_step is deprecated; use --checkpoint STEP', file=sys.stderr)
-    step = FLAGS.checkpoint_step
-  if FLAGS.every_checkpoint and (FLAGS.best or step is not None):
-    _fail('--every_checkpoint probes every checkpoint: drop --best / --checkpoint')
+  step, best = cli.checkpoint_choice(FLAGS.checkpoint)
+  if step is not None and not step.isdigit():
+    _fail(f'--checkpoint takes a step of --workdir, best or latest here, got {step}')
+  step = None if step is None else int(step)
+  if FLAGS.every_checkpoint and FLAGS.checkpoint is not None:
+    _fail('--every_checkpoint probes every checkpoint: drop --checkpoint')
   try:
     config = checkpointing.read_config(FLAGS.workdir)
   except (FileNotFoundError, ValueError) as e:
@@ -192,7 +196,7 @@ def main(argv: Sequence[str]) -> None:
       _log('clu is not installed: no TensorBoard scalars (curve.json and curve.md only)')
   for step in steps:
     try:
-      gen = restore.load_generator(FLAGS.workdir, step, FLAGS.best)
+      gen = restore.load_generator(FLAGS.workdir, step, best)
     except (FileNotFoundError, ValueError) as e:
       _fail(str(e))
     if gen.scale != FLAGS.scale:
@@ -237,7 +241,7 @@ def main(argv: Sequence[str]) -> None:
 def run() -> None:
   """The console command `ssen-probe-reference` (the same as `python -m ssen_jax.probe_reference`)."""
   define_flags()
-  app.run(main)
+  cli.run(main, USAGE)
 
 
 if __name__ == '__main__':

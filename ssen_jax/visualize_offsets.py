@@ -1,7 +1,7 @@
 r"""Where SSEN looks: the sampling locations of the stacked deformable layers (paper Fig. 7).
 
   python -m ssen_jax.visualize_offsets --workdir DIR --lr LR.png --ref REF.png \
-      --points "y,x;y,x" --out FIG.png [--checkpoint STEP_OR_PATH] [--overwrite]
+      --points "y,x;y,x" --out FIG.png [--checkpoint STEP|best|PATH] [--overwrite]
 
 For each chosen LR pixel, every sampling location of the L stacked deformable convolutions (9^L
 per pixel, (9G)^L with G offset groups) is drawn on the reference, one colour per point, beside the
@@ -9,6 +9,7 @@ input with the points marked (`ssen_jax.inference.offsets` computes and draws th
 selection (`ssen_jax.inference.restore.generator_from_flags`), reference rule and bad-input
 behaviour as `ssen_jax.infer`. The model runs untiled, so LR inputs over
 `ssen_jax.inference.offsets.MAX_LR_PIXELS` (512 x 512) are refused with one line naming the limit.
+The old spelling --best (now --checkpoint best) is accepted for one release with a warning line.
 """
 from __future__ import annotations
 
@@ -16,13 +17,18 @@ import sys
 from collections.abc import Sequence
 
 import numpy as np
-from absl import app
 from absl import flags
 from absl import logging
 
+from ssen_jax.core import cli
 from ssen_jax.data import images
 
 FLAGS = flags.FLAGS
+USAGE = """Where SSEN looks: the sampling locations of its deformable layers (paper Fig. 7).
+
+  python -m ssen_jax.visualize_offsets --workdir W --lr LR.png --ref REF.png \\
+      --points "y,x;y,x" --out FIG.png [--checkpoint STEP|best|PATH]
+  (also the console command ssen-visualize-offsets)"""
 
 
 def define_flags() -> None:
@@ -32,9 +38,8 @@ def define_flags() -> None:
   flags.DEFINE_string('ref', None, 'Reference image (default: the bicubic-upscaled input).')
   flags.DEFINE_string('points', None, 'LR pixels "y,x;y,x" whose sampling locations to draw.')
   flags.DEFINE_string('out', None, 'Output figure (PNG).')
-  flags.DEFINE_string('checkpoint', None, 'A step of --workdir, a .pth file or a converted folder.')
+  cli.define_checkpoint_flag()
   flags.DEFINE_string('config', None, 'FILE[:variant] giving the architecture of a .pth.')
-  flags.DEFINE_bool('best', False, 'Use the checkpoint with the best eval PSNR.')
   flags.DEFINE_bool('overwrite', False, 'Replace an existing --out file.')
   flags.DEFINE_bool('allow_large_images', False, 'Read images over Pillow\'s decompression-bomb '
                     'limit (the LR input is still limited to offsets.MAX_LR_PIXELS).')
@@ -84,7 +89,8 @@ def main(argv: Sequence[str]) -> None:
     from ssen_jax.core import compilation_cache  # pylint: disable=import-outside-toplevel
     offsets.check_size(h, w)
     compilation_cache.enable()
-    gen = restore.generator_from_flags(FLAGS.workdir, FLAGS.checkpoint, FLAGS.config, FLAGS.best)
+    checkpoint, best = cli.checkpoint_choice(FLAGS.checkpoint)
+    gen = restore.generator_from_flags(FLAGS.workdir, checkpoint, FLAGS.config, best)
   except (FileNotFoundError, ValueError, ImportError) as e:  # ValueError: DatasetError etc.
     _fail(str(e))
   m = gen.config.model
@@ -109,7 +115,7 @@ def main(argv: Sequence[str]) -> None:
 def run() -> None:
   """The console command `ssen-visualize-offsets` (the same as `python -m ssen_jax.visualize_offsets`)."""
   define_flags()
-  app.run(main)
+  cli.run(main, USAGE)
 
 
 if __name__ == '__main__':

@@ -73,7 +73,7 @@ def jax_output(files):
 
 def test_convert_then_infer_and_evaluate(files, tmp_path):
   out = tmp_path / 'wd'
-  proc = run_cli('convert_torch', files / 'model.pth', '--config', CONFIG, '--out', out)
+  proc = run_cli('convert_torch', files / 'model.pth', '--config', CONFIG, '--out_dir', out)
   assert proc.returncode == 0, proc.stderr
   assert 'wrote' in proc.stdout and 'step 0' in proc.stdout
   assert json.loads((out / 'config.json').read_text())['model']['features'] == 8
@@ -104,23 +104,23 @@ def test_overwrite_and_bad_input(files, tmp_path):
   full.mkdir()
   (full / 'keep.txt').write_text('x')
   (full / 'config.json').write_text('{}')
-  ok = [files / 'model.pth', '--config', CONFIG, '--out', full]
+  ok = [files / 'model.pth', '--config', CONFIG, '--out_dir', full]
   run = tmp_path / 'run'  # A training workdir: --overwrite must not touch it.
   (run / 'checkpoints' / '5').mkdir(parents=True)
   (run / 'events.out.tfevents.1.host').write_text('')
   cases = [
-      ([files / 'model.pth', '--config', CONFIG, '--out', run, '--overwrite'],
-       ['is a training workdir', 'choose another --out']),
-      ([files / 'nope.pth', '--config', CONFIG, '--out', tmp_path / 'a'], ['does not exist']),
-      ([files, '--config', CONFIG, '--out', tmp_path / 'a'], ['is not a file']),
-      ([files / 'junk.pth', '--config', CONFIG, '--out', tmp_path / 'a'],
+      ([files / 'model.pth', '--config', CONFIG, '--out_dir', run, '--overwrite'],
+       ['is a training workdir', 'choose another --out_dir']),
+      ([files / 'nope.pth', '--config', CONFIG, '--out_dir', tmp_path / 'a'], ['does not exist']),
+      ([files, '--config', CONFIG, '--out_dir', tmp_path / 'a'], ['is not a file']),
+      ([files / 'junk.pth', '--config', CONFIG, '--out_dir', tmp_path / 'a'],
        ['cannot read PyTorch checkpoint', 'junk.pth']),
-      ([files / 'model.pth', '--config', 'configs/nope.py', '--out', tmp_path / 'a'],
+      ([files / 'model.pth', '--config', 'configs/nope.py', '--out_dir', tmp_path / 'a'],
        ['config file configs/nope.py does not exist']),
-      ([files / 'model.pth', '--config', 'configs/refsr.py:huge', '--out', tmp_path / 'a'],
+      ([files / 'model.pth', '--config', 'configs/refsr.py:huge', '--out_dir', tmp_path / 'a'],
        ['unknown variant']),
       (ok, ['is not empty', '--overwrite']),
-      ([files / 'model.pth', '--out', tmp_path / 'a'], []),  # --config is required.
+      ([files / 'model.pth', '--out_dir', tmp_path / 'a'], []),  # --config is required.
   ]
   procs = run_many('convert_torch', [args for args, _ in cases])
   for proc, (_, words) in zip(procs[:-1], cases[:-1]):
@@ -131,7 +131,7 @@ def test_overwrite_and_bad_input(files, tmp_path):
   # A mismatched state_dict: every problem listed, nothing written; infer says it in one line.
   # (Run together with the --overwrite conversion checked below.)
   bad, infer_bad, replaced = run_parallel([
-      ('convert_torch', [files / 'bad.pth', '--config', CONFIG, '--out', tmp_path / 'a']),
+      ('convert_torch', [files / 'bad.pth', '--config', CONFIG, '--out_dir', tmp_path / 'a']),
       ('infer', ['--checkpoint', files / 'bad.pth', '--config', CONFIG, '--lr', files / 'lr.png',
                  '--out', tmp_path / 'o.png']),
       ('convert_torch', ok + ['--overwrite'])], parallel=3)
@@ -149,14 +149,20 @@ def test_overwrite_and_bad_input(files, tmp_path):
   assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.')] == []  # No temp dirs.
 
 
-def test_unwritable_out_is_one_line_before_reading_the_pth(files, tmp_path):
-  """An --out that cannot be created is reported before the .pth is read: with junk.pth the
-  error is still about --out."""
+def test_unwritable_out_dir_is_one_line_before_reading_the_pth(files, tmp_path):
+  """An --out_dir that cannot be created is reported before the .pth is read: with junk.pth the
+  error is still about --out_dir. The old spelling --out (one release) does the same after one
+  warning line."""
   (tmp_path / 'file').write_text('')
   out = tmp_path / 'file' / 'w'
-  for proc in run_many('convert_torch', [[files / name, '--config', CONFIG, '--out', out]
-                                         for name in ('model.pth', 'junk.pth')]):
-    assert_error(proc, f'--out {out} is not writable', 'Not a directory')
+  new, junk, old = run_many('convert_torch', [
+      [files / 'model.pth', '--config', CONFIG, '--out_dir', out],
+      [files / 'junk.pth', '--config', CONFIG, '--out_dir', out],
+      [files / 'model.pth', '--config', CONFIG, '--out', out]], parallel=3)
+  for proc in (new, junk):
+    assert_error(proc, f'--out_dir {out} is not writable', 'Not a directory')
+  assert old.returncode == 1 and old.stderr.splitlines() == [
+      f'warning: --out is deprecated; use --out_dir={out}', new.stderr.strip()], old.stderr
   assert sorted(p.name for p in tmp_path.iterdir()) == ['file']
 
 

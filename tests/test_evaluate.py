@@ -25,7 +25,7 @@ def _run(*args):
 
 def test_set5_bicubic_matches_paper_table2(set5_dir, tmp_path):
   out = tmp_path / 'res.json'
-  proc = _run('--method', 'bicubic', '--dataset_dir', str(set5_dir), '--output_json', str(out))
+  proc = _run('--method', 'bicubic', '--dataset_dir', str(set5_dir), '--out', str(out))
   assert proc.returncode == 0, proc.stderr
   res = json.loads(out.read_text())
   assert res['num_images'] == 5
@@ -41,17 +41,17 @@ def test_set5_bicubic_matches_paper_table2(set5_dir, tmp_path):
 def test_output_json_is_checked_before_compute_and_never_truncated(set5_dir, tmp_path):
   existing = tmp_path / 'res.json'
   existing.write_text('{"kept": true}')
-  refused = _run('--dataset_dir', str(set5_dir), '--output_json', str(existing))
+  refused = _run('--dataset_dir', str(set5_dir), '--out', str(existing))
   assert refused.returncode == 1 and refused.stdout == ''  # Nothing evaluated.
-  assert refused.stderr.strip() == (f'error: --output_json {existing} exists; pass --overwrite '
+  assert refused.stderr.strip() == (f'error: --out {existing} exists; pass --overwrite '
                                     'to replace it')
   assert existing.read_text() == '{"kept": true}'
   (tmp_path / 'file').write_text('')
-  unwritable = _run('--dataset_dir', str(set5_dir), '--output_json',
+  unwritable = _run('--dataset_dir', str(set5_dir), '--out',
                     str(tmp_path / 'file' / 'res.json'))
   assert unwritable.returncode == 1 and unwritable.stdout == ''
   assert unwritable.stderr.startswith('error: folder') and 'does not exist' in unwritable.stderr
-  replaced = _run('--dataset_dir', str(set5_dir), '--output_json', str(existing), '--overwrite')
+  replaced = _run('--dataset_dir', str(set5_dir), '--out', str(existing), '--overwrite')
   assert replaced.returncode == 0, replaced.stderr
   assert json.loads(existing.read_text())['num_images'] == 5
   assert sorted(p.name for p in tmp_path.iterdir()) == ['file', 'res.json']  # No temporary left.
@@ -67,7 +67,7 @@ def test_bad_input_exits_with_one_line(tmp_path):
   Image.fromarray(skimage.data.chelsea()).save(bad_dir / 'ok.png')
   (bad_dir / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n not really a png')
   broken = _run('--dataset_dir', str(bad_dir))
-  cufed5 = _run('--dataset', 'cufed5', '--dataset_dir', str(bad_dir))
+  cufed5 = _run('--layout', 'cufed5', '--dataset_dir', str(bad_dir))
   for proc, words in [(missing, 'does not exist'), (empty, 'no images'),
                       (broken, 'broken.png'), (cufed5, 'XXX_0.png')]:
     assert proc.returncode != 0
@@ -177,7 +177,7 @@ def test_fit_reference_crops_and_reflects():
 
 
 def test_save_images_and_progress_lines(tmp_path):
-  """--save_images writes every image scored (<group>_<level>.png, 4x the LR), refuses to
+  """--out_dir writes every image scored (<group>_<level>.png, 4x the LR), refuses to
   overwrite without --overwrite; per-image lines count i/N. Model run: the tiny random workdir."""
   from test_infer import make_workdir
   data, out = tmp_path / 'set', tmp_path / 'sr'
@@ -186,7 +186,7 @@ def test_save_images_and_progress_lines(tmp_path):
   for i in range(3):
     Image.fromarray(photo[64 * i:64 * i + 96, 100:180]).save(data / f'im{i}.png')
   make_workdir(tmp_path / 'wd', 'tiny,no_nonlocal')
-  proc = _run('--workdir', str(tmp_path / 'wd'), '--dataset_dir', str(data), '--save_images',
+  proc = _run('--workdir', str(tmp_path / 'wd'), '--dataset_dir', str(data), '--out_dir',
               str(out))
   assert proc.returncode == 0, proc.stderr
   for i in range(3):
@@ -197,9 +197,9 @@ def test_save_images_and_progress_lines(tmp_path):
   lr = images.read_image(data / 'im0.png').uint8()
   assert np.asarray(Image.open(out / 'im0_all.png')).shape == (96, 80, 3)  # 4x the 24x20 LR.
   assert ir.imresize(lr, 0.25).shape == (24, 20, 3)
-  again = _run('--dataset_dir', str(data), '--save_images', str(out))
+  again = _run('--dataset_dir', str(data), '--out_dir', str(out))
   assert again.returncode == 1 and 'already holds' in again.stderr and '--overwrite' in again.stderr
-  again = _run('--dataset_dir', str(data), '--save_images', str(out), '--overwrite')
+  again = _run('--dataset_dir', str(data), '--out_dir', str(out), '--overwrite')
   assert again.returncode == 0, again.stderr
 
 
@@ -226,17 +226,18 @@ def test_save_images_refuses_files_sharing_a_stem_before_any_work(tmp_path):
   Image.fromarray(photo).save(data / 'a.png')
   Image.fromarray(photo).save(data / 'a.jpg', quality=90)
   Image.fromarray(photo).save(data / 'b.png')
-  proc = _run('--dataset_dir', str(data), '--save_images', str(out))
+  proc = _run('--dataset_dir', str(data), '--out_dir', str(out))
   assert proc.returncode == 1
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and 'a.jpg and a.png -> a_<level>.png' in lines[0], proc.stderr
   assert not out.exists()  # Nothing written, the folder not even made.
-  assert _run('--dataset_dir', str(data)).returncode == 0  # Without --save_images: scored.
+  assert _run('--dataset_dir', str(data)).returncode == 0  # Without --out_dir: scored.
 
 
-def test_checkpoint_flag_and_its_deprecated_spelling(tmp_path):
-  """`--checkpoint STEP` (the tools' one name for it) and the old `--checkpoint_step STEP`
-  score the same checkpoint; the old one says it is deprecated; both at once is one line."""
+def test_new_flag_names_and_their_deprecated_spellings(tmp_path):
+  """The new names (--checkpoint STEP, --layout, --out, --out_dir) and the old spellings of one
+  release (--checkpoint_step, --dataset, --output_json, --save_images) score the same checkpoint
+  and write the same files; each old one says so in one line; old and new at once is one line."""
   from test_infer import make_workdir, run_many
   make_workdir(tmp_path / 'wd', 'tiny,no_nonlocal')
   folder = tmp_path / 'hr'
@@ -244,13 +245,27 @@ def test_checkpoint_flag_and_its_deprecated_spelling(tmp_path):
   Image.fromarray(skimage.data.chelsea()[:64, :64]).save(folder / 'cat.png')
   common = ['--workdir', tmp_path / 'wd', '--dataset_dir', folder]
   new, old, both = run_many('evaluate', [
-      common + ['--checkpoint', '0', '--output_json', tmp_path / 'new.json'],
-      common + ['--checkpoint_step', '0', '--output_json', tmp_path / 'old.json'],
+      common + ['--checkpoint', '0', '--layout', 'folder', '--out', tmp_path / 'new.json',
+                '--out_dir', tmp_path / 'new'],
+      common + ['--checkpoint_step', '0', '--dataset', 'folder', '--output_json',
+                tmp_path / 'old.json', '--save_images', tmp_path / 'old'],
       common + ['--checkpoint', '0', '--checkpoint_step', '0']], parallel=3)
   assert new.returncode == old.returncode == 0, (new.stderr, old.stderr)
-  assert 'deprecated' in old.stderr and 'deprecated' not in new.stderr
+  assert 'deprecated' not in new.stderr
+  warnings = [line for line in old.stderr.splitlines() if 'deprecated' in line]
+  assert warnings == [
+      'warning: --checkpoint_step is deprecated; use --checkpoint=0',
+      'warning: --dataset is deprecated; use --layout=folder',
+      f'warning: --output_json is deprecated; use --out={tmp_path / "old.json"}',
+      f'warning: --save_images is deprecated; use --out_dir={tmp_path / "old"}'], old.stderr
+  assert new.stdout == old.stdout
   scores = [json.loads((tmp_path / f'{n}.json').read_text()) for n in ('new', 'old')]
   assert scores[0]['step'] == scores[1]['step'] == 0
   assert scores[0]['psnr'] == scores[1]['psnr'], scores
+  assert scores[0]['layout'] == scores[1]['layout'] == 'folder'
+  names = sorted(p.name for p in (tmp_path / 'new').iterdir())
+  assert names == ['cat_all.png', 'cat_bicubic.png']
+  for name in names:
+    assert (tmp_path / 'new' / name).read_bytes() == (tmp_path / 'old' / name).read_bytes()
   assert both.returncode == 1 and both.stderr.strip().splitlines() == [
       'error: give --checkpoint, not both it and the deprecated --checkpoint_step'], both.stderr

@@ -27,7 +27,7 @@ LAYERS = {
     'data': {'ops'},  # The one cubic kernel (ops.resize.cubic_kernel), numpy.
     'eval': {'ops', 'core', 'data'},
     'inference': {'ops', 'models', 'core', 'data', 'interop'},
-    'data_prep': {'ops', 'data'},
+    'data_prep': {'ops', 'core', 'data'},  # core: the commands' shared flags (core.cli).
     # The demo config prepares its TFDS dataset on first use (data_prep.tfds_build).
     'training': {'ops', 'models', 'core', 'data', 'data_prep', 'eval', 'inference', 'interop'},
     'benchmarks': {'ops', 'models', 'core', 'data', 'data_prep', 'eval', 'inference', 'interop',

@@ -186,6 +186,17 @@ def test_command_writes_table_json_and_figure(demo_dir, tmp_path):
                        cwd=REPO, capture_output=True, text=True, env=env)
   assert bad.returncode == 1 and 'Traceback' not in bad.stderr
   assert bad.stderr.strip().splitlines()[-1].startswith('error:')
+  # --checkpoint takes a step, best or latest (no .pth: the probe needs the workdir's config);
+  # the old --checkpoint_step N is its deprecated spelling.
+  path, old = (subprocess.run(
+      [sys.executable, '-m', 'ssen_jax.probe_reference', f'--workdir={workdir}',
+       f'--out_dir={tmp_path / "x"}', *args], cwd=REPO, capture_output=True, text=True, env=env)
+      for args in (['--checkpoint=model.pth'], ['--checkpoint_step=1', '--every_checkpoint']))
+  assert path.returncode == 1 and path.stderr.strip().splitlines() == [
+      'error: --checkpoint takes a step of --workdir, best or latest here, got model.pth']
+  assert old.returncode == 1 and old.stderr.strip().splitlines() == [
+      'warning: --checkpoint_step is deprecated; use --checkpoint=1',
+      'error: --every_checkpoint probes every checkpoint: drop --checkpoint']
 
 
 def test_oracle_flow_moves_the_first_layer_by_the_true_shift(examples):

@@ -188,7 +188,8 @@ def test_every_command_exits_with_its_documented_usage_status(tmp_path):
                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for m in table}
   runs['convert_torch (no IN.pth)'] = subprocess.Popen(
-      [sys.executable, '-m', 'ssen_jax.convert_torch', '--config=x', f'--out={tmp_path / "o"}'],
+      [sys.executable, '-m', 'ssen_jax.convert_torch', '--config=x',
+       f'--out_dir={tmp_path / "o"}'],
       env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   for name, proc in runs.items():
     _, err = proc.communicate(timeout=300)

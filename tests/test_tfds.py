@@ -148,15 +148,20 @@ def test_build_errors_are_one_line(raw, tmp_path):
 def test_cli(raw, tmp_path):
   run = lambda *a: subprocess.run([sys.executable, '-m', 'ssen_jax.data_prep.tfds_build', *a],
                                   cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-  ok = run('--dataset', 'ssen_cufed5', '--manual_dir', str(raw / 'cufed5'), '--data_dir',
+  ok = run('--tfds_name', 'ssen_cufed5', '--dataset_dir', str(raw / 'cufed5'), '--tfds_data_dir',
            str(tmp_path))
   assert ok.returncode == 0, ok.stderr[-2000:]
   assert 'ssen_cufed5/1.0.0' in ok.stdout and 'test: 2 examples' in ok.stdout
+  # The old spellings (--dataset, --manual_dir, --data_dir) work for one release, a line each.
   bad = run('--dataset', 'ssen_cufed', '--manual_dir', str(tmp_path / 'missing'), '--data_dir',
             str(tmp_path))
   assert bad.returncode == 1 and 'Traceback' not in bad.stderr
-  assert bad.stderr.strip().splitlines()[-1] == f'error: --manual_dir {tmp_path / "missing"} is ' \
-      'not a folder'
+  lines = bad.stderr.strip().splitlines()  # Besides TFDS's own log lines.
+  assert [line for line in lines if 'deprecated' in line] == [
+      'warning: --dataset is deprecated; use --tfds_name=ssen_cufed',
+      f'warning: --manual_dir is deprecated; use --dataset_dir={tmp_path / "missing"}',
+      f'warning: --data_dir is deprecated; use --tfds_data_dir={tmp_path}'], bad.stderr
+  assert lines[-1] == f'error: --dataset_dir {tmp_path / "missing"} is not a folder'
 
 
 def test_training_reads_without_the_builder_code(data_dir):

@@ -88,8 +88,8 @@ def test_refsr_then_gan_stage(refsr_run, demo_dir, tmp_path):
   out_json = tmp_path / 'eval.json'
   evaluated = subprocess.run(
       [sys.executable, '-m', 'ssen_jax.evaluate', f'--workdir={rec}',
-       '--dataset=cufed5', f'--dataset_dir={pathlib.Path(demo_dir) / demo_data.DEMO_NAME / "eval"}',
-       f'--output_json={out_json}'], env=_env(), cwd=REPO, capture_output=True, text=True)
+       '--layout=cufed5', f'--dataset_dir={pathlib.Path(demo_dir) / demo_data.DEMO_NAME / "eval"}',
+       f'--out={out_json}'], env=_env(), cwd=REPO, capture_output=True, text=True)
   assert evaluated.returncode == 0, evaluated.stderr[-2000:]
   assert '| method | XH | H | M | L | XL | mean | oracle | unrelated | ref_gain |' in evaluated.stdout
   assert '| Bicubic |' in evaluated.stdout and f'| ssen (step {step}) |' in evaluated.stdout

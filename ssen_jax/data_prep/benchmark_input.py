@@ -14,10 +14,16 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 
-from absl import app
 from absl import flags
 
+from ssen_jax.core import cli
+
 FLAGS = flags.FLAGS
+USAGE = """Measures training input throughput (examples/s, and per CPU core), CUFED-shaped.
+
+  python -m ssen_jax.data_prep.benchmark_input                  # the demo data, batch 32
+  python -m ssen_jax.data_prep.benchmark_input --tfds_name ssen_cufed --tfds_data_dir /data/tfds
+  (also the console command ssen-benchmark-input)"""
 
 
 def define_flags() -> None:
@@ -85,7 +91,7 @@ def _report(name: str, data_dir: str | None) -> None:
 def run() -> None:
   """The console command `ssen-benchmark-input` (the same as `python -m ssen_jax.data_prep.benchmark_input`)."""
   define_flags()
-  app.run(main)
+  cli.run(main, USAGE)
 
 
 if __name__ == '__main__':

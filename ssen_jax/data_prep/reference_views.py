@@ -1,7 +1,7 @@
 r"""Turns a folder of HR photos into a CUFED5-style RefSR evaluation set of synthetic views.
 
   python -m ssen_jax.data_prep.reference_views --hr_dir HR_FOLDER --out_dir /tmp/views
-  python -m ssen_jax.evaluate --workdir W --dataset cufed5 --dataset_dir /tmp/views
+  python -m ssen_jax.evaluate --workdir W --layout cufed5 --dataset_dir /tmp/views
 
 Checks whether a trained model uses references on photos it never saw. The views are of the same
 photo, not other photos of the same event as CUFED5's references are: an easier test than CUFED5,
@@ -27,13 +27,18 @@ import sys
 from collections.abc import Sequence
 
 import numpy as np
-from absl import app
 from absl import flags
 
+from ssen_jax.core import cli
 from ssen_jax.data import datasets
 from ssen_jax.data.images import read_image, save_png_atomic
 
 FLAGS = flags.FLAGS
+USAGE = """Turns a folder of HR photos into a CUFED5-style set of synthetic reference views.
+
+  python -m ssen_jax.data_prep.reference_views --hr_dir PHOTOS --out_dir /tmp/views
+  python -m ssen_jax.evaluate --workdir W --layout cufed5 --dataset_dir /tmp/views
+  (also the console command ssen-reference-views)"""
 MARGIN = 16
 # (name, angle in degrees, zoom, shift (rows, cols) in HR pixels or None for half the crop).
 VIEWS = (('XH', 0.0, 1.02, (3.0, -2.0)), ('H', 2.0, 0.97, (-6.0, 5.0)),
@@ -119,7 +124,7 @@ def main(argv: Sequence[str]) -> None:
 def run() -> None:
   """The console command `ssen-reference-views` (the same as `python -m ssen_jax.data_prep.reference_views`)."""
   define_flags()
-  app.run(main)
+  cli.run(main, USAGE)
 
 
 if __name__ == '__main__':

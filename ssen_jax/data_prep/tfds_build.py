@@ -1,41 +1,55 @@
 r"""Prepares a TFDS dataset of `tfds_builders` from its manual folder; training then reads it by name.
 
-  python -m ssen_jax.data_prep.tfds_build --dataset ssen_cufed --manual_dir /data/raw/CUFED \
-      --data_dir /data/tfds
-  python -m ssen_jax.data_prep.tfds_build --dataset ssen_sr_folder/set5 --manual_dir Set5 \
-      --data_dir /data/tfds
-  python -m ssen_jax.data_prep.tfds_build --dataset ssen_demo --data_dir /data/tfds   # no download
+  python -m ssen_jax.data_prep.tfds_build --tfds_name ssen_cufed --dataset_dir /data/raw/CUFED \
+      --tfds_data_dir /data/tfds
+  python -m ssen_jax.data_prep.tfds_build --tfds_name ssen_sr_folder/set5 --dataset_dir Set5 \
+      --tfds_data_dir /data/tfds
+  python -m ssen_jax.data_prep.tfds_build --tfds_name ssen_demo --tfds_data_dir /data/tfds
 
-then train with `--config.data.tfds_name=ssen_cufed --config.data.tfds_data_dir=/data/tfds`.
-(TFDS's own `tfds build` CLI would need apache-beam in tensorflow-datasets 4.9.10; this command
-does the same `download_and_prepare` with a `DownloadConfig(manual_dir=...)` after its checks.)
+then train with `--config.data.tfds_name=ssen_cufed --config.data.tfds_data_dir=/data/tfds` (the
+flags carry the config fields' names). (TFDS's own `tfds build` CLI would need apache-beam in
+tensorflow-datasets 4.9.10; this command does the same `download_and_prepare` with a
+`DownloadConfig(manual_dir=--dataset_dir)` after its checks.)
 
-An already prepared dataset (same name, config and version under --data_dir) is reused as it is.
-Errors the user must fix (missing folder, wrong layout, unreadable image) are one line and exit 1.
+An already prepared dataset (same name, config and version under --tfds_data_dir) is reused as it
+is. Errors the user must fix (missing folder, wrong layout, unreadable image) are one line and exit
+1. Old spellings, accepted for one release with a warning line: --dataset (now --tfds_name),
+--manual_dir (--dataset_dir), --data_dir (--tfds_data_dir).
 """
 import os
 import pathlib
 import sys
 from collections.abc import Sequence
 
-from absl import app
 from absl import flags
 
 from ssen_jax.data import tf_env  # noqa: F401  (first: TensorFlow's defaults)
+from ssen_jax.core import cli
 from ssen_jax.data import datasets
 from ssen_jax.data import demo_data
 from ssen_jax.data_prep import tfds_builders
 
 FLAGS = flags.FLAGS
+USAGE = """Prepares a TFDS dataset from its raw folder; training then reads it by name.
+
+  python -m ssen_jax.data_prep.tfds_build --tfds_name ssen_cufed --dataset_dir /data/CUFED \\
+      --tfds_data_dir /data/tfds
+  python -m ssen_jax.data_prep.tfds_build --tfds_name ssen_demo --tfds_data_dir /data/tfds
+  (also the console command ssen-prepare-data)
+Then train with --config.data.tfds_name=ssen_cufed --config.data.tfds_data_dir=/data/tfds."""
 
 
 def define_flags() -> None:
-  flags.DEFINE_string('dataset', None, 'Builder name, with its config where it has several: '
+  flags.DEFINE_string('tfds_name', None, 'The dataset (config.data.tfds_name): '
                       + ', '.join(_names()) + '.')
-  flags.DEFINE_string('manual_dir', None, 'The raw dataset folder (ssen_demo: optional, the '
-                      'demo data is built under DATA_DIR/manual when omitted).')
-  flags.DEFINE_string('data_dir', None, 'TFDS data folder the prepared dataset goes to.')
-  flags.mark_flags_as_required(['dataset', 'data_dir'])
+  flags.DEFINE_string('dataset_dir', None, 'The raw dataset folder (ssen_demo: optional, the demo '
+                      'data is built under TFDS_DATA_DIR/manual when omitted).')
+  flags.DEFINE_string('tfds_data_dir', None, 'TFDS data folder the prepared dataset goes to '
+                      '(config.data.tfds_data_dir).')
+  cli.deprecated_alias('dataset', 'tfds_name')
+  cli.deprecated_alias('manual_dir', 'dataset_dir')
+  cli.deprecated_alias('data_dir', 'tfds_data_dir')
+  flags.mark_flags_as_required(['tfds_name', 'tfds_data_dir'])
 
 
 def _names() -> list[str]:
@@ -52,7 +66,8 @@ def prepare(dataset: str, manual_dir: str | os.PathLike | None,
 
   Args:
     dataset: a builder of `tfds_builders.BUILDERS`, 'ssen_sr_folder/set5' style for configs.
-    manual_dir: the raw folder; None only for 'ssen_demo' (then built under data_dir/manual).
+    manual_dir: the raw folder (--dataset_dir); None only for 'ssen_demo' (then built under
+      data_dir/manual).
     data_dir: the TFDS data folder.
 
   Returns:
@@ -74,11 +89,11 @@ def prepare(dataset: str, manual_dir: str | os.PathLike | None,
     return builder
   if manual_dir is None:
     if name != 'ssen_demo':
-      raise datasets.DatasetError(f'{dataset} needs --manual_dir: {cls.MANUAL_DOWNLOAD_INSTRUCTIONS}')
+      raise datasets.DatasetError(f'{dataset} needs --dataset_dir: {cls.MANUAL_DOWNLOAD_INSTRUCTIONS}')
     manual_dir = demo_data.build_demo_data(pathlib.Path(data_dir) / 'manual').root
   manual_dir = pathlib.Path(manual_dir)
   if not manual_dir.is_dir():
-    raise datasets.DatasetError(f'--manual_dir {manual_dir} is not a folder')
+    raise datasets.DatasetError(f'--dataset_dir {manual_dir} is not a folder')
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     builder.download_and_prepare(
@@ -107,7 +122,7 @@ def main(argv: Sequence[str]) -> None:
     print(f'error: unexpected arguments: {" ".join(argv[1:])}', file=sys.stderr)
     sys.exit(1)
   try:
-    builder = prepare(FLAGS.dataset, FLAGS.manual_dir, FLAGS.data_dir)
+    builder = prepare(FLAGS.tfds_name, FLAGS.dataset_dir, FLAGS.tfds_data_dir)
   except datasets.DatasetError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
@@ -120,7 +135,7 @@ def main(argv: Sequence[str]) -> None:
 def run() -> None:
   """The console command `ssen-prepare-data` (the same as `python -m ssen_jax.data_prep.tfds_build`)."""
   define_flags()
-  app.run(main)
+  cli.run(main, USAGE)
 
 
 if __name__ == '__main__':

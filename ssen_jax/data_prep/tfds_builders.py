@@ -1,6 +1,6 @@
 """TensorFlow Datasets builders for the SR datasets (all from folders on disk: nothing downloads).
 
-| builder | split | manual folder (`--manual_dir`) | features |
+| builder | split | raw folder (`--dataset_dir`) | features |
 |---|---|---|---|
 | `ssen_cufed` | train | CUFED training pairs: `input/NAME.png`, `ref/NAME.png` | name, hr, ref |
 | `ssen_cufed5` | test | CUFED5: `XXX_0.png` (HR), `XXX_1.png` .. `XXX_5.png` (XH .. XL) | name, hr, refs |
@@ -125,7 +125,7 @@ class SsenCufed(_FolderBuilder):
   HOMEPAGE = _HOMEPAGE_SRNTT
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Download the CUFED training set from https://github.com/ZZUTK/SRNTT and pass the folder '
-      'holding input/NAME.png (HR) and ref/NAME.png (its reference) as --manual_dir.')
+      'holding input/NAME.png (HR) and ref/NAME.png (its reference) as --dataset_dir.')
 
   def _jobs(self, manual_dir):
     return {'train': (layouts.find_cufed(manual_dir), 0)}
@@ -139,7 +139,7 @@ class SsenCufed5(_FolderBuilder):
   HOMEPAGE = _HOMEPAGE_SRNTT
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Download CUFED5 from https://github.com/ZZUTK/SRNTT and pass the folder holding XXX_0.png '
-      '(HR) and XXX_1.png .. XXX_5.png (references XH .. XL) as --manual_dir.')
+      '(HR) and XXX_1.png .. XXX_5.png (references XH .. XL) as --dataset_dir.')
 
   def _jobs(self, manual_dir):
     return {'test': (layouts.find_cufed5(manual_dir), 0)}
@@ -153,7 +153,7 @@ class SsenSrFolder(_FolderBuilder):
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=n, description=f'{n} HR images')
                      for n in ('set5', 'set14', 'b100', 'urban100', 'manga109', 'other')]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      'Pass the folder holding the HR images of the set (directly inside it) as --manual_dir.')
+      'Pass the folder holding the HR images of the set (directly inside it) as --dataset_dir.')
 
   def _jobs(self, manual_dir):
     return {'test': (layouts.find_folder(manual_dir), 0)}
@@ -169,7 +169,7 @@ class SsenDiv2k(_FolderBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Download DIV2K_train_HR.zip (and optionally DIV2K_valid_HR.zip) from '
       'https://data.vision.ee.ethz.ch/cvl/DIV2K/, unzip them into one folder and pass that '
-      'folder (holding DIV2K_train_HR/ [and DIV2K_valid_HR/]) as --manual_dir.')
+      'folder (holding DIV2K_train_HR/ [and DIV2K_valid_HR/]) as --dataset_dir.')
 
   def _jobs(self, manual_dir):
     if not (manual_dir / 'DIV2K_train_HR').is_dir():
@@ -191,8 +191,8 @@ class SsenDemo(_FolderBuilder):
                  'photos shipped with scikit-image.')
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Nothing to download: pass the folder written by '
-      f'ssen_jax.data.demo_data.build_demo_data (OUT/{demo_data.DEMO_NAME}) as --manual_dir; '
-      '`python -m ssen_jax.data_prep.tfds_build --dataset ssen_demo` builds it when omitted.')
+      f'ssen_jax.data.demo_data.build_demo_data (OUT/{demo_data.DEMO_NAME}) as --dataset_dir; '
+      '`python -m ssen_jax.data_prep.tfds_build --tfds_name ssen_demo` builds it when omitted.')
 
   def _jobs(self, manual_dir):
     jobs = layouts.find_cufed(manual_dir / 'train_raw')

@@ -74,7 +74,7 @@ def _check_out_writable(out_dir: pathlib.Path) -> None:
     os.rmdir(tempfile.mkdtemp(prefix='.probe-', dir=folder))
   except OSError as e:
     raise convert.ConversionError(
-        f'--out {out_dir} is not writable: {e.strerror or e} (at {folder})') from None
+        f'--out_dir {out_dir} is not writable: {e.strerror or e} (at {folder})') from None
 
 
 def import_pth(pth: str, config_spec: str, out: str, *, overwrite: bool = False) -> str:
@@ -92,17 +92,17 @@ def import_pth(pth: str, config_spec: str, out: str, *, overwrite: bool = False)
       problems), or `out` cannot be written (checked first); nothing is written.
     ImportError: torch is not installed.
   """
-  out_dir = pathlib.Path(os.path.realpath(out))  # A symlinked --out: its target is replaced.
+  out_dir = pathlib.Path(os.path.realpath(out))  # A symlinked --out_dir: its target is replaced.
   folder_swap.recover(out_dir)  # A replacement killed half-way: the old folder comes back.
   if out_dir.exists() and not out_dir.is_dir():
-    raise convert.ConversionError(f'--out {out} exists and is not a folder')
+    raise convert.ConversionError(f'--out_dir {out} exists and is not a folder')
   if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-    raise convert.ConversionError(f'--out {out} is not empty; pass --overwrite to replace '
+    raise convert.ConversionError(f'--out_dir {out} is not empty; pass --overwrite to replace '
                                   'its config.json and checkpoints/')
   if out_dir.is_dir() and _is_training_workdir(out_dir):
     raise convert.ConversionError(
-        f'--out {out} is a training workdir (it has training checkpoints or logs); '
-        '--overwrite would destroy the run: choose another --out')
+        f'--out_dir {out} is a training workdir (it has training checkpoints or logs); '
+        '--overwrite would destroy the run: choose another --out_dir')
   _check_out_writable(out_dir)  # Before the state_dict is read and converted.
   config = config_lib.load_config(config_spec)
   state_dict = convert.read_state_dict(pth)
