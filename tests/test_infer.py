@@ -204,6 +204,37 @@ def test_memory_budget_picks_tiles(upscaler):
     upscaler.plan(*LR_SIZE, max_bytes=need // 100)
 
 
+def test_plan_is_the_fastest_that_fits(upscaler, tmp_path, monkeypatch):
+  """Large inputs: the tiling of least predicted time. Attention grows with the square of a call's
+  positions, so tiles win with non-local blocks; without them the overlaps only cost."""
+  size = 320  # Above tiling.SEARCH_MIN_PIXELS.
+  linear = lambda h, w: 4000 * h * w  # Device bytes, stands in for XLA's (no compilation here).
+  make_workdir(tmp_path / 'nl', 'tiny')
+  nonlocal_up = tiling.Upscaler(restore.load_generator(tmp_path / 'nl'))
+  for up in (upscaler, nonlocal_up):
+    monkeypatch.setattr(up, 'estimate_bytes', linear)
+  roomy = 10 * linear(size, size) + upscaler.host_bytes(size, size)
+  # Without attention: untiled is predicted cheapest and fits.
+  assert upscaler.plan(size, size, max_bytes=roomy) is None
+  untiled = upscaler.predicted_cost(None, size, size)
+  for plan in upscaler.candidate_plans(size, size)[1:]:
+    assert upscaler.predicted_cost(plan, size, size) > untiled
+  # With it: tiles (at 512x512 LR, where the attention of the tiny model's 1/2 scale dominates),
+  # and the chosen tiling is within tiling.TIE of the cheapest candidate.
+  big = 512
+  plan = nonlocal_up.plan(big, big, max_bytes=roomy * 4)
+  assert plan is not None and plan.count > 1
+  costs = [nonlocal_up.predicted_cost(p, big, big) for p in nonlocal_up.candidate_plans(big, big)]
+  chosen = nonlocal_up.predicted_cost(plan, big, big)
+  assert chosen <= min(costs) * (1 + tiling.TIE) and chosen < 0.8 * costs[0]  # [0]: untiled.
+  # The budget still rules: where untiled does not fit, the cheapest tiling that does.
+  tight = linear(200, 200) + upscaler.host_bytes(size, size)
+  plan = upscaler.plan(size, size, max_bytes=tight)
+  assert plan is not None and plan.size[0] * plan.size[1] <= 200 * 200
+  # Small images are not searched: untiled when they fit.
+  assert nonlocal_up.plan(200, 200, max_bytes=roomy) is None
+
+
 def test_image_kinds(images, tmp_path):
   rgb = image_io.read_image(images / 'lr.png')
   assert (rgb.rgb.shape, rgb.alpha, rgb.gray, rgb.bits) == (LR_SIZE + (3,), None, False, 8)

@@ -30,9 +30,18 @@ host memory: the smaller of the physical RAM and the memory limit of the process
 v1: containers, SLURM allocations; `cgroup_memory_limit`), so that a plan fits where the process
 may allocate, not the machine.
 
-Tiles are balanced (`plan_tiles`, `axis_tiles`): the fewest tiles the budget allows, then the
+Tiles are balanced (`plan_tiles`, `axis_tiles`): for a given tile area, the fewest tiles, then the
 smallest equal tiles that cover the image with them (a 2048 x 2048 LR image whose budget allows
 1648 x 1648 tiles runs 2 x 2 tiles of 1040, 1.03x its pixels, not 2 x 2 of 1648, 2.6x).
+
+The plan (`Upscaler.plan`) minimises predicted time, not the number of tiles: each candidate
+(untiled, and balanced tilings with tiles of at most 1024 ... 128 pixels a side) costs its tile
+count x (the operations of one call, counted from the jaxpr with loops multiplied out by
+`ssen_jax.core.cost`, + a per-call overhead). The non-local blocks' attention grows with the square
+of a call's positions, so a large image with them runs fastest in tiles of a few hundred pixels
+(docs/performance.md, "Tiled inference": the measured times); without them the overlaps only add
+work and the largest tiles that fit win. The cheapest candidate that fits the budget is taken
+(within 5% of it, the fewest tiles).
 """
 from __future__ import annotations
 
@@ -56,6 +65,14 @@ ANALYTIC_BYTES_PER_FEATURE = 256  # Per LR pixel and feature channel, when XLA r
 # float32 12 + 4, output uint8 3 and its Pillow image 4, upscaled alpha float32 4 + uint8 1.
 HOST_BYTES_PER_LR_PIXEL = 16
 HOST_BYTES_PER_HR_PIXEL = 40
+# The tile planner (`Upscaler.plan`): the tile sides (LR px) it compares with an untiled run, for
+# images above SEARCH_MIN_PIXELS LR pixels; a per-call cost in operations (dispatch, transfers and
+# the host's blending: about a 100x100-pixel call of the demo model); costs within TIE of the least
+# count as ties, broken by fewer tiles.
+SEARCH_TILES = (1024, 768, 512, 384, 256, 192, 128)
+SEARCH_MIN_PIXELS = 256 * 256
+CALL_OVERHEAD = 1.5e10
+TIE = 0.05
 # cgroup limits at or above this mean "no limit" (v1 writes 2**63 - page size; v2 writes 'max').
 _CGROUP_UNLIMITED = 2**60
 
@@ -150,6 +167,12 @@ def plan_tiles(h: int, w: int, max_pixels: int, overlap: int) -> Optional[TilePl
   if best is None:
     raise ValueError(f'a tile of {max_pixels} LR pixels is too small for overlap {overlap}')
   return None if best[0] == 1 else best[2]
+
+
+def _describe(plan: Optional[TilePlan], h: int, w: int) -> str:
+  if plan is None:
+    return f'untiled {h}x{w}'
+  return f'{plan.count} tiles of {plan.size[0]}x{plan.size[1]}'
 
 
 def blend_weights(start: int, size: int, length: int, overlap: int, scale: int) -> np.ndarray:
@@ -258,6 +281,7 @@ class Upscaler:
     self.log = log
     self._fn = gen.sr_fn
     self._compiled: dict[tuple[int, int], Any] = {}
+    self._cost: dict[tuple[int, int], float] = {}  # Predicted operations per call, by LR size.
     self._param_bytes = sum(int(np.prod(x.shape)) * x.dtype.itemsize
                             for x in jax.tree.leaves(gen.params))
 
@@ -290,9 +314,13 @@ class Upscaler:
   def plan(self, h: int, w: int, *, tile: Optional[int] = None,
            max_bytes: Optional[int] = None, overlap: int = DEFAULT_OVERLAP,
            ref_bytes: int = 0) -> Optional[TilePlan]:
-    """None (untiled) if the image fits `max_bytes`, else the tiles; `tile` forces a tile size.
+    """The tiling with the least predicted time that fits `max_bytes` (None: untiled).
 
-    `ref_bytes`: the decoded reference file held beside the run (counted as `host_bytes`).
+    `tile` forces a tile size instead. `ref_bytes`: the decoded reference file held beside the
+    run (counted as `host_bytes`). Images above SEARCH_MIN_PIXELS LR pixels: the candidates of
+    `candidate_plans` by `predicted_cost`, the cheapest that fits (within TIE of it, the fewest
+    tiles that fit); where none fits, and for smaller images, the fewest tiles that fit
+    (`_largest_plan`: the whole image if it fits).
 
     Raises:
       ValueError: the budget cannot hold even the smallest tile, or `tile` is too small.
@@ -301,6 +329,41 @@ class Upscaler:
       size_y, ys = axis_tiles(h, tile, overlap)
       size_x, xs = axis_tiles(w, tile, overlap)
       return None if len(ys) * len(xs) == 1 else TilePlan((size_y, size_x), ys, xs, overlap)
+    if h * w <= SEARCH_MIN_PIXELS:
+      return self._largest_plan(h, w, max_bytes, overlap, ref_bytes)
+    max_bytes = default_memory_bytes() if max_bytes is None else max_bytes
+    call_budget = max_bytes - self.host_bytes(h, w, ref_bytes)
+    costs = sorted((self.predicted_cost(p, h, w), 1 if p is None else p.count, k, p)
+                   for k, p in enumerate(self.candidate_plans(h, w, overlap)))
+    self.log('plan: predicted operations: ' + ', '.join(
+        f'{_describe(p, h, w)} {c:.3g}' for c, _, _, p in costs))
+    fits = lambda p: self.estimate_bytes(*((h, w) if p is None else p.size)) <= call_budget
+    cheapest = next((c for c in costs if fits(c[3])), None)
+    if cheapest is None:  # Only tiles below the smallest candidate fit.
+      return self._largest_plan(h, w, max_bytes, overlap, ref_bytes)
+    near = sorted((n, c, k, p) for c, n, k, p in costs
+                  if c <= cheapest[0] * (1 + TIE) and n < cheapest[1])
+    plan = next((p for _, _, _, p in near if fits(p)), cheapest[3])
+    need = self.estimate_bytes(*((h, w) if plan is None else plan.size))
+    self.log(f'plan: {_describe(plan, h, w)}, {need / 2**30:.3g} GB per call (XLA memory '
+             f'analysis), budget {call_budget / 2**30:.3g} GB beside the host arrays')
+    return plan
+
+  def candidate_plans(self, h: int, w: int, overlap: int = DEFAULT_OVERLAP
+                      ) -> list[Optional[TilePlan]]:
+    """Untiled (None) and the balanced tilings (`plan_tiles`) with tiles of at most
+    SEARCH_TILES ** 2 pixels, each distinct tiling once."""
+    plans = {(h, w, 1): None}
+    for side in SEARCH_TILES:
+      if side * side < h * w:
+        plan = plan_tiles(h, w, side * side, overlap)
+        if plan is not None:
+          plans.setdefault((*plan.size, plan.count), plan)
+    return list(plans.values())
+
+  def _largest_plan(self, h: int, w: int, max_bytes: Optional[int], overlap: int,
+                    ref_bytes: int) -> Optional[TilePlan]:
+    """None if the image fits `max_bytes` in one call, else the fewest tiles that fit."""
     max_bytes = default_memory_bytes() if max_bytes is None else max_bytes
     host = self.host_bytes(h, w, ref_bytes)
     call_budget = max_bytes - host
@@ -327,6 +390,21 @@ class Upscaler:
                          f'{size[0]}x{size[1]} LR tile (overlap {overlap}) needs '
                          f'{need / 2**30:.3g} GB beside {host / 2**30:.3g} GB of host arrays')
       max_pixels = int(max_pixels * 0.72)  # 15% less per side.
+
+  def predicted_cost(self, plan: Optional[TilePlan], h: int, w: int) -> float:
+    """Predicted time of a tiling of an LR (h, w) image, in arithmetic operations: per call, the
+    model's operations with loops multiplied out (`ssen_jax.core.cost`), plus CALL_OVERHEAD."""
+    size, count = ((h, w), 1) if plan is None else (plan.size, plan.count)
+    if size not in self._cost:
+      import jax  # pylint: disable=import-outside-toplevel
+      import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+      from ssen_jax.core import cost  # pylint: disable=import-outside-toplevel
+      s = self.gen.scale
+      lr = jax.ShapeDtypeStruct((1, *size, 3), jnp.float32)
+      ref = (jax.ShapeDtypeStruct((1, s * size[0], s * size[1], 3), jnp.float32)
+             if self.gen.uses_ref else None)
+      self._cost[size] = cost.flops(self._fn, self.gen.params, lr, ref)
+    return count * (self._cost[size] + CALL_OVERHEAD)
 
   def host_bytes(self, h: int, w: int, ref_bytes: int = 0) -> int:
     """Host arrays of a whole image held beside the model calls (module-level `host_bytes`),
