@@ -35,7 +35,8 @@ class CorruptCheckpointError(RuntimeError):
 
 
 class NoBestCheckpointError(FileNotFoundError):
-  """`--best` asked for, but no checkpoint of the workdir carries a finite eval PSNR."""
+  """The best checkpoint asked for (`--checkpoint best`, `best=True`), but no checkpoint of the
+  workdir carries a finite eval PSNR."""
 
 
 class CheckpointReadError(RuntimeError):
@@ -317,8 +318,8 @@ def restore_params(workdir: PathLike, abstract_params: Any,
       if step is None and best and manager.latest_step() is not None:
         raise NoBestCheckpointError(
             f'no checkpoint in {checkpoint_dir(workdir)} carries a finite eval PSNR (the run '
-            'saved no evaluation, or only NaN/inf ones), so there is no best one; leave out '
-            '--best for the latest')
+            'saved no evaluation, or only NaN/inf ones), so there is no best one; take the latest '
+            '(--checkpoint latest) instead')
       if step is None:
         step = manager.latest_step()
     if step is None:

@@ -151,7 +151,7 @@ def generator_from_flags(workdir: Optional[str | os.PathLike], checkpoint: Optio
                          config: Optional[str | ml_collections.ConfigDict] = None,
                          best: bool = False,
                          sharding: Optional[jax.sharding.Sharding] = None) -> Generator:
-  """The generator chosen by the tools' --workdir / --checkpoint / --config / --best flags.
+  """The generator chosen by the tools' --workdir / --checkpoint / --config flags.
 
   The one reading of that vocabulary: the command-line tools pass their flags, and
   `ssen_jax.load_model` (`inference.api`) its keyword arguments.
@@ -162,7 +162,8 @@ def generator_from_flags(workdir: Optional[str | os.PathLike], checkpoint: Optio
       `convert_torch`, or a PyTorch .pth file.
     config: FILE[:variant] (or a loaded config) giving a .pth's architecture (default: the
       workdir's config.json).
-    best: prefer the checkpoint with the best evaluation PSNR.
+    best: prefer the checkpoint with the best evaluation PSNR (the tools' `--checkpoint best`,
+      read by `core.cli.checkpoint_choice`).
     sharding: where the parameters go; default this host's first device.
 
   Raises:

@@ -373,7 +373,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       last_results = run_eval(state, start)
       # The last evaluation of the run was cut short (SIGTERM): its checkpoint gets this PSNR.
       if checkpointing.record_psnr(workdir, start, last_results['psnr']):
-        logging.info('Step %d: eval PSNR %.4f recorded for --best.', start, last_results['psnr'])
+        logging.info('Step %d: eval PSNR %.4f recorded for --checkpoint best.', start,
+                     last_results['psnr'])
     if manager is not None:
       manager.close()
     writer.close()
