@@ -114,7 +114,7 @@ figure compile 70 --what compile --train_batch "$BATCH" --repeats 2
 figure op 40 --what op --compare torch
 # The one table of every figure (DIR/summary.md, DIR/summary.json), and the total time.
 ((DRY_RUN)) || printf 'total\t-\t%s\t%s\n' $((SECONDS - START)) "$BUDGET" >>"$OUT_DIR/run.tsv"
-SUMMARY=(timeout 30 "$PYTHON" -m ssen_jax.benchmark --what summary
+SUMMARY=(timeout 15 "$PYTHON" -m ssen_jax.benchmark --what summary
          --json "$OUT_DIR/summary.json" --overwrite)
 if ((DRY_RUN)); then
   run "${SUMMARY[@]}"

@@ -838,7 +838,7 @@ def test_gpu_benchmark_runs_every_figure(env, tmp_path, fake_python):
       + json_out('train_bf16'),
       bench + ['--what', 'compile', '--train_batch', '32', '--repeats', '2'] + json_out('compile'),
       bench + ['--what', 'op', '--compare', 'torch'] + json_out('op')]
-  assert dry[-1] == ['timeout', '30', 'python3', '-m', 'ssen_jax.benchmark', '--what', 'summary',
+  assert dry[-1] == ['timeout', '15', 'python3', '-m', 'ssen_jax.benchmark', '--what', 'summary',
                      '--json', f'{tmp_path}/rel/summary.json', '--overwrite']
   tiny = commands(ok('gpu_benchmark.sh', '--out', 'rel', '--dry_run', '--tiny', env=env,
                      cwd=tmp_path).stdout)

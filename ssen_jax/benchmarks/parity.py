@@ -193,7 +193,8 @@ def bench_model_parity(repeats: int, tiny: bool, torch=None, pause: float = 0.0,
   return dict(settings=settings, parity=rows, ratios=ratios,
               key_figures=dict(psnr_db=clipped_psnr, output_max_abs=rows[0]['max_abs'],
                                output_mean_abs=rows[0]['mean_abs'],
-                               worst_grad_rel=worst['max_rel'], grad_tensors=len(grad_rows)),
+                               worst_grad_rel=worst['max_rel'],
+                               grad_tensors=len(grad_rows) - len(zero)),
               notes=['PSNR between the two outputs (clipped to [0, 1], peak 1): '
                      + ('identical' if clipped_psnr is None else f'{clipped_psnr:.1f} dB'),
                      f'loss: JAX {loss_j:.7g}, PyTorch {loss_t:.7g}'])

@@ -102,9 +102,11 @@ def _rows(figures: Dict[str, Optional[Dict[str, Any]]], run: Dict[str, Dict[str,
     if f:
       k = f['key_figures']
       sps = k['samples_per_s']
+      torch_sps = sps.get('ssen train step (PyTorch, eager)')
       rows.append((f"train step, batch {k['batch']}, {k['dtype']}: samples/s",
                    _fmt(sps.get('ssen train step'), '.1f'),
-                   _fmt(sps.get('ssen train step (PyTorch, eager)'), '.1f'),
+                   'float32 only' if torch_sps is None and dtype != 'float32'
+                   else _fmt(torch_sps, '.1f'),
                    f"baseline (no SSEN): {_fmt(sps.get('baseline train step'), '.1f')}"))
       rows.append((f'train step compile, {dtype}, s', _fmt(k['compile_s'], '.1f'),
                    'none (eager)', 'first call minus the median step'))
