@@ -328,8 +328,8 @@ def load_tfds_records(name: str, data_dir: str | None, split: str, kind: str, hr
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   where = f'{data_dir or "the default TFDS data_dir"}'
-  hint = ('prepare it with python -m ssen_jax.data_prep.tfds_build --dataset NAME --manual_dir '
-          'DIR --data_dir DATA_DIR')
+  hint = ('prepare it with python -m ssen_jax.data_prep.tfds_build --tfds_name NAME '
+          '--dataset_dir DIR --tfds_data_dir DATA_DIR')
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # pylint: disable=broad-except  (DatasetNotFoundError and kin)
