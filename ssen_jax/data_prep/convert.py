@@ -30,15 +30,20 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from absl import app
 from absl import flags
 
 from ssen_jax.data import tf_env  # noqa: F401  (first: TensorFlow's defaults)
+from ssen_jax.core import cli
 from ssen_jax.data import datasets
 from ssen_jax.data_prep import layouts
 from ssen_jax.data_prep import tfds_build
 
 FLAGS = flags.FLAGS
+USAGE = """Deprecated alias: the old TFRecord writer's flags, preparing the TFDS dataset instead.
+
+  python -m ssen_jax.data_prep.convert --dataset cufed --input_dir CUFED --output_dir /data/tfds
+  is python -m ssen_jax.data_prep.tfds_build --tfds_name ssen_cufed --dataset_dir CUFED \\
+      --tfds_data_dir /data/tfds (use that). Training reads TFDS datasets only."""
 
 # The old --dataset layouts -> (TFDS dataset, its split).
 LAYOUT_TO_TFDS = {'cufed': ('ssen_cufed', 'train'), 'cufed5': ('ssen_cufed5', 'test'),
@@ -139,7 +144,7 @@ def main(argv: Sequence[str]) -> None:
 def run() -> None:
   """`python -m ssen_jax.data_prep.convert` (no console script: an alias kept for old scripts)."""
   define_flags()
-  app.run(main)
+  cli.run(main, USAGE)
 
 
 if __name__ == '__main__':
