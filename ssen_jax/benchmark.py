@@ -1,13 +1,6 @@
-r"""Speed, memory and PyTorch-parity figures of ssen_jax, as Markdown and JSON.
-
-  python -m ssen_jax.benchmark --what WHAT [--compare torch] [--tiny] [--json FILE [--overwrite]]
-  launch/gpu_benchmark.sh --out DIR   # every figure on one GPU, JAX against PyTorch, < 8 min
-
-WHAT: op, infer, latency (the paper's 322x550), train, memory, compile (full-size step), op_parity
-and model_parity (need torch), summary (of gpu_benchmark.sh's tables beside --json); each is
-described in ssen_jax/benchmarks/__init__.py, results in docs/performance.md.
-Exit status: 0 done; 1 an error or a usage error (one line on stderr); SIGTERM kills it
-(docs/exit_statuses.md).
+r"""`python -m ssen_jax.benchmark` (console command `ssen-benchmark`): speed, memory and
+PyTorch-parity figures, as Markdown and JSON. The figures live in `ssen_jax.benchmarks`, whose
+docstring says how each is taken; the measured ones are in docs/performance.md.
 """
 from __future__ import annotations
 
@@ -22,9 +15,19 @@ from typing import Any
 from absl import app
 from absl import flags
 
+from ssen_jax.core import cli
 from ssen_jax.data import files
 
 FLAGS = flags.FLAGS
+USAGE = """Speed, memory and PyTorch-parity figures of ssen_jax, as Markdown and JSON.
+
+  python -m ssen_jax.benchmark --what WHAT [--compare torch] [--tiny] [--json FILE [--overwrite]]
+  launch/gpu_benchmark.sh --out DIR   # every figure on one GPU, JAX against PyTorch, < 8 min
+  (also the console command ssen-benchmark)
+
+WHAT: op, infer, latency (the paper's 322x550), train, memory, compile (full-size step), op_parity
+and model_parity (need torch), summary (of gpu_benchmark.sh's tables beside --json); each is
+described in ssen_jax/benchmarks/__init__.py, results in docs/performance.md."""
 WHAT = ('op', 'infer', 'latency', 'train', 'memory', 'compile', 'op_parity', 'model_parity',
         'summary')
 NEED_TORCH = ('op_parity', 'model_parity')
@@ -159,7 +162,7 @@ def main(argv: Sequence[str]) -> None:
 def run() -> None:
   """The console command `ssen-benchmark` (the same as `python -m ssen_jax.benchmark`)."""
   define_flags()
-  app.run(main)
+  cli.run(main, USAGE)
 
 
 if __name__ == '__main__':

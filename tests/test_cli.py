@@ -25,7 +25,7 @@ SCRIPTS = tomllib.loads((pathlib.Path(REPO_ROOT) / 'pyproject.toml').read_text()
 MODULE_TO_SCRIPT = {value.split(':')[0]: name for name, value in SCRIPTS.items()}
 # Commands whose modules belong to work in progress elsewhere and do not run through `cli.run`
 # yet: their --help is absl's (exit status 1, the whole docstring). Remove them once they do.
-PENDING = {'ssen_jax.benchmark': 'benchmark.py adopts cli.run (issue 22, section 3)'}
+PENDING = {}
 
 PROGRAM = textwrap.dedent("""\
     from absl import flags
