@@ -29,15 +29,15 @@ Input/output: any LR size from 1x1 up; PNG/JPEG/...; grayscale in, grayscale out
 (temporary file + rename), never over an existing file without --overwrite. Images over Pillow's
 decompression-bomb limit (about 89.5 million pixels) are refused unless --allow_large_images.
 
-Memory: the whole image runs in one call when XLA's memory analysis of that call fits
---max_memory_gb (default: 90% of the accelerator memory, or on CPU half the host memory: the RAM or
+Memory and time: the plan takes, of one call on the whole image and balanced overlapping tiles
+(feathered seams) of 1024 down to 128 LR pixels a side, the one of least predicted time (the
+model's operations, loops counted, times the calls: the non-local attention grows with the square
+of a call's size, so large inputs run faster in tiles) whose call fits --max_memory_gb by XLA's
+memory analysis (default: 90% of the accelerator memory, or on CPU half the host memory: the RAM or
 the container's / SLURM job's cgroup memory limit, whichever is smaller; on CPU the budget also
-covers the full-size host arrays, 656 B per LR pixel at x4, and the decoded reference); otherwise in
-balanced overlapping tiles with feathered seams (--tile N forces tiles of at most N x N LR pixels).
-See `ssen_jax.inference.tiling`. Timing, the tile count and one line per tile go to stderr. The plan
-minimises the tile count, not the time: the non-local attention's cost grows with the square of a
-call's size, so on a CPU a 2048x2048 input under `--tile 1024` takes 7x less CPU time than in one
-call (docs/performance.md).
+covers the full-size host arrays, 656 B per LR pixel at x4, and the decoded reference). --tile N
+forces tiles of at most N x N LR pixels. See `ssen_jax.inference.tiling` and docs/performance.md
+("Tiled inference"). Timing, the plan and one line per tile go to stderr.
 
 Compilation cache: JAX's persistent cache is on, in ~/.cache/ssen_jax/jax_cache (or
 $SSEN_JAX_CACHE_DIR, or --compilation_cache_dir); --nocompilation_cache turns it off.

@@ -12,7 +12,9 @@ from PIL import Image
 from conftest import REPO_ROOT
 from ssen_jax.data import datasets
 from ssen_jax.data import input_pipeline as ip
+from ssen_jax.data_prep import layouts
 from ssen_jax.data_prep import tfds_build
+from ssen_jax.data_prep import tfds_builders
 
 
 def _save(img, path):
@@ -152,6 +154,8 @@ def test_cli(raw, tmp_path):
            str(tmp_path))
   assert ok.returncode == 0, ok.stderr[-2000:]
   assert 'ssen_cufed5/1.0.0' in ok.stdout and 'test: 2 examples' in ok.stdout
+  # Progress through the one helper: i/N, elapsed time and ETA per split.
+  assert '[2/2] ssen_cufed5 test (' in ok.stderr and 'ETA' in ok.stderr, ok.stderr[-2000:]
   # The old spellings (--dataset, --manual_dir, --data_dir) work for one release, a line each.
   bad = run('--dataset', 'ssen_cufed', '--manual_dir', str(tmp_path / 'missing'), '--data_dir',
             str(tmp_path))
@@ -162,6 +166,16 @@ def test_cli(raw, tmp_path):
       f'warning: --manual_dir is deprecated; use --dataset_dir={tmp_path / "missing"}',
       f'warning: --data_dir is deprecated; use --tfds_data_dir={tmp_path}'], bad.stderr
   assert lines[-1] == f'error: --dataset_dir {tmp_path / "missing"} is not a folder'
+
+
+def test_generate_reports_progress(raw):
+  jobs = layouts.find_cufed(raw / 'cufed')
+  lines = []
+  keys = [key for key, _ in tfds_builders.generate(jobs, name='pairs', log=lines.append)]
+  assert len(keys) == len(jobs) == 5
+  # One line per image below _PROGRESS_LINES images; the ETA once one has finished.
+  assert [line.split(' (')[0] for line in lines] == [f'[{i}/5] pairs' for i in range(1, 6)]
+  assert all('s elapsed, ETA ' in line for line in lines)
 
 
 def test_training_reads_without_the_builder_code(data_dir):

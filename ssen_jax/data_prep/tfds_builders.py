@@ -8,8 +8,7 @@
 | `ssen_div2k` | train[, validation] | `DIV2K_train_HR/0001.png ..` [and `DIV2K_valid_HR/`] | name, hr |
 | `ssen_demo` | train | the demo folder of `ssen_jax.data.demo_data` (`train_raw/input`, `train_raw/ref`) | name, hr, ref |
 
-Images are stored as PNG bytes exactly as `ssen_jax.data_prep.convert` stores them (the rules
-of `layouts.process_job`: RGB 8-bit PNG sources byte for byte, anything else converted to RGB uint8;
+Images are stored as PNG bytes by the rules of `layouts.process_job` ( RGB 8-bit PNG sources byte for byte, anything else converted to RGB uint8;
 small CUFED references padded by symmetric reflection; DIV2K cut into 480x480 tiles). Examples are
 written in sorted-name order (`disable_shuffling`), so a host's share (`tfds.even_splits`) and
 therefore every training batch depend only on the data, the seed, the step and the host. A wrong
@@ -23,12 +22,14 @@ import hashlib
 import multiprocessing
 import os
 import pathlib
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 
 from ssen_jax.data import tf_env  # noqa: F401  (first: TensorFlow's defaults)
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ssen_jax.core import progress as progress_lib
 from ssen_jax.data import datasets
 from ssen_jax.data import demo_data
 from ssen_jax.data_prep import layouts
@@ -36,6 +37,7 @@ from ssen_jax.data_prep import layouts
 _HOMEPAGE_SRNTT = 'https://github.com/ZZUTK/SRNTT'
 _DIV2K_TILE = layouts.DEFAULT_TILE_SIZE['div2k']
 _PARALLEL_MIN_JOBS = 256  # Below this, worker processes cost more than they save.
+_PROGRESS_LINES = 20  # Progress lines per split (and one for its last image).
 
 
 def _image() -> tfds.features.Image:
@@ -61,10 +63,20 @@ def source_checksum(jobs: Sequence[layouts.Job], root: pathlib.Path) -> tuple[in
   return len(files), digest.hexdigest()
 
 
+def _stderr(line: str) -> None:
+  print(line, file=sys.stderr, flush=True)
+
+
 def generate(jobs: Sequence[layouts.Job], tile_size: int = 0,
-             num_workers: int | None = None) -> Iterator[tuple[str, dict]]:
-  """(key, example) for every job in order; a bad image stops with a one-line DatasetError."""
+             num_workers: int | None = None, *, name: str = 'images',
+             log: Callable[[str], None] | None = _stderr) -> Iterator[tuple[str, dict]]:
+  """(key, example) for every job in order; a bad image stops with a one-line DatasetError.
+
+  Progress: about _PROGRESS_LINES lines `[i/N] NAME (E s elapsed, ETA T s)` through `log`
+  (stderr by default; None: silent)."""
   num_workers = num_workers or os.cpu_count() or 1
+  report = progress_lib.Progress(len(jobs))
+  every = max(1, -(-len(jobs) // _PROGRESS_LINES))
   work = [(job, tile_size) for job in jobs]
   pool = None
   try:
@@ -77,6 +89,9 @@ def generate(jobs: Sequence[layouts.Job], tile_size: int = 0,
     for examples, error in results:
       if error:
         raise datasets.DatasetError(f'corrupt or unreadable image: {error}')
+      line = report.step(name)
+      if log is not None and (report.done % every == 0 or report.done == report.total):
+        log(line)
       for example in examples:
         yield example[datasets.FEATURE_NAME], example
   finally:
@@ -111,7 +126,8 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder):
     all_jobs = [job for jobs, _ in splits.values() for job in jobs]
     count, sha = source_checksum(all_jobs, manual_dir)
     self.info.metadata.update(source_files=count, source_sha256=sha)
-    return {split: generate(jobs, tile) for split, (jobs, tile) in splits.items()}
+    return {split: generate(jobs, tile, name=f'{self.name} {split}')
+            for split, (jobs, tile) in splits.items()}
 
   def _generate_examples(self, **kwargs):  # Unused: `_split_generators` returns generators.
     raise NotImplementedError
