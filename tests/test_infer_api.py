@@ -248,7 +248,8 @@ def test_pth_and_converted_folder_equal_workdir(workdir, model, set5_crops, tmp_
                  ssen_jax.load_model(workdir, checkpoint=tmp_path / 'ssen.pth'),
                  ssen_jax.load_model(checkpoint=workdir),  # A convert_torch-style folder.
                  ssen_jax.load_model(workdir, step=model.step),
-                 ssen_jax.load_model(workdir, checkpoint=model.step)):
+                 ssen_jax.load_model(workdir, checkpoint=model.step),
+                 ssen_jax.load_model(workdir, checkpoint='latest')):  # The tools' words.
     np.testing.assert_array_equal(loaded(lrs[0], refs[0]), expected)
 
 
@@ -289,6 +290,7 @@ def test_many_bad_inputs_are_one_sentence(model, workdir, set5_crops, tmp_path):
       (lambda: model([lrs[0], lrs[1][..., :2].astype(np.int32)]), r'lr\[1\] has dtype int32'),
       (lambda: model(np.zeros((0, 8, 8, 3), np.uint8)), 'empty batch'),
       (lambda: ssen_jax.load_model(workdir, step=1, checkpoint='1'), 'not both'),
+      (lambda: ssen_jax.load_model(workdir, best=True, checkpoint='latest'), 'not both'),
       (lambda: ssen_jax.load_model(tmp_path / 'w.pth'), 'config='),
       (lambda: ssen_jax.load_model(checkpoint=3), 'is a step'),
       (lambda: ssen_jax.load_model(workdir, device='cpu'), 'jax.Device'),

@@ -383,7 +383,7 @@ def load_model(workdir: Optional[str | os.PathLike] = None, *,
   """Restores a model for `model(lr)`: a training workdir, a `convert_torch` folder or a .pth.
 
     load_model('/ckpt/ssen')                               # the latest checkpoint
-    load_model('/ckpt/ssen', step=20000) / (..., best=True)
+    load_model('/ckpt/ssen', checkpoint=20000) / (..., checkpoint='best')  # or step=, best=True
     load_model('ssen.pth', config='configs/refsr.py:ssen')  # PyTorch weights
     load_model('/ckpt/ssen', checkpoint='ssen.pth')         # its config.json gives the architecture
     load_model('/ckpt/converted', device=jax.devices('cpu')[0])
@@ -392,7 +392,8 @@ def load_model(workdir: Optional[str | os.PathLike] = None, *,
     workdir: a training workdir (config.json and checkpoints/), a folder written by
       `python -m ssen_jax.convert_torch`, or a PyTorch .pth file (then `config` gives the
       architecture).
-    checkpoint: as the tools' --checkpoint: a step of `workdir`, a .pth file or a converted folder.
+    checkpoint: as the tools' --checkpoint: a step of `workdir`, 'best' (the checkpoint with the
+      best evaluation PSNR), 'latest', a .pth file or a converted folder.
     step: checkpoint step (the same as `checkpoint=step`; default the latest, or the best).
     best: the checkpoint with the best evaluation PSNR.
     config: the architecture of a .pth: FILE[:variant] (e.g. 'configs/refsr.py:ssen') or a loaded
@@ -428,6 +429,10 @@ def load_model(workdir: Optional[str | os.PathLike] = None, *,
     workdir, checkpoint = None, workdir
   if checkpoint is not None:
     checkpoint = str(checkpoint)
+  if checkpoint in ('best', 'latest'):  # The tools' --checkpoint words (a folder: './best').
+    if best and checkpoint == 'latest':
+      raise ValueError("give best=True or checkpoint='latest', not both")
+    best, checkpoint = best or checkpoint == 'best', None
   if workdir is None and checkpoint is None:
     raise ValueError('load_model needs a workdir, a converted folder or a .pth file')
   if workdir is None and checkpoint.isdigit():
