@@ -443,6 +443,19 @@ class Rehearsal:
       time.sleep(0.5)
     raise Failed(f'{part}: no {what} within {timeout:.0f} s (log {log})')
 
+  def wait_replaced(self, part: str, log: pathlib.Path, size: int, alive,
+                    timeout: float = 600) -> None:
+    """Waits until `log` (`size` bytes now) is deleted or replaced by a shorter file while
+    `alive()` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+      if not log.exists() or log.stat().st_size < size:
+        return
+      if not alive():
+        raise Failed(f'{part}: the watch ended before the preempted TPU was deleted')
+      time.sleep(0.2)
+    raise Failed(f'{part}: the preempted TPU was not deleted within {timeout:.0f} s (log {log})')
+
   def check_finished(self, part: str, workdir: pathlib.Path, log_text: str) -> None:
     """The run ended at --steps with a complete checkpoint and its final evaluation."""
     ckpt = workdir / 'checkpoints'
@@ -520,10 +533,14 @@ class Rehearsal:
       state.write_text(json.dumps({**tpu_json, 'state': 'PREEMPTED'}))
       for h in tpu_json['homes']:
         _kill_owned(h)
-      # The old log lasts until the watch deletes the TPU: wait for a resume past step `start`
-      # (the one saved before; the killed trainers saved nothing).
+      # The old log lasts until the watch deletes the TPU (it already says 'Resumed from step
+      # START'): wait for it to go (or be replaced by a shorter one), then for the new trainer's
+      # resume from `start` (the killed trainers saved nothing).
+      self.wait_replaced(part, logs[0], logs[0].stat().st_size, watching)
       m = self.wait_for(part, logs[0], r'Resumed from step (\d+)', watching,
-                        'the recreated TPU resuming', accept=lambda m: int(m.group(1)) >= start)
+                        'the recreated TPU resuming')
+      if int(m.group(1)) != start:
+        raise Failed(f'{part}: the recreated TPU resumed from step {m.group(1)}, not {start}')
       self.say(f'{part}: recreated TPU resumed from step {m.group(1)}; waiting for the end')
       rc = watch.wait(timeout=900)
     finally:
