@@ -25,11 +25,12 @@ USAGE = """Speed, memory and PyTorch-parity figures of ssen_jax, as Markdown and
   launch/gpu_benchmark.sh --out DIR   # every figure on one GPU, JAX against PyTorch, < 8 min
   (also the console command ssen-benchmark)
 
-WHAT: op, infer, latency (the paper's 322x550), train, memory, compile (full-size step), op_parity
-and model_parity (need torch), summary (of gpu_benchmark.sh's tables beside --json); each is
+WHAT: op, infer, latency (the paper's 322x550), train, memory, compile (full-size step), tiles
+(the tile plan against every tiling, --infer_lr HxW), op_parity and model_parity (need torch),
+summary (of gpu_benchmark.sh's tables beside --json); each is
 described in ssen_jax/benchmarks/__init__.py, results in docs/performance.md."""
-WHAT = ('op', 'infer', 'latency', 'train', 'memory', 'compile', 'op_parity', 'model_parity',
-        'summary')
+WHAT = ('op', 'infer', 'latency', 'train', 'memory', 'compile', 'tiles', 'op_parity',
+        'model_parity', 'summary')
 NEED_TORCH = ('op_parity', 'model_parity')
 
 
@@ -47,7 +48,8 @@ def define_flags() -> None:
   flags.DEFINE_integer('torch_threads', None, 'torch threads (default: the usable CPUs).')
   flags.DEFINE_enum('torch_device', 'auto', ['auto', 'cpu', 'cuda'], 'Where the PyTorch peers '
                     'run; auto: the chip JAX runs on.')
-  flags.DEFINE_string('infer_lr', None, 'LR size HxW (infer: 80x137; model_parity: 40x40).')
+  flags.DEFINE_string('infer_lr', None, 'LR size HxW (infer: 80x137; model_parity: 40x40; '
+                      'tiles: 1024x1024).')
   flags.DEFINE_integer('train_batch', None, 'Batch (train: 4; compile: the config\'s; '
                        'model_parity: 2).')
   # The memory figure's child process; kept out of --help (absl's --helpfull lists it).
@@ -58,8 +60,9 @@ def define_flags() -> None:
 def _benchmarks():
   """--what -> (function, default repeats); imported here so that --help stays fast."""
   # pylint: disable=import-outside-toplevel
-  from ssen_jax.benchmarks import full_size, memory, model_speed, op, parity
+  from ssen_jax.benchmarks import full_size, memory, model_speed, op, parity, tiles
   return {'op': (op.bench_op, 20), 'infer': (model_speed.bench_infer, 7),
+          'tiles': (tiles.bench_tiles, 2),
           'latency': (model_speed.bench_latency, 7), 'train': (model_speed.bench_train, 5),
           'memory': (memory.bench_memory, 1), 'compile': (full_size.bench_compile, 2),
           'op_parity': (parity.bench_op_parity, 1), 'model_parity': (parity.bench_model_parity, 1)}

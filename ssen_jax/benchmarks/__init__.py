@@ -7,6 +7,8 @@ r"""The figures of `python -m ssen_jax.benchmark --what WHAT`, one module per ki
   python -m ssen_jax.benchmark --what memory                  # 1024x1024 and 512x512 LR, peak RSS
   python -m ssen_jax.benchmark --what compile --config configs/selfsim.py  # published size: FLOPs,
       # XLA memory, compile time, 2 steps here, accelerator estimates (--repeats 0: compile only)
+  python -m ssen_jax.benchmark --what tiles --config configs/refsr.py:demo --infer_lr 2048x2048
+      # the tile plan's choice against every tiling it compares (time of the model calls)
   python -m ssen_jax.benchmark --what op_parity               # against torchvision, every gradient
   python -m ssen_jax.benchmark --what model_parity            # against the PyTorch twin
   launch/gpu_benchmark.sh --out DIR   # on a GPU: all of them, torch on the GPU too, < 8 min
@@ -14,7 +16,8 @@ r"""The figures of `python -m ssen_jax.benchmark --what WHAT`, one module per ki
 
 Modules: `harness` (timing, report format, peak device memory), `inputs` (config, random weights of
 realistic scale, images), `op`, `model_speed` (infer, latency, train), `memory`, `full_size`
-(compile), `parity`, `summary`, `torch_peers` (torch set-up, the PyTorch twin holding our weights).
+(compile), `tiles`, `parity`, `summary`, `torch_peers` (torch set-up, the PyTorch twin holding our
+weights).
 
 Speed is quoted as ratios measured in one run on one machine, since absolute times drift: every
 case is run once per repetition, the cases interleaved, and the median of the repetitions is

@@ -171,6 +171,16 @@ def to_markdown(result: Mapping[str, Any]) -> str:
           f"{r['per_sample_gb']:.3f}", f"{r['fixed_gb']:.2f}", f"{r['compile_s']:.1f}",
           fmt(r.get('step_s'), '.2f'), fmt(r.get('peak_rss_gb'), '.1f'))
          for r in result['compile']], align='lrrrrrrrr') + ['']
+  if result.get('tiles'):
+    fmt = lambda v, f: '' if v is None else format(v, f)
+    lines += markdown_table(
+        ('tiling', 'calls', 'predicted Gop', 'vs cheapest', 'median call s', 'image s',
+         'vs fastest', 'image CPU s', 'vs fastest (CPU)', 'default'),
+        [(r['tiling'], r['calls'], f"{r['predicted_gop']:.0f}",
+          f"{r['predicted_vs_cheapest']:.2f}", fmt(r['call_s'], '.3f'), fmt(r['image_s'], '.1f'),
+          fmt(r['vs_fastest'], '.2f'), fmt(r['image_cpu_s'], '.1f'),
+          fmt(r['cpu_vs_fastest'], '.2f'), r['default']) for r in result['tiles']],
+        align='lrrrrrrrrl') + ['']
   if result.get('estimates'):
     lines += markdown_table(
         ('accelerator (ESTIMATE)', "paper's 100K steps, hours (25 % / 5 % utilisation)",
