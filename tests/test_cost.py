@@ -26,6 +26,15 @@ def test_matmul_and_conv_by_hand():
   grouped = lambda x, k: jax.lax.conv_general_dilated(
       x, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=2)
   assert cost.flops(grouped, x, _spec(3, 3, 2, 6)) == 2 * (2 * 9 * 10 * 6) * (3 * 3 * 2)
+  # The input gradient of a stride-2 convolution is one over an input with zeros inserted
+  # (lhs_dilation 2): only the taps that meet a sample count, 1 in 4, so it costs what the
+  # forward does.
+  strided = lambda x, k: jax.lax.conv_general_dilated(x, k, (2, 2), 'SAME',
+                                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  x8 = _spec(2, 8, 10, 4)
+  forward = cost.flops(strided, x8, k)
+  input_grad = lambda x, k, g: jax.linear_transpose(lambda x: strided(x, k), x)(g)
+  assert cost.flops(input_grad, x8, k, _spec(2, 4, 5, 6)) == forward
   # Data movement is free, arithmetic is one per element.
   assert cost.flops(lambda x: x.reshape(-1).T[::2], x) == 0
   assert cost.flops(lambda x: jnp.exp(x) + 1, x) == 2 * 2 * 9 * 10 * 4
@@ -68,3 +77,15 @@ def test_agrees_with_xla_without_loops():
   ours = cost.flops(net, *args)
   xla = jax.jit(net).lower(*args).cost_analysis()['flops']
   np.testing.assert_allclose(ours, xla, rtol=0.1)
+
+
+def test_counts_by_kind():
+  x, k = _spec(1, 16, 16, 4), _spec(3, 3, 4, 4)
+  def net(x, k):
+    y = jax.lax.conv_general_dilated(x, k, (1, 1), 'SAME',
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    flat = jnp.exp(y).reshape(1, -1, 4)
+    return jax.lax.map(lambda f: f @ f.T, flat)  # A loop of one: counted once.
+  got = cost.counts(net, x, k)
+  assert got == {'dot': 2 * 256 * 256 * 4, 'conv': 2 * 256 * 4 * 36, 'other': 256 * 4}
+  assert cost.flops(net, x, k) == sum(got.values())

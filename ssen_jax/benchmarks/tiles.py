@@ -56,7 +56,9 @@ def bench_tiles(repeats: int, tiny: bool, torch=None, pause: float = 0.0,
   for plan in candidates:
     name = _name(plan, h, w)
     size, count = ((h, w), 1) if plan is None else (plan.size, plan.count)
+    per_call = upscaler.call_counts(*size)
     row = dict(tiling=name, calls=count, predicted_gop=predicted[name] / 1e9,
+               **{f'{kind}_gop': count * n / 1e9 for kind, n in per_call.items()},
                predicted_vs_cheapest=predicted[name] / cheapest,
                default='yes' if _name(chosen, h, w) == name else '')
     if predicted[name] > MAX_PREDICTED_RATIO * cheapest:

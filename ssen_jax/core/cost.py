@@ -10,7 +10,8 @@ derivatives) their inner jaxpr once.
 
 What is counted, per primitive:
 - `dot_general`: 2 x (output elements) x (contracted size);
-- `conv_general_dilated`: 2 x (output elements) x (kernel window x input channels per group);
+- `conv_general_dilated`: 2 x (output elements) x (kernel window x input channels per group),
+  divided by the input dilation (a transposed convolution's inserted zeros are not counted);
 - other arithmetic, reductions, gathers and scatters: one per element of the largest operand or
   result;
 - data movement that does no arithmetic (reshape, transpose, broadcast, slices, concatenation,
@@ -55,7 +56,11 @@ def _conv(eqn: Any) -> float:
   # rhs_spec: (out feature dim, in feature dim, spatial dims...).
   in_per_group = rhs_shape[dn.rhs_spec[1]]
   window = int(np.prod([rhs_shape[d] for d in dn.rhs_spec[2:]]))
-  return 2.0 * _size(eqn.outvars[0].aval) * in_per_group * window
+  # lhs_dilation d (a transposed convolution: the input gradient of a strided one) puts d - 1
+  # zeros between input samples along each axis; only one tap in d meets a sample, and only
+  # those are counted (as XLA does): otherwise a stride-2 layer's backward would count 4x.
+  dilation = int(np.prod(eqn.params.get('lhs_dilation') or (1,)))
+  return 2.0 * _size(eqn.outvars[0].aval) * in_per_group * window / dilation
 
 
 def _sub_jaxprs(params: dict[str, Any]):
@@ -68,33 +73,54 @@ def _sub_jaxprs(params: dict[str, Any]):
         yield item
 
 
-def jaxpr_flops(jaxpr: Any) -> float:
-  """Arithmetic operations of a `Jaxpr` (or `ClosedJaxpr`), loops multiplied out (module doc)."""
+KINDS = ('dot', 'conv', 'other')  # The kinds `jaxpr_counts` separates.
+
+
+def jaxpr_counts(jaxpr: Any) -> dict[str, float]:
+  """Operations of a `Jaxpr` (or `ClosedJaxpr`) by kind, loops multiplied out (module doc):
+  'dot' (`dot_general`), 'conv' (`conv_general_dilated`), 'other' (elementwise, reductions,
+  gathers, scatters). Kinds run at very different rates (docs/performance.md, "Tiled inference")."""
   jaxpr = getattr(jaxpr, 'jaxpr', jaxpr)
-  total = 0.0
+  total = dict.fromkeys(KINDS, 0.0)
+
+  def add(counts: dict[str, float], times: float = 1.0) -> None:
+    for kind in KINDS:
+      total[kind] += times * counts[kind]
+
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
     if name == 'scan':
-      total += eqn.params['length'] * jaxpr_flops(eqn.params['jaxpr'])
+      add(jaxpr_counts(eqn.params['jaxpr']), eqn.params['length'])
     elif name == 'cond':
-      total += max(jaxpr_flops(branch) for branch in eqn.params['branches'])
+      add(max((jaxpr_counts(b) for b in eqn.params['branches']), key=lambda c: sum(c.values())))
     elif name == 'while':
-      total += jaxpr_flops(eqn.params['body_jaxpr']) + jaxpr_flops(eqn.params['cond_jaxpr'])
+      add(jaxpr_counts(eqn.params['body_jaxpr']))
+      add(jaxpr_counts(eqn.params['cond_jaxpr']))
     elif name == 'dot_general':
-      total += _dot_general(eqn)
+      total['dot'] += _dot_general(eqn)
     elif name == 'conv_general_dilated':
-      total += _conv(eqn)
+      total['conv'] += _conv(eqn)
     elif name in _FREE:
       continue
     else:
       inner = list(_sub_jaxprs(eqn.params))
       if inner:  # pjit, closed_call, remat, custom_jvp_call, custom_vjp_call, ...
         # custom_vjp_call holds the forward and the backward: the forward is what runs.
-        total += jaxpr_flops(inner[0])
+        add(jaxpr_counts(inner[0]))
       else:
         sizes = [_size(v.aval) for v in (*eqn.invars, *eqn.outvars) if hasattr(v, 'aval')]
-        total += max(sizes, default=0)
+        total['other'] += max(sizes, default=0)
   return total
+
+
+def jaxpr_flops(jaxpr: Any) -> float:
+  """Arithmetic operations of a `Jaxpr` (or `ClosedJaxpr`), loops multiplied out (module doc)."""
+  return sum(jaxpr_counts(jaxpr).values())
+
+
+def counts(fn: Callable[..., Any], *args: Any) -> dict[str, float]:
+  """`jaxpr_counts` of `fn(*args)` (arguments may be `jax.ShapeDtypeStruct`s: only traced)."""
+  return jaxpr_counts(jax.make_jaxpr(fn)(*args))
 
 
 def flops(fn: Callable[..., Any], *args: Any) -> float:

@@ -46,7 +46,6 @@ work and the largest tiles that fit win. The cheapest candidate that fits the bu
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import pathlib
 import time
@@ -281,7 +280,7 @@ class Upscaler:
     self.log = log
     self._fn = gen.sr_fn
     self._compiled: dict[tuple[int, int], Any] = {}
-    self._cost: dict[tuple[int, int], float] = {}  # Predicted operations per call, by LR size.
+    self._counts: dict[tuple[int, int], dict[str, float]] = {}  # Operations per call, by size.
     self._param_bytes = sum(int(np.prod(x.shape)) * x.dtype.itemsize
                             for x in jax.tree.leaves(gen.params))
 
@@ -391,20 +390,28 @@ class Upscaler:
                          f'{need / 2**30:.3g} GB beside {host / 2**30:.3g} GB of host arrays')
       max_pixels = int(max_pixels * 0.72)  # 15% less per side.
 
-  def predicted_cost(self, plan: Optional[TilePlan], h: int, w: int) -> float:
-    """Predicted time of a tiling of an LR (h, w) image, in arithmetic operations: per call, the
-    model's operations with loops multiplied out (`ssen_jax.core.cost`), plus CALL_OVERHEAD."""
-    size, count = ((h, w), 1) if plan is None else (plan.size, plan.count)
-    if size not in self._cost:
+  def call_counts(self, h: int, w: int) -> dict[str, float]:
+    """Operations of one call on an LR (h, w) input by kind (`ssen_jax.core.cost.counts`: loops
+    multiplied out; only traced, not compiled), cached per size."""
+    if (h, w) not in self._counts:
       import jax  # pylint: disable=import-outside-toplevel
       import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
       from ssen_jax.core import cost  # pylint: disable=import-outside-toplevel
       s = self.gen.scale
-      lr = jax.ShapeDtypeStruct((1, *size, 3), jnp.float32)
-      ref = (jax.ShapeDtypeStruct((1, s * size[0], s * size[1], 3), jnp.float32)
+      lr = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
+      ref = (jax.ShapeDtypeStruct((1, s * h, s * w, 3), jnp.float32)
              if self.gen.uses_ref else None)
-      self._cost[size] = cost.flops(self._fn, self.gen.params, lr, ref)
-    return count * (self._cost[size] + CALL_OVERHEAD)
+      self._counts[(h, w)] = cost.counts(self._fn, self.gen.params, lr, ref)
+    return self._counts[(h, w)]
+
+  def predicted_cost(self, plan: Optional[TilePlan], h: int, w: int) -> float:
+    """Predicted time of a tiling of an LR (h, w) image, in operations: calls x (the operations
+    of one call, every kind counted alike, + CALL_OVERHEAD). Kinds run at different rates (on
+    this project's CPU a tile's time per operation varied 0.11-0.20 s per 10^9 across the
+    candidates of a 1024x1024 input), but the ranking held where it decides: the cheapest
+    prediction was the fastest (docs/performance.md, "Tiled inference")."""
+    size, count = ((h, w), 1) if plan is None else (plan.size, plan.count)
+    return count * (sum(self.call_counts(*size).values()) + CALL_OVERHEAD)
 
   def host_bytes(self, h: int, w: int, ref_bytes: int = 0) -> int:
     """Host arrays of a whole image held beside the model calls (module-level `host_bytes`),
