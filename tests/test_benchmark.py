@@ -190,6 +190,8 @@ def test_compile_reports_flops_memory_and_estimates(tmp_path):
               f'--json={out}', without_torch=True)
   row = json.loads(out.read_text())['compile'][0]
   assert row['batch'] == 4 and row['gflop_per_step'] > 0 and row['compile_s'] > 0
+  # Counted from the jaxpr and by XLA: the same convolutions, element-wise counts differ a little.
+  assert 0.7 < row['gflop_per_step'] / row['xla_gflop_per_step'] < 1.4
   assert row['per_sample_gb'] > 0 and row['step_memory_gb'] > row['fixed_gb'] > 0
   assert 'step_s' not in row  # --repeats 0: nothing run.
   estimates = json.loads(out.read_text())['estimates']
@@ -256,3 +258,23 @@ def test_parity_latency_and_summary_at_tiny_sizes(tmp_path):
   assert len(_table(text, 'figure')) == len(result['summary'])
   assert [row[1] for row in _table(text, 'table')] == ['ok', 'ok', 'ok', '124', '1', 'skipped']
   assert text.rstrip().endswith('Total: 129 s of a 460 s budget.')
+
+
+def test_full_size_folders_hold_the_published_patch_sizes(tmp_path, set5_dir):
+  """The raw folders of docs/performance.md's full-size runs: the layouts `data_prep` reads, and
+  images large enough for the published configs' patches (refsr 160, selfsim 192)."""
+  from conftest import config_module  # pylint: disable=g-import-not-at-top
+  from ssen_jax.benchmarks import full_size_data  # pylint: disable=g-import-not-at-top
+  from ssen_jax.data_prep import layouts  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  paths = full_size_data.write_folders(tmp_path, set5_dir)
+  size = lambda p: Image.open(p).size
+  pairs = layouts.find_cufed(pathlib.Path(paths['cufed']))
+  groups = layouts.find_cufed5(pathlib.Path(paths['cufed5']))
+  div2k = layouts.find_div2k(pathlib.Path(paths['div2k']) / 'DIV2K_train_HR')
+  assert (len(pairs), len(groups), len(div2k)) == (6, 2, 3)
+  patch = config_module('refsr').get_config().data.hr_patch
+  assert {size(p) for job in pairs for p in job.paths} == {(patch, patch)}
+  assert {size(job.paths[0]) for job in groups} == {(500, 332)}
+  patch = config_module('selfsim').get_config().data.hr_patch
+  assert min(min(size(job.paths[0])) for job in div2k) >= patch

@@ -16,8 +16,8 @@ r"""The figures of `python -m ssen_jax.benchmark --what WHAT`, one module per ki
 
 Modules: `harness` (timing, report format, peak device memory), `inputs` (config, random weights of
 realistic scale, images), `op`, `model_speed` (infer, latency, train), `memory`, `full_size`
-(compile), `tiles`, `parity`, `summary`, `torch_peers` (torch set-up, the PyTorch twin holding our
-weights).
+(compile), `full_size_data` (small raw folders in the published datasets' layouts), `tiles`,
+`parity`, `summary`, `torch_peers` (torch set-up, the PyTorch twin holding our weights).
 
 Speed is quoted as ratios measured in one run on one machine, since absolute times drift: every
 case is run once per repetition, the cases interleaved, and the median of the repetitions is
