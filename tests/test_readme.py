@@ -10,7 +10,6 @@ refs/). The README stays short and its relative links resolve.
 """
 import concurrent.futures
 import os
-import pathlib
 import re
 import shlex
 import shutil

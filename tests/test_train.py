@@ -391,7 +391,7 @@ def _preempt_twice(workdir, demo_dir, log, gap):
   exited 143. Returns (step, log)."""
   before = checkpointing.checkpoint_steps(workdir)
   start = before[-1] if before else 0
-  args = [f'--config.data.demo=True', f'--config.data.demo_dir={demo_dir}',
+  args = ['--config.data.demo=True', f'--config.data.demo_dir={demo_dir}',
           '--config.eval_every_steps=100000', *_PREEMPT_ARGS]
   procs = _launch(workdir, args, [log], 1)
   _wait_for([log], rf'\[{start + 2}\] train/', procs)
@@ -428,7 +428,7 @@ def test_twice_preempted_run_resumes_bitwise_equal(demo_dir, preempted_workdir, 
   if not checkpointing.checkpoint_steps(preempted_workdir):  # Run on its own.
     _preempt_twice(preempted_workdir, demo_dir, tmp_path / 'log', 0.5)
   total = checkpointing.checkpoint_steps(preempted_workdir)[-1] + 1
-  common = [f'--config.data.demo=True', f'--config.data.demo_dir={demo_dir}',
+  common = ['--config.data.demo=True', f'--config.data.demo_dir={demo_dir}',
             '--config.eval_every_steps=100000', *_PREEMPT_ARGS,
             f'--config.num_train_steps={total}']  # After _PREEMPT_ARGS: replaces its value.
   for workdir in (preempted_workdir, tmp_path / 'straight'):
@@ -446,7 +446,7 @@ def test_sigterm_to_one_of_two_hosts_in_training_and_in_evaluation(demo_dir, tmp
   """SIGTERM to process 1 only: both save the same step and exit 143; then, resumed, SIGTERM
   during an evaluation cuts it short on both hosts, which save the evaluation's step."""
   workdir, logs = tmp_path / 'w', [tmp_path / 'a0', tmp_path / 'a1']
-  common = [f'--config.data.demo=True', f'--config.data.demo_dir={demo_dir}', *_PREEMPT_ARGS]
+  common = ['--config.data.demo=True', f'--config.data.demo_dir={demo_dir}', *_PREEMPT_ARGS]
   procs = _launch(workdir, [*common, '--config.eval_every_steps=100000'], logs, 2)
   _wait_for(logs, r'\[2\] train/', procs)
   procs[1].send_signal(signal.SIGTERM)
