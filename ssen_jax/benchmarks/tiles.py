@@ -29,12 +29,6 @@ MAX_PREDICTED_RATIO = 3.0
 TARGET = '<= 1.3'
 
 
-def _name(plan: Optional[tiling.TilePlan], h: int, w: int) -> str:
-  if plan is None:
-    return f'untiled {h}x{w}'
-  return f'{plan.count} tiles of {plan.size[0]}x{plan.size[1]}'
-
-
 def bench_tiles(repeats: int, tiny: bool, torch=None, pause: float = 0.0,
                 lr_size: Optional[Sequence[int]] = None,
                 config_spec: str = inputs.DEFAULT_CONFIG, **unused) -> Dict[str, Any]:
@@ -49,18 +43,18 @@ def bench_tiles(repeats: int, tiny: bool, torch=None, pause: float = 0.0,
   chosen = upscaler.plan(h, w)
   plan_s = time.perf_counter() - start
   candidates = upscaler.candidate_plans(h, w)
-  predicted = {_name(p, h, w): upscaler.predicted_cost(p, h, w) for p in candidates}
+  predicted = {tiling.describe(p, h, w): upscaler.predicted_cost(p, h, w) for p in candidates}
   cheapest = min(predicted.values())
   rng = np.random.default_rng(0)
   rows, measured = [], {}
   for plan in candidates:
-    name = _name(plan, h, w)
+    name = tiling.describe(plan, h, w)
     size, count = ((h, w), 1) if plan is None else (plan.size, plan.count)
     per_call = upscaler.call_counts(*size)
     row = dict(tiling=name, calls=count, predicted_gop=predicted[name] / 1e9,
                **{f'{kind}_gop': count * n / 1e9 for kind, n in per_call.items()},
                predicted_vs_cheapest=predicted[name] / cheapest,
-               default='yes' if _name(chosen, h, w) == name else '')
+               default='yes' if tiling.describe(chosen, h, w) == name else '')
     if predicted[name] > MAX_PREDICTED_RATIO * cheapest:
       rows.append(dict(row, call_s=None, image_s=None, image_cpu_s=None, vs_fastest=None,
                        cpu_vs_fastest=None))
@@ -86,7 +80,7 @@ def bench_tiles(repeats: int, tiny: bool, torch=None, pause: float = 0.0,
     if row['image_s'] is not None:
       row['vs_fastest'] = row['image_s'] / fastest
       row['cpu_vs_fastest'] = row['image_cpu_s'] / fastest_cpu
-  default_name = _name(chosen, h, w)
+  default_name = tiling.describe(chosen, h, w)
   ratios = []
   if default_name in measured:
     wall, cpu = measured[default_name]

@@ -168,7 +168,8 @@ def plan_tiles(h: int, w: int, max_pixels: int, overlap: int) -> Optional[TilePl
   return None if best[0] == 1 else best[2]
 
 
-def _describe(plan: Optional[TilePlan], h: int, w: int) -> str:
+def describe(plan: Optional[TilePlan], h: int, w: int) -> str:
+  """'untiled HxW' or 'N tiles of HxW' (log lines, benchmark rows)."""
   if plan is None:
     return f'untiled {h}x{w}'
   return f'{plan.count} tiles of {plan.size[0]}x{plan.size[1]}'
@@ -335,7 +336,7 @@ class Upscaler:
     costs = sorted((self.predicted_cost(p, h, w), 1 if p is None else p.count, k, p)
                    for k, p in enumerate(self.candidate_plans(h, w, overlap)))
     self.log('plan: predicted operations: ' + ', '.join(
-        f'{_describe(p, h, w)} {c:.3g}' for c, _, _, p in costs))
+        f'{describe(p, h, w)} {c:.3g}' for c, _, _, p in costs))
     fits = lambda p: self.estimate_bytes(*((h, w) if p is None else p.size)) <= call_budget
     cheapest = next((c for c in costs if fits(c[3])), None)
     if cheapest is None:  # Only tiles below the smallest candidate fit.
@@ -344,7 +345,7 @@ class Upscaler:
                   if c <= cheapest[0] * (1 + TIE) and n < cheapest[1])
     plan = next((p for _, _, _, p in near if fits(p)), cheapest[3])
     need = self.estimate_bytes(*((h, w) if plan is None else plan.size))
-    self.log(f'plan: {_describe(plan, h, w)}, {need / 2**30:.3g} GB per call (XLA memory '
+    self.log(f'plan: {describe(plan, h, w)}, {need / 2**30:.3g} GB per call (XLA memory '
              f'analysis), budget {call_budget / 2**30:.3g} GB beside the host arrays')
     return plan
 
