@@ -205,3 +205,34 @@ def test_discriminator_parameter_count_equals_torch_reference():
   n_torch = tm.num_params(tm.PatchDiscriminator())
   print(f'\n[params discriminator] jax {n_jax:,} torch {n_torch:,}')
   assert n_jax == n_torch
+
+
+# --------------------------------------------------------------------------------------------------
+# Initialisation.
+
+
+def test_rcan_features_stay_bounded_through_its_full_depth_at_initialisation(set5_dir):
+  """RCAN at the published depth (10 groups of 20 RCABs; 8 channels keep it cheap) on a real crop:
+  the spread of the features after the last group stays within 20x of the head's. With
+  lecun-normal kernels it grew ~5e5x here (and 1e8x at 64 channels, where selfsim's first update
+  exploded: docs/choices.md, "Initialisation"); with PyTorch's default it is ~2-5x."""
+  from PIL import Image
+  from flax.traverse_util import flatten_dict
+  img = np.asarray(Image.open(set5_dir / 'baby.png').convert('RGB'), np.float32) / 255
+  lr = jnp.asarray(img[None, 100:124, 100:124])
+  model = RCAN(features=8, num_groups=10, num_blocks=20, reduction=4)
+  with jax.disable_jit():  # 200 blocks run op by op faster than they compile.
+    params = model.init(jax.random.PRNGKey(0), lr)['params']
+    _, state = model.apply({'params': params}, lr, capture_intermediates=True,
+                           mutable=['intermediates'])
+  features = flatten_dict(state['intermediates'])
+  spread = [float(jnp.std(features[(name, '__call__')][0]))
+            for name in ['head'] + [f'groups_{i}' for i in range(10)]]
+  print('\n[rcan init] std after head, groups 0-9:', ' '.join(f'{s:.3g}' for s in spread))
+  assert all(np.isfinite(spread)) and spread[0] > 0.1
+  assert max(spread) < 20 * spread[0]
+  # The blocks' kernels are PyTorch's default: uniform within +-1/sqrt(fan_in).
+  kernel = params['groups_3']['blocks_7']['conv2']['kernel']
+  bound = 1 / np.sqrt(np.prod(kernel.shape[:3]))
+  assert float(jnp.max(jnp.abs(kernel))) <= bound
+  assert float(jnp.std(kernel)) == pytest.approx(bound / np.sqrt(3), rel=0.1)

@@ -10,7 +10,7 @@ rule, not by table.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -20,22 +20,31 @@ from ssen_jax import ops
 from ssen_jax.ops.attention import DEFAULT_CHUNK, DEFAULT_DENSE_MAX
 
 Dtype = Any
+Initializer = Callable[..., jax.Array]
+
+# PyTorch's default `Conv2d` kernel initialisation: uniform within +-1/sqrt(fan_in), a third of
+# lecun-normal's variance. RCAN's convolutions use it (docs/choices.md, "Initialisation"): with
+# lecun-normal its 200 unscaled residual branches multiply the features' spread by ~1e8 at
+# initialisation and the first update explodes; with this, by ~5 over the ten groups.
+TORCH_DEFAULT_INIT = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
 
 
 def conv(features: int, kernel: int = 3, stride: int = 1, *, name: Optional[str] = None,
-         dtype: Dtype = jnp.float32, zero_init: bool = False, use_bias: bool = True) -> nn.Conv:
+         dtype: Dtype = jnp.float32, zero_init: bool = False, use_bias: bool = True,
+         kernel_init: Optional[Initializer] = None) -> nn.Conv:
   """A 2-D convolution padded like PyTorch's `Conv2d(k, stride, padding=k // 2)`.
 
   Flax's 'SAME' padding puts the extra row of a stride-2 convolution at the bottom, PyTorch's
   symmetric padding at the top; explicit padding keeps both frameworks on one sampling grid.
   Stride-1 convolutions with a bias are `SplitConv`s with the matrix-product kernel gradient of
-  `ops.conv2d` (same params; faster on XLA:CPU, increasingly so with the batch).
+  `ops.conv2d` (same params; faster on XLA:CPU, increasingly so with the batch). The kernel starts
+  lecun-normal unless `kernel_init` (or `zero_init`: kernel and bias zero) says otherwise.
   """
   if stride == 1 and use_bias and kernel % 2 == 1:
     return SplitConv(features, kernel, zero_init=zero_init, fast_kernel_grad=True, dtype=dtype,
-                     name=name)
+                     kernel_init=kernel_init, name=name)
   pad = kernel // 2
-  kwargs = {}
+  kwargs = {} if kernel_init is None else dict(kernel_init=kernel_init)
   if zero_init:
     kwargs = dict(kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
@@ -63,11 +72,13 @@ class SplitConv(nn.Module):
   pad_features_to: int = 1
   fast_kernel_grad: bool = True
   dtype: Dtype = jnp.float32
+  kernel_init: Optional[Initializer] = None  # None: lecun-normal.
 
   @nn.compact
   def __call__(self, *xs: jax.Array) -> jax.Array:
     k = self.kernel_size
-    init = nn.initializers.zeros if self.zero_init else nn.initializers.lecun_normal()
+    init = (nn.initializers.zeros if self.zero_init else
+            self.kernel_init or nn.initializers.lecun_normal())
     channels = [x.shape[-1] for x in xs]
     kernel = self.param('kernel', init, (k, k, sum(channels), self.features), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
@@ -183,21 +194,28 @@ class ChannelAttention(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     s = jnp.mean(x, axis=(1, 2), keepdims=True)
-    s = nn.relu(conv(max(self.features // self.reduction, 1), 1, name='down', dtype=self.dtype)(s))
-    s = nn.sigmoid(conv(self.features, 1, name='up', dtype=self.dtype)(s))
+    s = nn.relu(conv(max(self.features // self.reduction, 1), 1, name='down', dtype=self.dtype,
+                     kernel_init=TORCH_DEFAULT_INIT)(s))
+    s = nn.sigmoid(conv(self.features, 1, name='up', dtype=self.dtype,
+                        kernel_init=TORCH_DEFAULT_INIT)(s))
     return x * s
 
 
 class RCAB(nn.Module):
-  """Residual channel attention block: conv-ReLU-conv, channel attention, + skip."""
+  """Residual channel attention block: conv-ReLU-conv, channel attention, + skip.
+
+  RCAN's blocks (with `ChannelAttention` and `ResidualGroup`) initialise their kernels as PyTorch
+  does (`TORCH_DEFAULT_INIT`).
+  """
   features: int
   reduction: int = 16
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = conv(self.features, name='conv1', dtype=self.dtype)(x)
-    y = conv(self.features, name='conv2', dtype=self.dtype)(nn.relu(y))
+    y = conv(self.features, name='conv1', dtype=self.dtype, kernel_init=TORCH_DEFAULT_INIT)(x)
+    y = conv(self.features, name='conv2', dtype=self.dtype,
+             kernel_init=TORCH_DEFAULT_INIT)(nn.relu(y))
     y = ChannelAttention(self.features, self.reduction, self.dtype, name='attention')(y)
     return x + y
 
@@ -214,7 +232,8 @@ class ResidualGroup(nn.Module):
     y = x
     for i in range(self.num_blocks):
       y = RCAB(self.features, self.reduction, self.dtype, name=f'blocks_{i}')(y)
-    return x + conv(self.features, name='conv', dtype=self.dtype)(y)
+    return x + conv(self.features, name='conv', dtype=self.dtype,
+                    kernel_init=TORCH_DEFAULT_INIT)(y)
 
 
 class CorrelationPrior(nn.Module):
