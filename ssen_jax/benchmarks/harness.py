@@ -175,13 +175,14 @@ def to_markdown(result: Mapping[str, Any]) -> str:
   if result.get('tiles'):
     fmt = lambda v, f: '' if v is None else format(v, f)
     lines += markdown_table(
-        ('tiling', 'calls', 'predicted Gop', 'vs cheapest', 'median call s', 'image s',
-         'vs fastest', 'image CPU s', 'vs fastest (CPU)', 'default'),
+        ('tiling', 'calls', 'predicted Gop', 'vs cheapest', 'GB per call', 'median call s',
+         'image s', 'vs fastest', 'image CPU s', 'vs fastest (CPU)', 'default'),
         [(r['tiling'], r['calls'], f"{r['predicted_gop']:.0f}",
-          f"{r['predicted_vs_cheapest']:.2f}", fmt(r['call_s'], '.3f'), fmt(r['image_s'], '.1f'),
+          f"{r['predicted_vs_cheapest']:.2f}", fmt(r.get('gb_per_call'), '.2f'),
+          r.get('untimed') or fmt(r['call_s'], '.3f'), fmt(r['image_s'], '.1f'),
           fmt(r['vs_fastest'], '.2f'), fmt(r['image_cpu_s'], '.1f'),
           fmt(r['cpu_vs_fastest'], '.2f'), r['default']) for r in result['tiles']],
-        align='lrrrrrrrrl') + ['']
+        align='lrrrrrrrrrl') + ['']
   if result.get('estimates'):
     lines += markdown_table(
         ('accelerator (ESTIMATE)', "the config's schedule, hours (25 % / 5 % utilisation)",

@@ -7,7 +7,9 @@ process's CPU time, which other processes on a shared machine disturb less): the
 whole image, without reading, blending and writing (measured separately by whole `infer` runs in
 docs/performance.md). Tilings predicted to cost more than `MAX_PREDICTED_RATIO` x the cheapest
 prediction are listed with their prediction but not timed (untiled 2048x2048 with non-local blocks
-would take an hour here). The plan's own choice (`Upscaler.plan`, default memory budget) is marked,
+would take an hour here), and so are tilings whose call does not fit the default memory budget
+(XLA's memory analysis, as the plan checks it): a run there could push the machine into swapping,
+and the plan would never choose it. The plan's own choice (`Upscaler.plan`, default memory budget) is marked,
 and the ratio of its time to the fastest timed tiling is the figure (target <= 1.3).
 """
 from __future__ import annotations
@@ -45,6 +47,7 @@ def bench_tiles(repeats: int, tiny: bool, torch=None, pause: float = 0.0,
   candidates = upscaler.candidate_plans(h, w)
   predicted = {tiling.describe(p, h, w): upscaler.predicted_cost(p, h, w) for p in candidates}
   cheapest = min(predicted.values())
+  call_budget = tiling.default_memory_bytes() - upscaler.host_bytes(h, w)
   rng = np.random.default_rng(0)
   rows, measured = [], {}
   for plan in candidates:
@@ -55,9 +58,14 @@ def bench_tiles(repeats: int, tiny: bool, torch=None, pause: float = 0.0,
                **{f'{kind}_gop': count * n / 1e9 for kind, n in per_call.items()},
                predicted_vs_cheapest=predicted[name] / cheapest,
                default='yes' if tiling.describe(chosen, h, w) == name else '')
+    untimed = dict(call_s=None, image_s=None, image_cpu_s=None, vs_fastest=None,
+                   cpu_vs_fastest=None)
     if predicted[name] > MAX_PREDICTED_RATIO * cheapest:
-      rows.append(dict(row, call_s=None, image_s=None, image_cpu_s=None, vs_fastest=None,
-                       cpu_vs_fastest=None))
+      rows.append(dict(row, **untimed, untimed='predicted over the limit'))
+      continue
+    row['gb_per_call'] = upscaler.estimate_bytes(*size) / 2**30
+    if row['gb_per_call'] * 2**30 > call_budget:
+      rows.append(dict(row, **untimed, untimed='over the memory budget'))
       continue
     lr, ref, _ = inputs.images(rng, 1, *size, gen.scale)
     exe = upscaler.compiled(*size)
@@ -94,4 +102,6 @@ def bench_tiles(repeats: int, tiny: bool, torch=None, pause: float = 0.0,
                 'time (CPU time is the steadier figure on a shared machine)'),
       tiles=rows, ratios=ratios,
       notes=[f'plan (predictions, one compilation for the memory check): {plan_s:.1f} s',
-             f'tilings predicted over {MAX_PREDICTED_RATIO:g}x the cheapest are not timed'])
+             f'not timed: tilings predicted over {MAX_PREDICTED_RATIO:g}x the cheapest, and those '
+             f'over the memory budget ({call_budget / 2**30:.3g} GB per call beside the host '
+             'arrays)'])
