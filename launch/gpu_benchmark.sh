@@ -3,7 +3,7 @@
 # convolution's and the whole model's parity with PyTorch (float32, every gradient), inference
 # latency at the paper's 322x550 output, the train step at batch 32 in float32 and bfloat16, the
 # full-size compile, and the deformable convolution's speed, JAX against PyTorch on the same GPU,
-# each with its peak GPU memory. Each figure is written as Markdown and JSON under --out and runs
+# each with its peak GPU memory. Each figure is written as Markdown and JSON under --out_dir and runs
 # under its own time limit inside one total budget, so one failure keeps the others; a summary
 # table (and summary.json) ends the run. See launch/README.md.
 set -euo pipefail
@@ -15,7 +15,8 @@ usage() {
 Usage: launch/gpu_benchmark.sh [flags]
 
 Flags:
-  --out DIR          where the tables go (default benchmark_gpu; created)
+  --out_dir DIR      where the tables go (default benchmark_gpu; created; --out DIR, its old
+                     spelling, still works for one release)
   --python PATH      interpreter with jax[cuda], torch and torchvision (default python3)
   --budget S         seconds for the whole run (default 460: with the summary, under 8 minutes;
                      --tiny: 3600); a figure gets what is left when its own limit is more, and
@@ -40,7 +41,10 @@ parse_init "$@"
 while parse_next; do
   case $FLAG in
     -h | --help) usage; exit 0 ;;
-    --out) flag_value; OUT_DIR=$VALUE ;;
+    --out_dir) flag_value; OUT_DIR=$VALUE ;;
+    --out)  # The old spelling, for one release.
+      flag_value; OUT_DIR=$VALUE
+      note "warning: --out is deprecated; use --out_dir=$(shell_quote "$VALUE")" ;;
     --python) flag_value; PYTHON=$VALUE ;;
     --budget) flag_value; BUDGET=$VALUE ;;
     --limit) flag_value; LIMIT=$VALUE ;;
@@ -81,11 +85,11 @@ figure() {  # figure NAME LIMIT BENCHMARK_FLAGS...: Markdown on stdout and NAME.
     FAILED=1
     return
   fi
-  # --overwrite: the tables under --out are this script's own; a rerun replaces them. JAX grows
+  # --overwrite: the tables under --out_dir are this script's own; a rerun replaces them. JAX grows
   # its GPU memory as needed instead of taking 75 % at start, which leaves the PyTorch peers room.
   local cmd=(timeout "$limit" env PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
              "$PYTHON" -m ssen_jax.benchmark "$@" ${TINY[@]+"${TINY[@]}"}
-             --json "$OUT_DIR/$name.json" --overwrite)
+             --out "$OUT_DIR/$name.json" --overwrite)
   if ((DRY_RUN)); then
     run "${cmd[@]}"
     return
@@ -115,7 +119,7 @@ figure op 40 --what op --compare torch
 # The one table of every figure (DIR/summary.md, DIR/summary.json), and the total time.
 ((DRY_RUN)) || printf 'total\t-\t%s\t%s\n' $((SECONDS - START)) "$BUDGET" >>"$OUT_DIR/run.tsv"
 SUMMARY=(timeout 15 "$PYTHON" -m ssen_jax.benchmark --what summary
-         --json "$OUT_DIR/summary.json" --overwrite)
+         --out "$OUT_DIR/summary.json" --overwrite)
 if ((DRY_RUN)); then
   run "${SUMMARY[@]}"
 else

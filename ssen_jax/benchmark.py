@@ -21,13 +21,13 @@ from ssen_jax.data import files
 FLAGS = flags.FLAGS
 USAGE = """Speed, memory and PyTorch-parity figures of ssen_jax, as Markdown and JSON.
 
-  python -m ssen_jax.benchmark --what WHAT [--compare torch] [--tiny] [--json FILE [--overwrite]]
-  launch/gpu_benchmark.sh --out DIR   # every figure on one GPU, JAX against PyTorch, < 8 min
+  python -m ssen_jax.benchmark --what WHAT [--compare torch] [--tiny] [--out FILE [--overwrite]]
+  launch/gpu_benchmark.sh --out_dir DIR   # every figure on one GPU, JAX against PyTorch, < 8 min
   (also the console command ssen-benchmark)
 
 WHAT: op, infer, latency (the paper's 322x550), train, memory, compile (full-size step), tiles
 (the tile plan against every tiling, --infer_lr HxW), op_parity and model_parity (need torch),
-summary (of gpu_benchmark.sh's tables beside --json); each is
+summary (of gpu_benchmark.sh's tables beside --out); each is
 described in ssen_jax/benchmarks/__init__.py, results in docs/performance.md."""
 WHAT = ('op', 'infer', 'latency', 'train', 'memory', 'compile', 'tiles', 'op_parity',
         'model_parity', 'summary')
@@ -40,8 +40,9 @@ def define_flags() -> None:
   flags.DEFINE_enum('compare', None, ['torch'], 'Also run the PyTorch peers (needs torch; '
                     'implied by the parity figures).')
   flags.DEFINE_string('config', 'configs/refsr.py', 'Config FILE[:variants] of the model.')
-  flags.DEFINE_string('json', None, 'Also write the results to this JSON file (checked first).')
-  flags.DEFINE_bool('overwrite', False, 'Replace an existing --json file.')
+  flags.DEFINE_string('out', None, 'Also write the results to this JSON file (checked first).')
+  cli.deprecated_alias('json', 'out')
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing --out file.')
   flags.DEFINE_integer('repeats', None, 'Interleaved repetitions per case (default per --what).')
   flags.DEFINE_bool('tiny', False, 'Shrink every size (tests; the ratios mean nothing then).')
   flags.DEFINE_float('pause', 0.05, 'Seconds between two timed calls.')
@@ -69,20 +70,20 @@ def _benchmarks():
 
 
 def check_json(path: str, overwrite: bool) -> None:
-  """Exits with one line, before any measurement, if --json could not be written at the end: a
+  """Exits with one line, before any measurement, if --out could not be written at the end: a
   folder, a missing or read-only parent folder, or an existing file without `overwrite`."""
   folder = os.path.dirname(os.path.abspath(path))
   if os.path.isdir(path):
-    sys.exit(f'error: --json {path} is a folder.')
+    sys.exit(f'error: --out {path} is a folder.')
   if os.path.exists(path) and not overwrite:
-    sys.exit(f'error: --json {path} exists; pass --overwrite to replace it.')
+    sys.exit(f'error: --out {path} exists; pass --overwrite to replace it.')
   if not os.path.isdir(folder):
-    sys.exit(f'error: folder {folder} of --json does not exist.')
+    sys.exit(f'error: folder {folder} of --out does not exist.')
   try:
     with tempfile.NamedTemporaryFile(dir=folder, prefix='.probe-'):
       pass
   except OSError as e:
-    sys.exit(f'error: cannot write in {folder} (--json): {e.strerror or e}.')
+    sys.exit(f'error: cannot write in {folder} (--out): {e.strerror or e}.')
 
 
 def write_json(path: str, result: Any) -> None:
@@ -117,13 +118,13 @@ def summarize(path: str) -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if FLAGS.json and not FLAGS.infer_once:
-    check_json(FLAGS.json, FLAGS.overwrite)
+  if FLAGS.out and not FLAGS.infer_once:
+    check_json(FLAGS.out, FLAGS.overwrite)
   if FLAGS.what == 'summary':
-    if not FLAGS.json:
-      sys.exit('error: --what summary needs --json DIR/summary.json (DIR: gpu_benchmark.sh\'s '
-               '--out).')
-    summarize(FLAGS.json)
+    if not FLAGS.out:
+      sys.exit('error: --what summary needs --out DIR/summary.json (DIR: gpu_benchmark.sh\'s '
+               '--out_dir).')
+    summarize(FLAGS.out)
     return
   from ssen_jax.benchmarks import harness, torch_peers  # pylint: disable=import-outside-toplevel
   from ssen_jax.core import config as config_lib  # pylint: disable=import-outside-toplevel
@@ -158,8 +159,8 @@ def main(argv: Sequence[str]) -> None:
   result['device_memory'] = harness.device_memory(torch, torch_device)
   result['load_average_after'] = round(os.getloadavg()[0], 2)
   print(harness.to_markdown(result))
-  if FLAGS.json:
-    _write(FLAGS.json, result)
+  if FLAGS.out:
+    _write(FLAGS.out, result)
 
 
 def run() -> None:

@@ -42,7 +42,7 @@ def _table(markdown: str, header: str):
 
 def test_op_table_and_json(tmp_path):
   out = tmp_path / 'op.json'
-  proc = _run('--what', 'op', '--repeats', '1', '--tiny', f'--json={out}', without_torch=True)
+  proc = _run('--what', 'op', '--repeats', '1', '--tiny', f'--out={out}', without_torch=True)
   result = json.loads(out.read_text())
   assert result['what'] == 'op' and result['tiny'] and result['repeats'] == 1
   machine = result['machine']
@@ -87,7 +87,7 @@ def test_compare_torch_adds_the_peers(tmp_path):
   pytest.importorskip('torch')
   pytest.importorskip('torchvision')
   out = tmp_path / 'op.json'
-  _run('--what', 'op', '--repeats', '1', '--tiny', '--compare', 'torch', f'--json={out}')
+  _run('--what', 'op', '--repeats', '1', '--tiny', '--compare', 'torch', f'--out={out}')
   result = json.loads(out.read_text())
   assert 'torch' in result['machine'] and result['machine']['torch_threads'] >= 1
   frameworks = {r['name']: r['framework'] for r in result['timings']}
@@ -99,7 +99,7 @@ def test_compare_torch_adds_the_peers(tmp_path):
 
 def test_memory_runs_children_and_reports_peak_rss(tmp_path):
   out = tmp_path / 'memory.json'
-  proc = _run('--what', 'memory', '--tiny', f'--json={out}', without_torch=True)
+  proc = _run('--what', 'memory', '--tiny', f'--out={out}', without_torch=True)
   result = json.loads(out.read_text())
   assert [r['lr'] for r in result['memory']] == ['64x64', '32x32']
   for row in result['memory']:
@@ -116,7 +116,7 @@ def test_infer_and_train_with_sizes_and_torch(tmp_path):
   pytest.importorskip('torchvision')
   out = tmp_path / 'infer.json'
   _run('--what', 'infer', '--tiny', '--repeats', '1', '--infer_lr', '9x11', '--compare', 'torch',
-       f'--json={out}')
+       f'--out={out}')
   result = json.loads(out.read_text())
   assert result['machine']['torch_device'] == 'cpu'  # auto follows JAX's backend: the CPU here.
   assert 'LR 9x11 -> 36x44' in result['settings']
@@ -127,7 +127,7 @@ def test_infer_and_train_with_sizes_and_torch(tmp_path):
 
   out = tmp_path / 'train.json'
   _run('--what', 'train', '--tiny', '--repeats', '1', '--train_batch', '3', '--compare', 'torch',
-       f'--json={out}')
+       f'--out={out}')
   result = json.loads(out.read_text())
   assert 'batch 3,' in result['settings']
   assert {r['name'] for r in result['timings']} == {
@@ -152,7 +152,7 @@ def test_bad_sizes_fail_in_one_line(flag, message):
 
 
 def test_json_is_checked_before_measuring(tmp_path):
-  """An existing --json file is refused unless --overwrite, and an unwritable place is refused,
+  """An existing --out file is refused unless --overwrite, and an unwritable place is refused,
   in one line before anything is measured (no table printed)."""
   existing = tmp_path / 'op.json'
   existing.write_text('{"earlier": "results"}\n')
@@ -161,12 +161,18 @@ def test_json_is_checked_before_measuring(tmp_path):
   for target, message in [(existing, 'exists; pass --overwrite'),
                           (blocked / 'op.json', 'does not exist'),
                           (tmp_path, 'is a folder')]:
-    proc = _run('--what', 'op', '--repeats', '1', '--tiny', f'--json={target}',
+    proc = _run('--what', 'op', '--repeats', '1', '--tiny', f'--out={target}',
                 without_torch=True, check=False)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 1 and len(lines) == 1 and message in lines[0], proc.stderr
     assert proc.stdout == ''  # Nothing measured.
   assert existing.read_text() == '{"earlier": "results"}\n'
+  # --json, the old spelling of --out, still sets it (one release), with a warning line.
+  proc = _run('--what', 'op', '--repeats', '1', '--tiny', f'--json={existing}',
+              without_torch=True, check=False)
+  assert proc.returncode == 1 and proc.stdout == ''
+  assert f'warning: --json is deprecated; use --out={existing}' in proc.stderr
+  assert 'exists; pass --overwrite' in proc.stderr
 
 
 def test_json_write_is_atomic(tmp_path):
@@ -187,7 +193,7 @@ def test_compile_reports_flops_memory_and_estimates(tmp_path):
   wants; the measured steps run in launch/gpu_benchmark.sh --tiny)."""
   out = tmp_path / 'compile.json'
   proc = _run('--what', 'compile', '--tiny', '--train_batch', '4', '--repeats', '0',
-              f'--json={out}', without_torch=True)
+              f'--out={out}', without_torch=True)
   row = json.loads(out.read_text())['compile'][0]
   assert row['batch'] == 4 and row['gflop_per_step'] > 0 and row['compile_s'] > 0
   # Counted from the jaxpr and by XLA: the same convolutions, element-wise counts differ a little.

@@ -808,17 +808,17 @@ FIGURES = ['op_parity', 'model_parity', 'latency', 'train', 'train_bf16', 'compi
 
 def test_gpu_benchmark_runs_every_figure(env, tmp_path, fake_python):
   out = tmp_path / 'tables'
-  proc = ok('gpu_benchmark.sh', '--python', fake_python, '--out', out, '--batch', '16', env=env)
+  proc = ok('gpu_benchmark.sh', '--python', fake_python, '--out_dir', out, '--batch', '16', env=env)
   assert sorted(f.name for f in out.iterdir()) == sorted(
       [f'{name}.md' for name in FIGURES] + ['summary.md', 'run.tsv'])
   assert recorded(tmp_path)[0] == [  # The last call: the summary of the figures.
-      '-m', 'ssen_jax.benchmark', '--what', 'summary', '--json', f'{out}/summary.json',
+      '-m', 'ssen_jax.benchmark', '--what', 'summary', '--out', f'{out}/summary.json',
       '--overwrite']
   run_tsv = [line.split('\t') for line in (out / 'run.tsv').read_text().splitlines()]
   assert [r[0] for r in run_tsv] == FIGURES + ['total'] and all(r[1] == '0' for r in run_tsv[:-1])
   assert run_tsv[-1][1] == '-' and run_tsv[-1][3] == '460'
   assert 'figure latency (limit 50 s)' in proc.stderr and 'total: ' in proc.stderr
-  dry = commands(ok('gpu_benchmark.sh', '--out', 'rel', '--dry_run', env=env,
+  dry = commands(ok('gpu_benchmark.sh', '--out_dir', 'rel', '--dry_run', env=env,
                     cwd=tmp_path).stdout)
   assert dry[:2] == [['cd', str(REPO_ROOT)], ['mkdir', '-p', f'{tmp_path}/rel']]
   assert dry[2][0] == 'nvidia-smi'
@@ -828,7 +828,7 @@ def test_gpu_benchmark_runs_every_figure(env, tmp_path, fake_python):
   assert all(c[2:5] == ['env', 'PYTHONUNBUFFERED=1', 'XLA_PYTHON_CLIENT_PREALLOCATE=false']
              for c in dry[3:-1])
   bench = ['python3', '-m', 'ssen_jax.benchmark']
-  json_out = lambda name: ['--json', f'{tmp_path}/rel/{name}.json', '--overwrite']
+  json_out = lambda name: ['--out', f'{tmp_path}/rel/{name}.json', '--overwrite']
   assert [c[5:] for c in dry[3:-1]] == [
       bench + ['--what', 'op_parity'] + json_out('op_parity'),
       bench + ['--what', 'model_parity'] + json_out('model_parity'),
@@ -839,10 +839,14 @@ def test_gpu_benchmark_runs_every_figure(env, tmp_path, fake_python):
       bench + ['--what', 'compile', '--train_batch', '32', '--repeats', '2'] + json_out('compile'),
       bench + ['--what', 'op', '--compare', 'torch'] + json_out('op')]
   assert dry[-1] == ['timeout', '15', 'python3', '-m', 'ssen_jax.benchmark', '--what', 'summary',
-                     '--json', f'{tmp_path}/rel/summary.json', '--overwrite']
-  tiny = commands(ok('gpu_benchmark.sh', '--out', 'rel', '--dry_run', '--tiny', env=env,
+                     '--out', f'{tmp_path}/rel/summary.json', '--overwrite']
+  tiny = commands(ok('gpu_benchmark.sh', '--out_dir', 'rel', '--dry_run', '--tiny', env=env,
                      cwd=tmp_path).stdout)
   assert all('--tiny' in c and c[1] == '600' for c in tiny[3:-1]) and len(tiny) == len(dry)
+  # --out, the old spelling of --out_dir, does the same for one release, with one warning line.
+  old = ok('gpu_benchmark.sh', '--out', 'rel', '--dry_run', env=env, cwd=tmp_path)
+  assert commands(old.stdout) == dry
+  assert "gpu_benchmark.sh: warning: --out is deprecated; use --out_dir=rel" in old.stderr
 
 
 def test_gpu_benchmark_budget_cuts_the_last_figures(env, tmp_path):
@@ -851,7 +855,7 @@ def test_gpu_benchmark_budget_cuts_the_last_figures(env, tmp_path):
   slow.write_text('#!/bin/bash\n[[ $* == *summary* ]] || sleep 1\necho "$@"\n')
   slow.chmod(0o755)
   out = tmp_path / 'tables'
-  proc = run('gpu_benchmark.sh', '--python', slow, '--out', out, '--budget', '7', env=env)
+  proc = run('gpu_benchmark.sh', '--python', slow, '--out_dir', out, '--budget', '7', env=env)
   assert proc.returncode == 1
   rows = [line.split('\t') for line in (out / 'run.tsv').read_text().splitlines()]
   assert [r[0] for r in rows] == FIGURES + ['total']
@@ -865,7 +869,7 @@ def test_gpu_benchmark_keeps_going_after_a_failed_figure(env, tmp_path):
   failing.write_text('#!/bin/bash\necho "$@"\n[[ $* != *latency* ]]\n')
   failing.chmod(0o755)
   out = tmp_path / 'tables'
-  proc = run('gpu_benchmark.sh', '--python', failing, '--out', out, env=env)
+  proc = run('gpu_benchmark.sh', '--python', failing, '--out_dir', out, env=env)
   assert proc.returncode == 1
   assert 'figure latency failed (exit 1); the others still run' in proc.stderr
   assert '--what train' in (out / 'train.md').read_text()

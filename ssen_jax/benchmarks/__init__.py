@@ -11,8 +11,8 @@ r"""The figures of `python -m ssen_jax.benchmark --what WHAT`, one module per ki
       # the tile plan's choice against every tiling it compares (time of the model calls)
   python -m ssen_jax.benchmark --what op_parity               # against torchvision, every gradient
   python -m ssen_jax.benchmark --what model_parity            # against the PyTorch twin
-  launch/gpu_benchmark.sh --out DIR   # on a GPU: all of them, torch on the GPU too, < 8 min
-  python -m ssen_jax.benchmark --what summary --json DIR/summary.json   # its tables in one
+  launch/gpu_benchmark.sh --out_dir DIR   # on a GPU: all of them, torch on the GPU too, < 8 min
+  python -m ssen_jax.benchmark --what summary --out DIR/summary.json   # its tables in one
 
 Modules: `harness` (timing, report format, peak device memory), `inputs` (config, random weights of
 realistic scale, images), `op`, `model_speed` (infer, latency, train), `memory`, `full_size`
@@ -29,7 +29,7 @@ on) says where the PyTorch peers run, and they are synchronised before each timi
 report ends with the process's peak device memory (JAX's allocator; torch's CUDA allocator), n/a
 on a CPU.
 
-`--json FILE` is checked before anything is measured (its folder must take files; an existing FILE
+`--out FILE` is checked before anything is measured (its folder must take files; an existing FILE
 is refused unless --overwrite) and written atomically (a temporary file in the same folder, then a
 rename), so a failed or interrupted run never leaves a truncated or half-replaced file.
 

@@ -1,6 +1,6 @@
 r"""The summary of `launch/gpu_benchmark.sh`: the headline figures of its tables in one.
 
-  python -m ssen_jax.benchmark --what summary --json DIR/summary.json --overwrite
+  python -m ssen_jax.benchmark --what summary --out DIR/summary.json --overwrite
 
 reads DIR/run.tsv, written by the script (one line per figure: name, exit status or `skipped`,
 wall seconds, time limit; then `total`, `-`, the run's seconds so far and its budget), and each
