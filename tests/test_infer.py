@@ -214,7 +214,18 @@ def test_plan_is_the_fastest_that_fits(upscaler, tmp_path, monkeypatch):
   for up in (upscaler, nonlocal_up):
     monkeypatch.setattr(up, 'estimate_bytes', linear)
   roomy = 10 * linear(size, size) + upscaler.host_bytes(size, size)
-  # Without attention: untiled is predicted cheapest and fits.
+  # On a CPU no call exceeds CPU_MAX_CALL_PIXELS (larger ones ran slower per operation there):
+  # the cheapest tiling within it, though untiled is predicted cheaper and fits.
+  assert upscaler.max_call_pixels == tiling.CPU_MAX_CALL_PIXELS < size * size
+  plan = upscaler.plan(size, size, max_bytes=roomy)
+  within = [p for p in upscaler.candidate_plans(size, size)
+            if p is not None and p.size[0] * p.size[1] <= tiling.CPU_MAX_CALL_PIXELS]
+  assert plan is not None and plan.size[0] * plan.size[1] <= tiling.CPU_MAX_CALL_PIXELS
+  assert upscaler.predicted_cost(plan, size, size) == min(
+      upscaler.predicted_cost(p, size, size) for p in within)
+  # Any size (the rule on accelerators), without attention: untiled is predicted cheapest, fits.
+  for up in (upscaler, nonlocal_up):
+    monkeypatch.setattr(up, 'max_call_pixels', None)
   assert upscaler.plan(size, size, max_bytes=roomy) is None
   untiled = upscaler.predicted_cost(None, size, size)
   for plan in upscaler.candidate_plans(size, size)[1:]:

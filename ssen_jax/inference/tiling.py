@@ -39,9 +39,13 @@ The plan (`Upscaler.plan`) minimises predicted time, not the number of tiles: ea
 count x (the operations of one call, counted from the jaxpr with loops multiplied out by
 `ssen_jax.core.cost`, + a per-call overhead). The non-local blocks' attention grows with the square
 of a call's positions, so a large image with them runs fastest in tiles of a few hundred pixels
-(docs/performance.md, "Tiled inference": the measured times); without them the overlaps only add
-work and the largest tiles that fit win. The cheapest candidate that fits the budget is taken
-(within 5% of it, the fewest tiles).
+(docs/performance.md, "Tiled inference": the measured times); without them the count alone favours
+the largest tiles that fit. The cheapest candidate that fits the budget is taken (within 5% of it,
+the fewest tiles). On a CPU the plan considers calls of at most CPU_MAX_CALL_PIXELS LR pixels
+(`Upscaler.max_call_pixels`): there larger calls ran slower per operation than calls of about
+256x256, a cost the operation count does not see (docs/performance.md, "The tile plan by predicted
+time": without non-local blocks 2.9-3.3x, so that 2 tiles of 1024x528, which the counts ranked
+first, took 2.37x the time of 20 tiles of 280x232; with them 1.0-2.0x). Accelerators search every size (unmeasured).
 """
 from __future__ import annotations
 
@@ -70,6 +74,9 @@ HOST_BYTES_PER_HR_PIXEL = 40
 # count as ties, broken by fewer tiles.
 SEARCH_TILES = (1024, 768, 512, 384, 256, 192, 128)
 SEARCH_MIN_PIXELS = 256 * 256
+# On a CPU, the largest call (LR px) the plan considers for images above SEARCH_MIN_PIXELS: larger
+# calls ran up to 3.3x slower per operation (measured; see the module docstring).
+CPU_MAX_CALL_PIXELS = 256 * 256
 CALL_OVERHEAD = 1.5e10
 TIE = 0.05
 # cgroup limits at or above this mean "no limit" (v1 writes 2**63 - page size; v2 writes 'max').
@@ -271,6 +278,12 @@ def host_bytes(h: int, w: int, scale: int, ref_bytes: int = 0) -> int:
   return (HOST_BYTES_PER_LR_PIXEL + HOST_BYTES_PER_HR_PIXEL * scale * scale) * h * w + ref_bytes
 
 
+def _call_pixels(plan: Optional[TilePlan], h: int, w: int) -> int:
+  """LR pixels of one model call of `plan` on an (h, w) image (None: untiled)."""
+  size = (h, w) if plan is None else plan.size
+  return size[0] * size[1]
+
+
 class Upscaler:
   """Runs a generator on whole images or tiles, one compiled executable per input shape."""
 
@@ -279,6 +292,9 @@ class Upscaler:
     import jax  # pylint: disable=import-outside-toplevel
     self.gen = gen
     self.log = log
+    # The largest call `plan` considers for large images (None: any size).
+    self.max_call_pixels: Optional[int] = (CPU_MAX_CALL_PIXELS if jax.default_backend() == 'cpu'
+                                           else None)
     self._fn = gen.sr_fn
     self._compiled: dict[tuple[int, int], Any] = {}
     self._counts: dict[tuple[int, int], dict[str, float]] = {}  # Operations per call, by size.
@@ -318,9 +334,9 @@ class Upscaler:
 
     `tile` forces a tile size instead. `ref_bytes`: the decoded reference file held beside the
     run (counted as `host_bytes`). Images above SEARCH_MIN_PIXELS LR pixels: the candidates of
-    `candidate_plans` by `predicted_cost`, the cheapest that fits (within TIE of it, the fewest
-    tiles that fit); where none fits, and for smaller images, the fewest tiles that fit
-    (`_largest_plan`: the whole image if it fits).
+    `candidate_plans` whose calls have at most `max_call_pixels` LR pixels, by `predicted_cost`,
+    the cheapest that fits (within TIE of it, the fewest tiles that fit); where none fits, and for
+    smaller images, the fewest tiles that fit (`_largest_plan`: the whole image if it fits).
 
     Raises:
       ValueError: the budget cannot hold even the smallest tile, or `tile` is too small.
@@ -333,8 +349,10 @@ class Upscaler:
       return self._largest_plan(h, w, max_bytes, overlap, ref_bytes)
     max_bytes = default_memory_bytes() if max_bytes is None else max_bytes
     call_budget = max_bytes - self.host_bytes(h, w, ref_bytes)
+    cap = self.max_call_pixels
     costs = sorted((self.predicted_cost(p, h, w), 1 if p is None else p.count, k, p)
-                   for k, p in enumerate(self.candidate_plans(h, w, overlap)))
+                   for k, p in enumerate(self.candidate_plans(h, w, overlap))
+                   if cap is None or _call_pixels(p, h, w) <= cap)
     self.log('plan: predicted operations: ' + ', '.join(
         f'{describe(p, h, w)} {c:.3g}' for c, _, _, p in costs))
     fits = lambda p: self.estimate_bytes(*((h, w) if p is None else p.size)) <= call_budget
