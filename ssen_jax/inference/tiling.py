@@ -425,10 +425,11 @@ class Upscaler:
 
   def predicted_cost(self, plan: Optional[TilePlan], h: int, w: int) -> float:
     """Predicted time of a tiling of an LR (h, w) image, in operations: calls x (the operations
-    of one call, every kind counted alike, + CALL_OVERHEAD). Kinds run at different rates (on
-    this project's CPU a tile's time per operation varied 0.11-0.20 s per 10^9 across the
-    candidates of a 1024x1024 input), but the ranking held where it decides: the cheapest
-    prediction was the fastest (docs/performance.md, "Tiled inference")."""
+    of one call, every kind counted alike, + CALL_OVERHEAD). Kinds and call sizes run at
+    different rates (on this project's CPU 0.08-0.31 s per 10^9): with non-local blocks the
+    cheapest prediction was the fastest; without them calls above ~256x256 ran ~3x slower per
+    operation, which is why `plan` caps the call size on a CPU (docs/performance.md, "The tile
+    plan by predicted time")."""
     size, count = ((h, w), 1) if plan is None else (plan.size, plan.count)
     return count * (sum(self.call_counts(*size).values()) + CALL_OVERHEAD)
 
