@@ -9,8 +9,9 @@ docs/performance.md). Tilings predicted to cost more than `MAX_PREDICTED_RATIO` 
 prediction are listed with their prediction but not timed (untiled 2048x2048 with non-local blocks
 would take an hour here), and so are tilings whose call does not fit the default memory budget
 (XLA's memory analysis, as the plan checks it): a run there could push the machine into swapping,
-and the plan would never choose it. The plan's own choice (`Upscaler.plan`, default memory budget) is marked,
-and the ratio of its time to the fastest timed tiling is the figure (target <= 1.3).
+and the plan would never choose it. The plan's own choice (`Upscaler.plan`, default memory
+budget) is marked, and the ratio of its time to the fastest timed tiling is the figure (target
+<= 1.3).
 """
 from __future__ import annotations
 

@@ -45,7 +45,8 @@ the fewest tiles). On a CPU the plan considers calls of at most CPU_MAX_CALL_PIX
 (`Upscaler.max_call_pixels`): there larger calls ran slower per operation than calls of about
 256x256, a cost the operation count does not see (docs/performance.md, "The tile plan by predicted
 time": without non-local blocks 2.9-3.3x, so that 2 tiles of 1024x528, which the counts ranked
-first, took 2.37x the time of 20 tiles of 280x232; with them 1.0-2.0x). Accelerators search every size (unmeasured).
+first, took 2.37x the time of 20 tiles of 280x232; with them 1.0-2.0x). Accelerators search every
+size (unmeasured).
 """
 from __future__ import annotations
 
