@@ -41,12 +41,13 @@ count x (the operations of one call, counted from the jaxpr with loops multiplie
 of a call's positions, so a large image with them runs fastest in tiles of a few hundred pixels
 (docs/performance.md, "Tiled inference": the measured times); without them the count alone favours
 the largest tiles that fit. The cheapest candidate that fits the budget is taken (within 5% of it,
-the fewest tiles). On a CPU the plan considers calls of at most CPU_MAX_CALL_PIXELS LR pixels
-(`Upscaler.max_call_pixels`): there larger calls ran slower per operation than calls of about
-256x256, a cost the operation count does not see (docs/performance.md, "The tile plan by predicted
-time": without non-local blocks 2.9-3.3x, so that 2 tiles of 1024x528, which the counts ranked
-first, took 2.37x the time of 20 tiles of 280x232; with them 1.0-2.0x). Accelerators search every
-size (unmeasured).
+the fewest tiles). On a CPU the plan considers calls of at most CPU_MAX_CALL_PIXELS (280x232)
+LR pixels (`Upscaler.max_call_pixels`): there, 256x256 and every larger call measured ran 2-3x
+slower per operation than calls of 280x232 and below, a cost the operation count does not see
+(docs/performance.md, "The tile plan by predicted time": without non-local blocks 2 tiles of
+1024x528, which the counts ranked first, took 2.37x the time of 20 tiles of 280x232; most of a
+call's time is the correlation prior's window there). Accelerators search every size
+(unmeasured).
 """
 from __future__ import annotations
 
@@ -75,9 +76,10 @@ HOST_BYTES_PER_HR_PIXEL = 40
 # count as ties, broken by fewer tiles.
 SEARCH_TILES = (1024, 768, 512, 384, 256, 192, 128)
 SEARCH_MIN_PIXELS = 256 * 256
-# On a CPU, the largest call (LR px) the plan considers for images above SEARCH_MIN_PIXELS: larger
-# calls ran up to 3.3x slower per operation (measured; see the module docstring).
-CPU_MAX_CALL_PIXELS = 256 * 256
+# On a CPU, the largest call (LR px) the plan considers for images above SEARCH_MIN_PIXELS: the
+# largest measured at the fast rate; 256x256 and every larger call measured ran 2-3x slower per
+# operation (see the module docstring).
+CPU_MAX_CALL_PIXELS = 280 * 232
 CALL_OVERHEAD = 1.5e10
 TIE = 0.05
 # cgroup limits at or above this mean "no limit" (v1 writes 2**63 - page size; v2 writes 'max').
@@ -428,8 +430,8 @@ class Upscaler:
     """Predicted time of a tiling of an LR (h, w) image, in operations: calls x (the operations
     of one call, every kind counted alike, + CALL_OVERHEAD). Kinds and call sizes run at
     different rates (on this project's CPU 0.08-0.31 s per 10^9): with non-local blocks the
-    cheapest prediction was the fastest; without them calls above ~256x256 ran ~3x slower per
-    operation, which is why `plan` caps the call size on a CPU (docs/performance.md, "The tile
+    cheapest prediction was the fastest; without them calls of 256x256 and more ran ~3x slower
+    per operation, which is why `plan` caps the call size on a CPU (docs/performance.md, "The tile
     plan by predicted time")."""
     size, count = ((h, w), 1) if plan is None else (plan.size, plan.count)
     return count * (sum(self.call_counts(*size).values()) + CALL_OVERHEAD)
