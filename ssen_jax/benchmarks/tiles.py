@@ -48,7 +48,7 @@ def bench_tiles(repeats: int, tiny: bool, torch=None, pause: float = 0.0,
   candidates = upscaler.candidate_plans(h, w)
   predicted = {tiling.describe(p, h, w): upscaler.predicted_cost(p, h, w) for p in candidates}
   cheapest = min(predicted.values())
-  call_budget = tiling.default_memory_bytes() - upscaler.host_bytes(h, w)
+  call_budget = upscaler.call_budget(h, w)
   rng = np.random.default_rng(0)
   rows, measured = [], {}
   for plan in candidates:

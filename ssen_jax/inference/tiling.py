@@ -350,8 +350,7 @@ class Upscaler:
       return None if len(ys) * len(xs) == 1 else TilePlan((size_y, size_x), ys, xs, overlap)
     if h * w <= SEARCH_MIN_PIXELS:
       return self._largest_plan(h, w, max_bytes, overlap, ref_bytes)
-    max_bytes = default_memory_bytes() if max_bytes is None else max_bytes
-    call_budget = max_bytes - self.host_bytes(h, w, ref_bytes)
+    call_budget = self.call_budget(h, w, max_bytes, ref_bytes)
     cap = self.max_call_pixels
     costs = sorted((self.predicted_cost(p, h, w), 1 if p is None else p.count, k, p)
                    for k, p in enumerate(self.candidate_plans(h, w, overlap))
@@ -369,6 +368,13 @@ class Upscaler:
     self.log(f'plan: {describe(plan, h, w)}, {need / 2**30:.3g} GB per call (XLA memory '
              f'analysis), budget {call_budget / 2**30:.3g} GB beside the host arrays')
     return plan
+
+  def call_budget(self, h: int, w: int, max_bytes: Optional[int] = None,
+                  ref_bytes: int = 0) -> int:
+    """Bytes one model call may use on an LR (h, w) image: `max_bytes` (None:
+    `default_memory_bytes()`) less the host arrays held beside it (`host_bytes`)."""
+    max_bytes = default_memory_bytes() if max_bytes is None else max_bytes
+    return max_bytes - self.host_bytes(h, w, ref_bytes)
 
   def candidate_plans(self, h: int, w: int, overlap: int = DEFAULT_OVERLAP
                       ) -> list[Optional[TilePlan]]:
